@@ -1,0 +1,148 @@
+"""The reference backend: a Hugging Face `transformers` causal LM on CPU or GPU."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill.fingerprint import tokenizer_fingerprint
+from teacher_server.backends import ModelInfo
+from teacher_server.config import ServerSettings
+from teacher_server.scoring import ScoreItem, ScoreOutput, score_logits
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _special(tokenizer, name: str) -> int:
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return -1 if value is None else int(value)
+
+
+class TransformersBackend:
+    """Runs the model's decoder once per batch, then the LM head only on scored positions.
+
+    Calling the full model would materialise logits for every position of every sequence
+    ([B, L, V] floats: 8 x 4096 x 150k x 4 bytes = 20 GB). Instead the decoder gives hidden
+    states [B, L, H], and the LM head runs on the scored rows in chunks of `chunk_tokens`, so the
+    logits in memory are at most chunk_tokens x V.
+    """
+
+    def __init__(self, model, tokenizer, model_id: str, chunk_tokens: int = 1024,
+                 max_context: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.chunk_tokens = chunk_tokens
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        config = model.config
+        model_context = getattr(config, "max_position_embeddings", None) or 1 << 20
+        eos_ids = getattr(model.generation_config, "eos_token_id", None)
+        eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
+        if not eos_ids and tokenizer.eos_token_id is not None:
+            eos_ids = [tokenizer.eos_token_id]
+        self.info = ModelInfo(
+            model_id=model_id, backend="transformers",
+            vocab_size=self.lm_head.out_features, tokenizer_size=len(tokenizer),
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            max_context=min(max_context or model_context, model_context),
+            model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            bos=_special(tokenizer, "bos"), eos=_special(tokenizer, "eos"),
+            pad=_special(tokenizer, "pad"), unk=_special(tokenizer, "unk"), eos_ids=eos_ids,
+        )
+        self.pad_id = max(self.info.pad, 0)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> "TransformersBackend":
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = settings.dtype
+        if dtype == "auto":
+            dtype = "float32" if device == "cpu" else "bfloat16"
+        log.info("loading %s on %s in %s", settings.model, device, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(
+            settings.model, trust_remote_code=settings.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model, dtype=_DTYPES[dtype], trust_remote_code=settings.trust_remote_code,
+        ).to(device)
+        return cls(model, tokenizer, settings.model, settings.logits_chunk_tokens,
+                   settings.max_context)
+
+    def _logits(self, hidden_NH: torch.Tensor) -> torch.Tensor:
+        """The LM head plus the output transforms some architectures apply after it."""
+        logits = self.lm_head(hidden_NH)
+        config = self.model.config
+        if getattr(config, "logit_scale", None):          # Cohere
+            logits = logits * config.logit_scale
+        if getattr(config, "logits_scaling", None):       # Granite
+            logits = logits / config.logits_scaling
+        cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @torch.inference_mode()
+    def hidden_states(self, sequences: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder outputs [B, L, H] for right-padded sequences. Right padding keeps every real
+        position's output independent of its batch-mates (attention is causal)."""
+        lengths = [s.numel() for s in sequences]
+        input_ids_BL = torch.full((len(sequences), max(lengths)), self.pad_id, dtype=torch.long)
+        mask_BL = torch.zeros_like(input_ids_BL)
+        for row, (seq, n) in enumerate(zip(sequences, lengths)):
+            input_ids_BL[row, :n] = seq
+            mask_BL[row, :n] = 1
+        out = self.decoder(input_ids=input_ids_BL.to(self.device),
+                           attention_mask=mask_BL.to(self.device), use_cache=False)
+        return out.last_hidden_state
+
+    @torch.inference_mode()
+    def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
+        hidden_BLH = self.hidden_states([item.token_ids for item in items])
+        outputs: list[ScoreOutput | None] = [None] * len(items)
+        # Items asking for the same (k, temperature, candidates?) share LM-head chunks.
+        key = lambda i: (items[i].top_k, items[i].temperature, items[i].candidate_ids is not None)
+        for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
+            group = list(group)
+            # hidden state at t-1 predicts token t
+            rows_NH = torch.cat([hidden_BLH[i, items[i].score_from - 1: items[i].num_tokens - 1]
+                                 for i in group])
+            targets_N = torch.cat([items[i].token_ids[items[i].score_from:] for i in group])
+            cands = [items[i].candidate_ids for i in group]
+            cand_NC = None if cands[0] is None else _cat_ragged(cands)
+            parts = []
+            for start in range(0, rows_NH.shape[0], self.chunk_tokens):
+                sl = slice(start, start + self.chunk_tokens)
+                parts.append(score_logits(
+                    self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
+                    None if cand_NC is None else cand_NC[sl]))
+            merged = _concat(parts)
+            offset = 0
+            for i in group:
+                n = items[i].num_scored
+                outputs[i] = _slice(merged, offset, offset + n, items[i].candidate_ids)
+                offset += n
+        return outputs
+
+
+def _cat_ragged(cands: list[torch.Tensor]) -> torch.Tensor:
+    """Stack [N_i, C_i] candidate blocks into [sum N_i, max C_i], padding with id 0."""
+    width = max(c.shape[1] for c in cands)
+    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in cands])
+
+
+def _concat(parts: list[ScoreOutput]) -> ScoreOutput:
+    cat = lambda name: (None if getattr(parts[0], name) is None
+                        else torch.cat([getattr(p, name) for p in parts]))
+    return ScoreOutput(*(cat(name) for name in ScoreOutput.__dataclass_fields__))
+
+
+def _slice(out: ScoreOutput, start: int, stop: int, cands: torch.Tensor | None) -> ScoreOutput:
+    cand = None if cands is None else out.candidate_logprobs[start:stop, :cands.shape[1]]
+    return ScoreOutput(out.topk_ids[start:stop], out.topk_logprobs[start:stop],
+                       out.token_logprobs[start:stop], out.tail_logprobs[start:stop], cand)

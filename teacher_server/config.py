@@ -1,0 +1,51 @@
+"""Server settings: one pydantic-settings model, read from the command line and the environment.
+
+Every option is a flag (`--max-batch-tokens 8192`) and an environment variable with the prefix
+`TEACHER_` (`TEACHER_MAX_BATCH_TOKENS=8192`); the flag wins.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Teacher server options."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TEACHER_", cli_kebab_case=True, cli_prog_name="python -m teacher_server",
+        cli_implicit_flags=True, protected_namespaces=(),
+    )
+
+    model: str = Field(description="Hugging Face model directory or hub id")
+    backend: Literal["transformers"] = Field("transformers", description="inference backend")
+    host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 for remote workers)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    http_port: int = Field(8080, ge=0, le=65535, description="health/metrics HTTP port (0: off)")
+    device: str = Field("auto", description="torch device: auto (cuda if present), cpu, cuda, cuda:1")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto is float32 on CPU and bfloat16 on GPU")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="token budget of one forward pass, padding included")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="longest a request waits for others to fill a batch")
+    max_queued_tokens: int = Field(
+        4_000_000, ge=1, description="tokens waiting beyond this are refused (RESOURCE_EXHAUSTED)")
+    logits_chunk_tokens: int = Field(
+        1024, ge=1, description="positions turned into logits at once: peak memory is this x vocab")
+    max_top_k: int = Field(0, ge=0, description="largest top_k served (0: vocabulary size)")
+    max_context: int = Field(0, ge=0, description="longest sequence served (0: the model's)")
+    max_message_mb: int = Field(256, ge=1, description="largest gRPC message, both ways, in MiB")
+    num_threads: int = Field(
+        0, ge=0, description="torch CPU threads (0: torch's default; 1 when sharing a small CPU)")
+    grace_seconds: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish")
+    trust_remote_code: bool = Field(False, description="allow model code from the model folder")
+    log_level: str = Field("INFO", description="logging level")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024

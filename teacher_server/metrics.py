@@ -1,0 +1,32 @@
+"""Prometheus metrics of one server, in their own registry (several servers can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("teacher_requests", "RPCs handled, by rpc and status code",
+                                ["rpc", "code"], registry=r)
+        self.tokens_scored = Counter("teacher_tokens_scored", "Positions scored (log-probs returned)",
+                                     registry=r)
+        self.tokens_forward = Counter("teacher_tokens_forward",
+                                      "Tokens run through the model, padding excluded", registry=r)
+        self.batch_sequences = Histogram("teacher_batch_sequences", "Sequences per forward pass",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_tokens = Histogram("teacher_batch_tokens", "Padded tokens per forward pass",
+                                      buckets=tuple(2 ** i for i in range(6, 19)), registry=r)
+        self.queue_wait = Histogram("teacher_queue_wait_seconds",
+                                    "Time a sequence waited before its forward pass",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.forward_latency = Histogram("teacher_forward_seconds",
+                                         "Duration of one batched forward pass + scoring",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

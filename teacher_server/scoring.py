@@ -1,0 +1,72 @@
+"""Turning teacher logits into what Score returns. Pure tensor functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ScoreItem:
+    """One sequence to score, validated. Positions score_from .. T-1 are scored (N of them)."""
+
+    token_ids: torch.Tensor            # int64 [T]
+    score_from: int
+    top_k: int
+    temperature: float
+    candidate_ids: torch.Tensor | None  # int64 [N, C] or None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_ids.numel()
+
+    @property
+    def num_scored(self) -> int:
+        return self.num_tokens - self.score_from
+
+
+@dataclass
+class ScoreOutput:
+    """The teacher's view of the N scored positions of one ScoreItem (CPU tensors)."""
+
+    topk_ids: torch.Tensor                     # int32 [N, k]
+    topk_logprobs: torch.Tensor                # float32 [N, k]
+    token_logprobs: torch.Tensor               # float32 [N]
+    tail_logprobs: torch.Tensor                # float32 [N]
+    candidate_logprobs: torch.Tensor | None    # float32 [N, C]
+
+
+def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
+                 temperature: float = 1.0, candidates_NC: torch.Tensor | None = None) -> ScoreOutput:
+    """Top-k log-probs, the actual token's log-prob, the tail mass and candidate log-probs.
+
+    With z = logits / temperature and logZ = logsumexp(z):
+        topk_logprobs[n]  = the k largest z[n] - logZ[n]  (descending)
+        token_logprobs[n] = z[n, targets[n]] - logZ[n]
+        tail_logprobs[n]  = logsumexp(z[n, v] for v not in top-k) - logZ[n]
+    The tail is a logsumexp over the remaining logits, not log(1 - sum(top-k probs)): the
+    subtraction loses every tail below float32's epsilon (1e-7), which are the common case.
+    Work happens on the logits' device in float32; only the [N, k] results move to the CPU.
+    """
+    z_NV = logits_NV.float()
+    if temperature != 1.0:
+        z_NV = z_NV / temperature
+    logz_N1 = torch.logsumexp(z_NV, dim=-1, keepdim=True)
+    topk_z_NK, topk_ids_NK = torch.topk(z_NV, top_k, dim=-1)
+    token_z_N = z_NV.gather(-1, targets_N[:, None].to(z_NV.device))[:, 0]
+    cand_NC = None
+    if candidates_NC is not None:
+        cand_NC = (z_NV.gather(-1, candidates_NC.to(z_NV.device)) - logz_N1).cpu()
+    # Knock the top-k out in place (z_NV is ours unless logits were float32 at temperature 1).
+    rest_NV = z_NV if z_NV is not logits_NV else z_NV.clone()
+    rest_NV.scatter_(-1, topk_ids_NK, float("-inf"))
+    tail_N = torch.logsumexp(rest_NV, dim=-1) - logz_N1[:, 0]
+    return ScoreOutput(
+        topk_ids=topk_ids_NK.to(torch.int32).cpu(),
+        topk_logprobs=(topk_z_NK - logz_N1).cpu(),
+        token_logprobs=(token_z_N - logz_N1[:, 0]).cpu(),
+        tail_logprobs=tail_N.cpu(),
+        candidate_logprobs=cand_NC,
+    )
+

@@ -1,0 +1,128 @@
+"""Assembles the teacher: backend -> batcher -> gRPC servicer (+ health, reflection) and HTTP app.
+
+Life cycle: bind ports (health NOT_SERVING) -> warm-up forward pass -> SERVING -> on SIGTERM or
+SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `grace_seconds` to finish,
+exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+import grpc
+import torch
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from distill.v1 import teacher_pb2 as pb
+from distill.v1 import teacher_pb2_grpc as pb_grpc
+from teacher_server import __version__, protocol
+from teacher_server.backends import Backend, load_backend
+from teacher_server.batcher import Batcher
+from teacher_server.config import ServerSettings
+from teacher_server.http import Readiness, create_app
+from teacher_server.metrics import Metrics
+from teacher_server.scoring import ScoreItem
+from teacher_server.service import TeacherServicer
+
+log = logging.getLogger("teacher_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the teacher's drain sequence owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class TeacherServer:
+    def __init__(self, settings: ServerSettings, backend: Backend | None = None):
+        self.settings = settings
+        self.backend = backend or load_backend(settings)
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context)
+        self.info = protocol.info_response(
+            self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
+            max_message_bytes=settings.max_message_bytes, server_version=__version__)
+        self.grpc_port = self.http_port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.batcher = Batcher(self.backend.score, max_batch_tokens=s.max_batch_tokens,
+                               max_wait_s=s.max_wait_ms / 1000, max_queued_tokens=s.max_queued_tokens,
+                               metrics=self.metrics)
+        self.batcher.start()
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+        ])
+        self.servicer = TeacherServicer(self.batcher, self.limits, self.info, self.metrics)
+        pb_grpc.add_TeacherServicer_to_server(self.servicer, self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_port = self.grpc.add_insecure_port(f"{s.host}:{s.port}")
+        if not self.grpc_port:
+            raise RuntimeError(f"could not bind the gRPC port {s.host}:{s.port}")
+        await self.grpc.start()
+
+        sock = socket.create_server((s.host, s.http_port))
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.readiness, self.metrics, self.info),
+                                log_level="warning", access_log=False, lifespan="off")
+        self._http = _HttpServer(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        log.info("listening: grpc %s:%d http %s:%d", s.host, self.grpc_port, s.host, self.http_port)
+
+        await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
+                                             1, 1, 1.0, None)])
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.readiness.ready = True
+        log.info("ready: %s (%s, vocabulary %d)", self.info.model_id, self.info.backend,
+                 self.info.vocab_size)
+
+    async def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, give in-flight ones `grace` seconds, then close everything."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        log.info("draining (grace %.1f s)", grace)
+        self.readiness.ready = False
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+        await self.batcher.close()
+        self._http.should_exit = True
+        await self._http_task
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    server = TeacherServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,1 @@
+"""Student workers: sample from the student, ask the teacher, compute a divergence, step."""

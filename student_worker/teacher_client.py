@@ -1,0 +1,215 @@
+"""Client of the teacher service (distill.v1.Teacher), blocking and asyncio.
+
+    from student_worker.teacher_client import TeacherClient
+    client = TeacherClient("teacher-host:50051", timeout=60)
+    info = client.info()
+    scores = client.score([[1, 5, 9, 2]], score_from=1, top_k=20)
+    scores[0].topk_logprobs          # float32 [3, 20]
+
+`target` is one address, several ("h1:50051,h2:50051" or a list) or a resolver name such as
+"dns:///teachers.internal:50051"; requests are spread over every address with gRPC's
+`round_robin` policy. Calls that fail with UNAVAILABLE (a replica draining or down) are retried
+by gRPC itself with exponential backoff, on another replica when there is one. Every call has a
+deadline (`timeout` seconds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from typing import Sequence
+
+import grpc
+import numpy as np
+import torch
+
+from distill.tensors import pack, unpack_torch, wire_dtype
+from distill.v1 import teacher_pb2 as pb
+from distill.v1 import teacher_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+TokenSeq = Sequence[int] | torch.Tensor | np.ndarray
+
+
+@dataclass
+class TeacherScores:
+    """The teacher's log-probs at the N scored positions of one sequence (CPU tensors)."""
+
+    topk_ids: torch.Tensor                   # int64 [N, k]
+    topk_logprobs: torch.Tensor              # float32 [N, k]
+    token_logprobs: torch.Tensor             # float32 [N]
+    tail_logprobs: torch.Tensor              # float32 [N]
+    candidate_logprobs: torch.Tensor | None  # float32 [N, C]
+
+
+def resolve_target(target: str | Sequence[str]) -> str:
+    """One gRPC target for one or several addresses.
+
+    gRPC's static resolver takes several addresses only as IP literals ("ipv4:1.2.3.4:50051,...");
+    host names in a list are resolved here, once. For replicas that come and go, give one
+    "dns:///name:port" target instead: gRPC re-resolves it.
+    """
+    parts = [t.strip() for t in (target.split(",") if isinstance(target, str) else target)]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError("empty teacher target")
+    if len(parts) == 1:
+        return parts[0]
+    addresses, families = [], set()
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        families.add(ip.version)
+        addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    if len(families) > 1:
+        raise ValueError(f"mixing IPv4 and IPv6 teacher addresses is not supported: {parts}")
+    return f"ipv{families.pop()}:" + ",".join(addresses)
+
+
+def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str, object]]:
+    """Message limits, round-robin balancing and gRPC-native retries on UNAVAILABLE."""
+    service_config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": SERVICE_NAME}],
+            "retryPolicy": {
+                "maxAttempts": max_attempts,  # gRPC caps this at 5
+                "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }],
+    }
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(service_config)),
+        # A request is only retried while it fits the retry buffer (default 256 KiB, smaller
+        # than one scoring batch): size it to the largest message.
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        ("grpc.retry_buffer_size", max_message_bytes),
+    ]
+
+
+def _ids(seq: TokenSeq) -> np.ndarray:
+    if isinstance(seq, torch.Tensor):
+        seq = seq.detach().cpu().numpy()
+    array = np.asarray(seq)
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"a token sequence must be a 1-D list of ints, got {array.dtype} {array.shape}")
+    return array.astype(np.int32)
+
+
+def _per_sequence(value, n: int, name: str) -> list:
+    if isinstance(value, (int, np.integer)) or value is None:
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries for {n} sequences")
+    return value
+
+
+def score_request(sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int,
+                  temperature: float, candidates, dtype: str) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(top_k=top_k, temperature=temperature, logprob_dtype=wire_dtype(dtype))
+    starts = _per_sequence(score_from, len(sequences), "score_from")
+    cands = _per_sequence(candidates, len(sequences), "candidates")
+    for seq, start, cand in zip(sequences, starts, cands):
+        item = request.sequences.add(token_ids=pack(_ids(seq)), score_from=int(start))
+        if cand is not None:
+            item.candidate_ids.CopyFrom(pack(torch.as_tensor(cand), "int32"))
+    return request
+
+
+def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
+    f32 = lambda t: unpack_torch(t).float()
+    return TeacherScores(
+        topk_ids=unpack_torch(result.topk_ids).long(),
+        topk_logprobs=f32(result.topk_logprobs),
+        token_logprobs=f32(result.token_logprobs),
+        tail_logprobs=f32(result.tail_logprobs),
+        candidate_logprobs=f32(result.candidate_logprobs) if result.HasField("candidate_logprobs") else None,
+    )
+
+
+class _ClientBase:
+    def __init__(self, target: str | Sequence[str], timeout: float = 60.0, api_key: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5):
+        self.target = resolve_target(target)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self._options = channel_options(max_message_bytes, max_attempts)
+
+    def _call_kwargs(self, timeout: float | None) -> dict:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+
+
+class TeacherClient(_ClientBase):
+    """Blocking client. Thread-safe; one per process is enough."""
+
+    def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, **kwargs):
+        super().__init__(target, timeout, api_key, **kwargs)
+        self.channel = grpc.insecure_channel(self.target, options=self._options)
+        self.stub = pb_grpc.TeacherStub(self.channel)
+
+    def info(self, timeout: float | None = None) -> pb.InfoResponse:
+        return self.stub.Info(pb.InfoRequest(), **self._call_kwargs(timeout))
+
+    def score(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
+              temperature: float = 1.0, candidates=None, dtype: str = "float32",
+              timeout: float | None = None) -> list[TeacherScores]:
+        """Teacher log-probs of positions score_from .. T-1 of each sequence.
+
+        `score_from` is one int for all sequences or one per sequence; `candidates` is None or
+        one int [N_i, C] id block (or None) per sequence; `dtype` is the wire precision of the
+        log-probs ("float32" or "float16"; results are float32 tensors either way).
+        """
+        request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
+        response = self.stub.Score(request, **self._call_kwargs(timeout))
+        return [scores_from_proto(r) for r in response.results]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "TeacherClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncTeacherClient(_ClientBase):
+    """asyncio twin of TeacherClient (grpc.aio); create it inside the running event loop."""
+
+    def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, **kwargs):
+        super().__init__(target, timeout, api_key, **kwargs)
+        self.channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self.stub = pb_grpc.TeacherStub(self.channel)
+
+    async def info(self, timeout: float | None = None) -> pb.InfoResponse:
+        return await self.stub.Info(pb.InfoRequest(), **self._call_kwargs(timeout))
+
+    async def score(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int],
+                    top_k: int = 20, temperature: float = 1.0, candidates=None,
+                    dtype: str = "float32", timeout: float | None = None) -> list[TeacherScores]:
+        """See TeacherClient.score."""
+        request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
+        response = await self.stub.Score(request, **self._call_kwargs(timeout))
+        return [scores_from_proto(r) for r in response.results]
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncTeacherClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -56,6 +56,11 @@ class TeacherServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        await self.bind()
+        await self.warm_up()
+
+    async def bind(self) -> None:
+        """Start the batcher and both servers; health says NOT_SERVING until warm_up()."""
         s = self.settings
         self.batcher = Batcher(self.backend.score, max_batch_tokens=s.max_batch_tokens,
                                max_wait_s=s.max_wait_ms / 1000, max_queued_tokens=s.max_queued_tokens,
@@ -85,6 +90,8 @@ class TeacherServer:
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         log.info("listening: grpc %s:%d http %s:%d", s.host, self.grpc_port, s.host, self.http_port)
 
+    async def warm_up(self) -> None:
+        """One forward pass (allocations, lazy init), then SERVING."""
         await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
                                              1, 1, 1.0, None)])
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

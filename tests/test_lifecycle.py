@@ -1,0 +1,154 @@
+"""Health transitions, drain on stop/SIGTERM, /metrics, the HTTP routes and reflection."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from distill.tensors import pack
+from distill.v1 import teacher_pb2 as pb
+from distill.v1 import teacher_pb2_grpc as pb_grpc
+from teacher_server.backends.hf import TransformersBackend
+from teacher_server.config import ServerSettings
+from teacher_server.server import TeacherServer
+from tests.conftest import TeacherProcess
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def score_request(n_tokens=12):
+    return pb.ScoreRequest(sequences=[pb.ScoreSequence(
+        token_ids=pack(np.arange(n_tokens, dtype=np.int32)), score_from=1)])
+
+
+class GatedBackend:
+    """The real transformers backend, but each forward pass waits for the test to open a gate."""
+
+    def __init__(self, backend):
+        self.backend, self.info = backend, backend.info
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def score(self, items):
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return self.backend.score(items)
+
+
+@pytest.fixture
+def gated_server(tiny_model_dir, reference_model):
+    from transformers import AutoTokenizer
+
+    backend = GatedBackend(TransformersBackend(reference_model, AutoTokenizer.from_pretrained(tiny_model_dir),
+                                               str(tiny_model_dir)))
+    settings = ServerSettings(model=str(tiny_model_dir), port=0, http_port=0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop)
+    server = run(_make(settings, backend)).result()
+    run(server.bind()).result(30)
+    yield server, backend, run
+    backend.gate.set()
+    if not server._stopped.is_set():
+        run(server.stop(grace=5)).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+async def _make(settings, backend):
+    return TeacherServer(settings, backend)
+
+
+def test_health_warm_up_serve_drain(gated_server):
+    server, backend, run = gated_server
+    target, http = f"127.0.0.1:{server.grpc_port}", f"http://127.0.0.1:{server.http_port}"
+    channel = grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    teacher = pb_grpc.TeacherStub(channel)
+
+    # bound but not warmed up
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
+    assert httpx.get(f"{http}/readyz").status_code == 503
+    assert httpx.get(f"{http}/healthz").status_code == 200
+
+    warm = run(server.warm_up())
+    backend.gate.set()
+    warm.result(30)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service="distill.v1.Teacher"), timeout=10).status == SERVING
+    assert httpx.get(f"{http}/readyz").status_code == 200
+
+    # one request held inside the model, a health watcher open, then drain
+    backend.gate.clear()
+    backend.entered.clear()
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(watch).status == SERVING
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(teacher.Score, score_request(), timeout=60)
+        assert backend.entered.wait(30)
+        stopping = run(server.stop(grace=30))
+        assert next(watch).status == NOT_SERVING
+        assert httpx.get(f"{http}/readyz").status_code == 503
+        with pytest.raises(grpc.RpcError) as err:
+            teacher.Score(score_request(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        backend.gate.set()
+        assert list(in_flight.result(30).results[0].topk_ids.shape) == [11, 20]  # finished, not cut
+        stopping.result(60)
+    channel.close()
+
+
+def test_sigterm_drains_and_exits_zero(tiny_model_dir):
+    server = TeacherProcess(tiny_model_dir)
+    server.wait_serving()
+    with grpc.insecure_channel(server.target) as channel:
+        assert pb_grpc.TeacherStub(channel).Score(score_request(), timeout=30).results
+    assert server.terminate() == 0
+    log = server.log()
+    assert "draining" in log and "stopped" in log
+
+
+def _samples(http) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{http}/metrics").text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_count_what_was_sent(teacher, client):
+    before = _samples(teacher.http)
+    client.score([list(range(10)), list(range(30))], [1, 20], top_k=3)   # 9 + 10 positions
+    client.score([list(range(5))], 2)                                   # 3 positions
+    with pytest.raises(grpc.RpcError):
+        client.score([[1, 2, 9999]], 1)
+    after = _samples(teacher.http)
+    delta = lambda key: after.get(key, 0) - before.get(key, 0)
+    assert delta(("teacher_requests_total", (("code", "OK"), ("rpc", "Score")))) == 2
+    assert delta(("teacher_requests_total", (("code", "INVALID_ARGUMENT"), ("rpc", "Score")))) == 1
+    assert delta(("teacher_tokens_scored_total", ())) == 22
+    assert delta(("teacher_tokens_forward_total", ())) == 45
+    assert delta(("teacher_queue_wait_seconds_count", ())) == 3
+    assert delta(("teacher_forward_seconds_count", ())) >= 1
+
+
+def test_http_info_and_reflection(teacher):
+    info = httpx.get(f"{teacher.http}/v1/info").json()
+    assert info["vocab_size"] == 512 and info["backend"] == "transformers"
+    assert len(info["tokenizer_fingerprint"]) == 64
+
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase)
+
+    with grpc.insecure_channel(teacher.target) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"distill.v1.Teacher", "grpc.health.v1.Health"} <= services
+        methods = {m.name for m in db.FindFileContainingSymbol("distill.v1.Teacher").service[0].method}
+        assert methods == {"Score", "Verify", "Generate", "Info"}

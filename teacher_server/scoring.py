@@ -45,23 +45,31 @@ def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
         topk_logprobs[n]  = the k largest z[n] - logZ[n]  (descending)
         token_logprobs[n] = z[n, targets[n]] - logZ[n]
         tail_logprobs[n]  = logsumexp(z[n, v] for v not in top-k) - logZ[n]
-    The tail is a logsumexp over the remaining logits, not log(1 - sum(top-k probs)): the
-    subtraction loses every tail below float32's epsilon (1e-7), which are the common case.
+    The tail is summed from the remaining probabilities, not computed as log(1 - sum(top-k
+    probs)): that subtraction loses every tail below float32's epsilon (1e-7), the common case.
+    exp(z - max) is computed once and reused for logZ and the tail (exp over [N, V] is the most
+    expensive step on a CPU). Rows whose tail underflows (below e^-87 of the top token) are
+    redone with a logsumexp, so a tail is -inf only when k is the vocabulary.
     Work happens on the logits' device in float32; only the [N, k] results move to the CPU.
     """
     z_NV = logits_NV.float()
     if temperature != 1.0:
         z_NV = z_NV / temperature
-    logz_N1 = torch.logsumexp(z_NV, dim=-1, keepdim=True)
+    max_N1 = z_NV.max(dim=-1, keepdim=True).values
+    exp_NV = torch.exp(z_NV - max_N1)                       # a new buffer, ours to modify
+    logz_N1 = max_N1 + exp_NV.sum(dim=-1, keepdim=True).log()
     topk_z_NK, topk_ids_NK = torch.topk(z_NV, top_k, dim=-1)
     token_z_N = z_NV.gather(-1, targets_N[:, None].to(z_NV.device))[:, 0]
     cand_NC = None
     if candidates_NC is not None:
         cand_NC = (z_NV.gather(-1, candidates_NC.to(z_NV.device)) - logz_N1).cpu()
-    # Knock the top-k out in place (z_NV is ours unless logits were float32 at temperature 1).
-    rest_NV = z_NV if z_NV is not logits_NV else z_NV.clone()
-    rest_NV.scatter_(-1, topk_ids_NK, float("-inf"))
-    tail_N = torch.logsumexp(rest_NV, dim=-1) - logz_N1[:, 0]
+    rest_N = exp_NV.scatter_(-1, topk_ids_NK, 0.0).sum(dim=-1)
+    tail_N = max_N1[:, 0] + rest_N.log() - logz_N1[:, 0]
+    if top_k < z_NV.shape[-1]:
+        underflow = (rest_N == 0).nonzero()[:, 0]
+        if underflow.numel():
+            rows_MV = z_NV[underflow].scatter(-1, topk_ids_NK[underflow], float("-inf"))
+            tail_N[underflow] = torch.logsumexp(rows_MV, dim=-1) - logz_N1[underflow, 0]
     return ScoreOutput(
         topk_ids=topk_ids_NK.to(torch.int32).cpu(),
         topk_logprobs=(topk_z_NK - logz_N1).cpu(),

@@ -110,7 +110,14 @@ class TeacherServer:
         self.readiness.ready = False
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(grace)
+        try:
+            await asyncio.wait_for(self.servicer.idle.wait(), grace)
+        except asyncio.TimeoutError:
+            log.warning("%d calls still running after %.1f s; cancelling them",
+                        self.servicer.in_flight, grace)
+        # Unary work is done; what is left are streams (health Watch) that never end by
+        # themselves: a short grace lets the last responses flush, then they are cancelled.
+        await self.grpc.stop(0.5)
         await self.batcher.close()
         self._http.should_exit = True
         await self._http_task

@@ -33,6 +33,8 @@ def rpc(name: str):
         @functools.wraps(method)
         async def handler(self: "TeacherServicer", request, context: grpc.aio.ServicerContext):
             code = grpc.StatusCode.OK
+            self.in_flight += 1
+            self.idle.clear()
             try:
                 if self.draining:
                     raise Unavailable("the teacher is draining for shutdown; retry on another replica")
@@ -49,6 +51,9 @@ def rpc(name: str):
                 await context.abort(code, f"internal error in {name}; see the teacher's log")
             finally:
                 self.metrics.requests.labels(name, code.name).inc()
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self.idle.set()
 
         return handler
 
@@ -63,6 +68,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.info = info
         self.metrics = metrics
         self.draining = False
+        self.in_flight = 0           # unary calls being handled; drain waits for zero
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @rpc("Score")
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:

@@ -17,7 +17,7 @@ from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.config import ServerSettings
 from teacher_server.server import TeacherServer
-from tests.conftest import TeacherProcess
+from teacher_server.process import TeacherProcess
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

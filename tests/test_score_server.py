@@ -139,7 +139,7 @@ def test_info(client, tiny_model_dir, reference_model):
 
 def test_several_targets_round_robin(tiny_model_dir):
     """Two servers behind one client target: both serve, both answer identically."""
-    from tests.conftest import TeacherProcess
+    from teacher_server.process import TeacherProcess
     import httpx
 
     servers = [TeacherProcess(tiny_model_dir) for _ in range(2)]

@@ -47,3 +47,12 @@ def test_does_not_modify_its_input():
     before = logits.clone()
     score_logits(logits, torch.zeros(3, dtype=torch.long), 5)
     assert torch.equal(logits, before)
+
+
+def test_tail_below_float32_exp_range_is_finite():
+    # the rest lies e^-150 below the top token: exp underflows, the logsumexp fallback does not
+    logits = torch.tensor([[100.0, -50.0, -51.0], [0.0, 1.0, 2.0]])
+    out = score_logits(logits, torch.tensor([0, 1]), 1)
+    expected = torch.logsumexp(torch.tensor([-50.0, -51.0], dtype=torch.float64), 0) - 100.0
+    assert abs(out.tail_logprobs[0].item() - expected.item()) < 1e-3
+    assert torch.isfinite(out.tail_logprobs).all()

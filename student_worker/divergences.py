@@ -132,22 +132,19 @@ def generalized_jsd(
     """Generalized Jensen-Shannon divergence, interpolating forward KL (β=0) and reverse KL (β=1).
 
         m       = β·p + (1−β)·q
-        JSD_β   = (1−β)·KL(p‖m) + β·KL(q‖m)
+        JSD_β   = β·KL(p‖m) + (1−β)·KL(q‖m)        for 0 < β < 1
+        JSD_0   = KL(p‖q),  JSD_1 = KL(q‖p)
 
     student_logprobs_BTV, teacher_logprobs_BTV: [B, T, V] log q, log p; 0 ≤ beta ≤ 1.
     Returns [B, T].
 
-    At β → 0, m → q and the value tends to KL(p‖q); at β → 1, m → p and it tends to
-    KL(q‖p): both endpoints are limits, so the loss is continuous in β. β = 0.5 gives the
-    ordinary JSD, and JSD_β(p, q) = JSD_{1−β}(q, p).
-
-    Note the weights. TRL's `generalized_jsd_loss` (and the GKD paper) use the same mixture but
-    weight β·KL(p‖m) + (1−β)·KL(q‖m); that quantity goes to 0 at both ends (only after dividing
-    by β or 1−β does it approach the KLs), so TRL special-cases β ∈ {0, 1} and jumps there.
-    Swapping the weights removes the jump without any rescaling.
+    This is the GKD paper's definition with TRL's endpoints (`GKDTrainer.generalized_jsd_loss`),
+    so a β means the same here as there. β = 0.5 is the ordinary JSD (at most log 2), and
+    JSD_β(p, q) = JSD_{1−β}(q, p). Note: the interior formula tends to 0, not to the KLs, as β
+    approaches 0 or 1 (its gradient shrinks like β); the endpoints are the KLs by definition.
     """
     beta = _check_weight("beta", beta)
-    # The general formula gives these too; returning the KL itself makes them exact.
+    # The endpoints are defined as the KLs (the interior formula would give 0 there).
     if beta == 0.0:
         return forward_kl(student_logprobs_BTV, teacher_logprobs_BTV)
     if beta == 1.0:
@@ -155,7 +152,7 @@ def generalized_jsd(
     log_m_BTV = _log_mixture(teacher_logprobs_BTV, student_logprobs_BTV, beta)
     kl_teacher_BT = _kl(teacher_logprobs_BTV, log_m_BTV)
     kl_student_BT = _kl(student_logprobs_BTV, log_m_BTV)
-    return (1.0 - beta) * kl_teacher_BT + beta * kl_student_BT
+    return beta * kl_teacher_BT + (1.0 - beta) * kl_student_BT
 
 
 def skew_kl(

@@ -229,79 +229,29 @@ def topk_buckets(
     return student_buckets_BTK1, teacher_buckets_BTK1
 
 
-def forward_kl_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-) -> torch.Tensor:
-    """`forward_kl` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return forward_kl(*buckets)
+def _topk_form(full_form):
+    """The top-k + tail form of a full-distribution divergence: the same function applied to the
+    K+1 buckets of `topk_buckets`. Extra arguments (beta, alpha) pass through."""
+
+    def topk_form(student_logprobs_BTV, teacher_topk_ids_BTK, teacher_topk_logprobs_BTK,
+                  teacher_tail_logprobs_BT, *args, **kwargs) -> torch.Tensor:
+        buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
+                               teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
+        return full_form(*buckets, *args, **kwargs)
+
+    topk_form.__name__ = topk_form.__qualname__ = f"{full_form.__name__}_topk"
+    topk_form.__doc__ = (f"`{full_form.__name__}` over the K+1 buckets of `topk_buckets`: "
+                         "(student_logprobs_BTV, teacher_topk_ids_BTK, teacher_topk_logprobs_BTK, "
+                         "teacher_tail_logprobs_BT, ...) -> [B, T].")
+    return topk_form
 
 
-def reverse_kl_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-) -> torch.Tensor:
-    """`reverse_kl` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return reverse_kl(*buckets)
-
-
-def generalized_jsd_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-    beta: float = 0.5,
-) -> torch.Tensor:
-    """`generalized_jsd` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return generalized_jsd(*buckets, beta=beta)
-
-
-def skew_kl_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-    alpha: float = 0.1,
-) -> torch.Tensor:
-    """`skew_kl` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return skew_kl(*buckets, alpha=alpha)
-
-
-def skew_reverse_kl_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-    alpha: float = 0.1,
-) -> torch.Tensor:
-    """`skew_reverse_kl` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return skew_reverse_kl(*buckets, alpha=alpha)
-
-
-def total_variation_topk(
-    student_logprobs_BTV,
-    teacher_topk_ids_BTK,
-    teacher_topk_logprobs_BTK,
-    teacher_tail_logprobs_BT,
-) -> torch.Tensor:
-    """`total_variation` over the K+1 buckets of `topk_buckets`. Returns [B, T]."""
-    buckets = topk_buckets(student_logprobs_BTV, teacher_topk_ids_BTK,
-                           teacher_topk_logprobs_BTK, teacher_tail_logprobs_BT)
-    return total_variation(*buckets)
+forward_kl_topk = _topk_form(forward_kl)
+reverse_kl_topk = _topk_form(reverse_kl)
+generalized_jsd_topk = _topk_form(generalized_jsd)
+skew_kl_topk = _topk_form(skew_kl)
+skew_reverse_kl_topk = _topk_form(skew_reverse_kl)
+total_variation_topk = _topk_form(total_variation)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""Checkpoints: the student as a Hugging Face folder (safetensors) plus the training state.
+
+    DIR/checkpoints/step-000040/   config.json, model.safetensors, tokenizer files  (any HF tool loads it)
+                                   trainer_state.pt: optimizer, scheduler, RNG states, step
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_STEP_DIR = re.compile(r"step-(\d+)$")
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = Path(output_dir) / "checkpoints"
+    done = [p for p in root.glob("step-*") if _STEP_DIR.search(p.name) and (p / "trainer_state.pt").exists()]
+    return max(done, key=lambda p: int(_STEP_DIR.search(p.name)[1]), default=None)
+
+
+def save(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+    path = checkpoint_dir(output_dir, step)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": np.random.get_state()},
+    }
+    # written last: its presence marks the checkpoint complete
+    torch.save(state, path / "trainer_state.pt")
+    return path
+
+
+def load_state(path: Path, optimizer, scheduler) -> int:
+    """Restore optimizer, scheduler and RNG states (the weights come from from_pretrained)."""
+    state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    return state["step"]

@@ -1,0 +1,139 @@
+"""The worker's configuration: one typed section per component, composed into RunConfig.
+
+Read from a YAML file, a named preset, and `section.key=value` overrides, in that order:
+
+    python -m student_worker --config run.yaml --preset gkd optim.lr=3e-5 method.beta=0.5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StudentConfig(_Section):
+    path: str = Field(..., description="student model: Hugging Face directory or hub id")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
+
+
+class TeacherConfig(_Section):
+    target: str = Field(..., description="teacher address(es): host:port[,host:port] or dns:///name:port")
+    api_key: str | None = None
+    timeout_s: float = Field(120.0, gt=0, description="deadline of one teacher call")
+    top_k: int = Field(20, ge=1, description="teacher log-probs returned per position")
+    patience_s: float = Field(
+        600.0, ge=0, description="how long to keep retrying an unreachable teacher before stopping")
+    logprob_dtype: Literal["float32", "float16"] = "float32"
+
+
+class DataConfig(_Section):
+    source: str = Field(..., description="built-in task name, a .jsonl file or a datasets folder")
+    split: str = "train"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    batch_size: int = Field(8, ge=1, description="prompts per worker per step")
+    num_examples: int = Field(4096, ge=1, description="examples drawn from a built-in task")
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class MethodConfig(_Section):
+    name: Literal["sft", "seqkd", "kd", "gkd", "rlkd"] = "gkd"
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"] = "jsd"
+    beta: float = Field(0.5, ge=0, le=1, description="JSD(beta): 0 forward KL, 1 reverse KL")
+    alpha: float = Field(0.1, ge=0, le=1, description="skew of skew_kl / skew_reverse_kl")
+    student_fraction: float = Field(
+        1.0, ge=0, le=1, description="gkd's lambda: probability a batch is sampled from the student")
+    best_of: int = Field(1, ge=1, description="seqkd: teacher samples per prompt, best one kept")
+    kl_coef: float = Field(1.0, ge=0, description="rlkd: weight of the per-token reverse KL to the teacher")
+    use_reward: bool = Field(True, description="rlkd: add the task's reward (needs a task verifier)")
+    reduction: Literal["token", "sequence"] = "token"
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0: off)")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    lag: int = Field(0, ge=0, description="batches scored ahead by the teacher while the student "
+                                          "updates (0: strictly on-policy)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    stop_after: int = Field(0, ge=0, description="leave after N steps of this run with a checkpoint, "
+                                                 "as a preempted job would (0: run to the end)")
+    tensorboard: bool = False
+
+
+class RunConfig(_Section):
+    student: StudentConfig
+    teacher: TeacherConfig
+    data: DataConfig
+    sampling: SamplingConfig = SamplingConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+
+# Named starting points; a YAML file and overrides refine them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Agarwal et al. 2024: on-policy samples, JSD(0.5)
+    "gkd": {"method": {"name": "gkd", "divergence": "jsd", "beta": 0.5, "student_fraction": 1.0}},
+    # the Qwen3 / Gemma-2 / tinker-cookbook recipe: on-policy samples, reverse KL
+    "onpolicy-rkl": {"method": {"name": "gkd", "divergence": "reverse_kl", "student_fraction": 1.0}},
+    # classic supervised KD on the data completions (Hinton et al.), forward KL
+    "kd": {"method": {"name": "kd", "divergence": "forward_kl"}},
+    "sft": {"method": {"name": "sft"}},
+    "seqkd": {"method": {"name": "seqkd", "best_of": 1}},
+    # RL with the reward off and the teacher as the KL anchor
+    "rl-teacher-kl": {"method": {"name": "rlkd", "use_reward": False, "kl_coef": 1.0}},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr=3e-5' -> {'optim': {'lr': 3e-05}} (the value is read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {text!r} is not of the form section.key=value")
+    node: Any = yaml.safe_load(value) if value else None
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    return node
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    data: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        data = _merge(data, PRESETS[preset])
+    if path:
+        data = _merge(data, yaml.safe_load(Path(path).read_text()) or {})
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return RunConfig.model_validate(data)

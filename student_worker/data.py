@@ -1,0 +1,82 @@
+"""Prompts (and reference completions) for training, sharded over workers.
+
+Sources: a built-in task name, a JSONL file with `prompt` and optional `completion`, or a local
+Hugging Face `datasets` folder (`save_to_disk`). Batches are a pure function of (step, rank), so
+a resumed run sees exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from student_worker.config import DataConfig
+from student_worker.tasks import TASKS, Task
+
+
+@dataclass
+class Example:
+    prompt: str
+    completion: str | None
+    prompt_ids: list[int]
+    completion_ids: list[int] | None   # reference completion, ending with EOS
+
+
+def _read_records(cfg: DataConfig) -> tuple[list[dict], Task | None]:
+    if cfg.source in TASKS:
+        task = TASKS[cfg.source]
+        return task.examples(cfg.split, cfg.num_examples), task
+    path = Path(cfg.source)
+    if path.suffix == ".jsonl" and path.is_file():
+        with path.open() as f:
+            return [json.loads(line) for line in f if line.strip()], None
+    if path.is_dir():
+        import datasets  # optional: only this source needs it
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[cfg.split]
+        return list(ds), None
+    raise ValueError(f"data.source {cfg.source!r} is not a built-in task ({sorted(TASKS)}), "
+                     "a .jsonl file or a datasets folder")
+
+
+class PromptData:
+    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0):
+        records, self.task = _read_records(cfg)
+        if not records:
+            raise ValueError(f"data.source {cfg.source!r} has no examples")
+        eos = tokenizer.eos_token_id
+        self.examples = []
+        for i, rec in enumerate(records):
+            if cfg.prompt_field not in rec:
+                raise ValueError(f"example {i} of {cfg.source} has no {cfg.prompt_field!r} field")
+            prompt, completion = rec[cfg.prompt_field], rec.get(cfg.completion_field)
+            prompt_ids = tokenizer(prompt).input_ids
+            if not prompt_ids:
+                raise ValueError(f"example {i} of {cfg.source}: the prompt has no tokens")
+            completion_ids = None
+            if completion is not None:
+                completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [eos]
+            self.examples.append(Example(prompt, completion, prompt_ids, completion_ids))
+        self.batch_size, self.rank, self.world_size, self.seed = cfg.batch_size, rank, world_size, seed
+
+    def batch(self, step: int) -> list[Example]:
+        """The examples of this rank at `step`: epochs are fresh permutations of the data set."""
+        n = len(self.examples)
+        per_step = self.batch_size * self.world_size
+        start = step * per_step + self.rank * self.batch_size
+        out = []
+        for index in range(start, start + self.batch_size):
+            epoch, offset = divmod(index, n)
+            out.append(self.examples[self._order(epoch)[offset]])
+        return out
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> list[int]:
+        return torch.randperm(len(self.examples),
+                              generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()

@@ -1,0 +1,87 @@
+"""A batch of prompt + completion sequences and its tensors for the loss.
+
+Everything the loss sees is aligned by *target* position: index s of a [B, S] tensor describes
+the token at position s + 1, predicted from tokens 0..s (S = T - 1). Completion tokens are the
+only targets that count (mask_BS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    source: str                                    # "student", "data" or "teacher"
+    sampled_logprobs: list[torch.Tensor] | None = None  # the student's, at sampling time
+    rewards: torch.Tensor | None = None            # [B], from the task's scorer
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return [p + c for p, c in zip(self.prompt_ids, self.completion_ids)]
+
+    @property
+    def prompt_lens(self) -> list[int]:
+        return [len(p) for p in self.prompt_ids]
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+@dataclass
+class TokenBatch:
+    input_ids_BT: torch.Tensor    # right-padded
+    attention_BT: torch.Tensor
+    targets_BS: torch.Tensor      # input_ids shifted left
+    mask_BS: torch.Tensor         # bool: target is a completion token
+
+
+def token_batch(rollout: Rollout, pad_id: int) -> TokenBatch:
+    seqs = rollout.sequences
+    T = max(len(s) for s in seqs)
+    input_ids_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attention_BT = torch.zeros_like(input_ids_BT)
+    mask_BS = torch.zeros((len(seqs), T - 1), dtype=torch.bool)
+    for row, (seq, plen) in enumerate(zip(seqs, rollout.prompt_lens)):
+        input_ids_BT[row, :len(seq)] = torch.tensor(seq)
+        attention_BT[row, :len(seq)] = 1
+        mask_BS[row, plen - 1:len(seq) - 1] = True
+    return TokenBatch(input_ids_BT, attention_BT, input_ids_BT[:, 1:], mask_BS)
+
+
+@dataclass
+class TeacherBatch:
+    """The teacher's Score answers placed on the [B, S] target grid. Off-mask positions hold a
+    harmless uniform stand-in so that no NaN can reach a gradient."""
+
+    topk_ids_BSK: torch.Tensor
+    topk_logprobs_BSK: torch.Tensor
+    tail_logprobs_BS: torch.Tensor
+    token_logprobs_BS: torch.Tensor
+
+
+def teacher_batch(scores, rollout: Rollout, S: int) -> TeacherBatch:
+    B, K = len(scores), scores[0].topk_ids.shape[-1]
+    ids = torch.arange(K).expand(B, S, K).clone()
+    logprobs = torch.full((B, S, K), -math.log(K))
+    tail = torch.full((B, S), float("-inf"))
+    token = torch.zeros((B, S))
+    for row, (sc, plen) in enumerate(zip(scores, rollout.prompt_lens)):
+        n = sc.token_logprobs.numel()
+        window = slice(plen - 1, plen - 1 + n)
+        ids[row, window], logprobs[row, window] = sc.topk_ids, sc.topk_logprobs
+        tail[row, window], token[row, window] = sc.tail_logprobs, sc.token_logprobs
+    return TeacherBatch(ids, logprobs, tail, token)
+
+
+def to_device(tensors, device):
+    """A TokenBatch or TeacherBatch with every tensor moved to `device`."""
+    return dataclasses.replace(tensors, **{f.name: getattr(tensors, f.name).to(device)
+                                           for f in dataclasses.fields(tensors)})

@@ -1,0 +1,48 @@
+"""Sampling completions from the student: batched, KV-cached (Hugging Face `generate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]       # new tokens, ending with the first EOS when one was produced
+    logprobs: torch.Tensor     # float32 [L]: log q(token) under the sampling temperature
+    finished: bool             # ended with EOS (else hit max_new_tokens)
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+           top_p: float = 1.0, eos_ids: list[int], pad_id: int) -> list[Completion]:
+    """Continue each prompt once. Prompts are left-padded so that all end at the same column,
+    which is what a batched KV-cache decode needs."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    input_ids_BP = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask_BP = torch.zeros_like(input_ids_BP)
+    for row, p in enumerate(prompts):
+        input_ids_BP[row, width - len(p):] = torch.tensor(p)
+        mask_BP[row, width - len(p):] = 1
+    greedy = temperature == 0
+    out = model.generate(
+        input_ids=input_ids_BP.to(device), attention_mask=mask_BP.to(device),
+        do_sample=not greedy, temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p, top_k=0,  # top_k=0: no hidden top-50 truncation
+        max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
+        return_dict_in_generate=True, output_logits=True,
+    )
+    new_BL = out.sequences[:, width:].cpu()
+    logits_BLV = torch.stack(out.logits, dim=1).float().cpu()
+    logprobs_BL = torch.log_softmax(logits_BLV / (temperature or 1.0), -1).gather(-1, new_BL[..., None])[..., 0]
+    eos = torch.tensor(eos_ids)
+    completions = []
+    for row in range(len(prompts)):
+        tokens = new_BL[row]
+        stops = torch.isin(tokens, eos).nonzero()
+        length = int(stops[0]) + 1 if stops.numel() else tokens.numel()
+        completions.append(Completion(tokens[:length].tolist(), logprobs_BL[row, :length],
+                                      bool(stops.numel())))
+    return completions

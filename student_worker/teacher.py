@@ -1,0 +1,59 @@
+"""Calling the teacher patiently: a worker outlives teacher restarts.
+
+gRPC's retry policy (in the client) covers short blips within one call. When the teacher is down
+for longer, this layer waits with exponential backoff, says so on the console, and carries on when
+the teacher is back; past `patience_s` it gives up with TeacherUnreachable.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from tqdm import tqdm
+
+from distill.fingerprint import tokenizer_fingerprint
+from student_worker.teacher_client import TeacherClient
+
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class TeacherUnreachable(RuntimeError):
+    pass
+
+
+class PatientTeacher:
+    def __init__(self, client: TeacherClient, patience_s: float, max_backoff_s: float = 15.0):
+        self.client, self.patience_s, self.max_backoff_s = client, patience_s, max_backoff_s
+        self.outage_seconds = 0.0   # total time spent waiting for an unreachable teacher
+
+    def __call__(self, method: str, *args, **kwargs):
+        started, backoff = time.monotonic(), 0.5
+        while True:
+            try:
+                return getattr(self.client, method)(*args, **kwargs)
+            except grpc.RpcError as err:
+                if err.code() not in _TRANSIENT:
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self.patience_s:
+                    raise TeacherUnreachable(
+                        f"the teacher at {self.client.target} has been unreachable for {waited:.0f} s "
+                        f"(teacher.patience_s={self.patience_s:g}): {err.code().name}: {err.details()}"
+                    ) from err
+                tqdm.write(f"teacher {self.client.target} unreachable ({err.code().name}); "
+                           f"retrying in {backoff:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
+                pause = min(backoff, self.patience_s - waited)
+                time.sleep(pause)  # backoff between attempts, not a wait for a condition
+                self.outage_seconds += pause
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+
+def check_tokenizer(info, tokenizer, student_path: str) -> None:
+    """Refuse to train when the student's tokenizer is not the teacher's."""
+    mine = tokenizer_fingerprint(tokenizer)
+    if mine != info.tokenizer_fingerprint:
+        raise SystemExit(
+            f"tokenizer mismatch: the student {student_path!r} has tokenizer fingerprint {mine[:16]}…, "
+            f"the teacher {info.model_id!r} has {info.tokenizer_fingerprint[:16]}…; token ids would "
+            "mean different things. Use a student that shares the teacher's tokenizer.")

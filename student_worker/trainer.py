@@ -1,0 +1,210 @@
+"""The training loop: prompts -> completions -> teacher log-probs -> loss -> step.
+
+One process is one worker; `torchrun --nproc-per-node N` makes N workers of one job
+(DistributedDataParallel: gloo on CPU, NCCL on GPU). Each rank trains on different prompts;
+gradients are averaged, so weights stay identical; only rank 0 writes files.
+
+Overlap: with train.lag = L > 0, the teacher scores the next L batches while the student
+updates on the current one (those batches were sampled up to L updates ago). L = 0 is strictly
+on-policy: sample, score, update.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from student_worker import checkpoint
+from student_worker.config import RunConfig
+from student_worker.data import PromptData
+from student_worker.methods import Context, compute_loss, make_rollout, needs_teacher_scores, score_top_k
+from student_worker.rollout import teacher_batch, to_device, token_batch
+from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
+from student_worker.teacher_client import TeacherClient
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def _lr_lambda(cfg: RunConfig):
+    o, steps = cfg.optim, cfg.train.steps
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = (step - o.warmup_steps) / max(1, steps - o.warmup_steps)
+        if o.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if o.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return factor
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    # sampling at a step depends only on (seed, step, rank): resumed runs replay it exactly
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+class _MetricsLog:
+    """DIR/metrics.jsonl (+ TensorBoard); on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, output_dir: Path, start_step: int, tensorboard: bool):
+        self.path = output_dir / "metrics.jsonl"
+        kept = []
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise SystemExit("train.tensorboard=true needs the tensorboard package "
+                                 "(pip install tensorboard)") from exc
+            self.writer = SummaryWriter(output_dir / "tensorboard")
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, record["step"])
+
+
+def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
+    """Run cfg.train.steps steps (from the latest checkpoint when resume); return the final
+    checkpoint folder."""
+    rank, world, device = _init_distributed()
+    is_main = rank == 0
+    if cfg.student.num_threads:
+        torch.set_num_threads(cfg.student.num_threads)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
+    ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
+    model = AutoModelForCausalLM.from_pretrained(
+        ckpt or cfg.student.path, dtype=getattr(torch, cfg.student.dtype)).to(device)
+    teacher = PatientTeacher(TeacherClient(cfg.teacher.target, timeout=cfg.teacher.timeout_s,
+                                           api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
+    info = teacher("info")
+    check_tokenizer(info, tokenizer, cfg.student.path)
+    if cfg.teacher.top_k > info.max_top_k:
+        raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
+
+    data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
+    ddp_model = DistributedDataParallel(model) if world > 1 else model
+    model.train()
+
+    eos_ids = list(info.special_tokens.eos_ids) or [tokenizer.eos_token_id]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id, data.task, teacher)
+    wants_scores, top_k = needs_teacher_scores(cfg), score_top_k(cfg)
+
+    def score(rollout):
+        start = time.monotonic()
+        scores = teacher("score", rollout.sequences, rollout.prompt_lens, top_k=top_k,
+                         dtype=cfg.teacher.logprob_dtype)
+        return scores, time.monotonic() - start
+
+    log = _MetricsLog(output_dir, step, cfg.train.tensorboard) if is_main else None
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"{cfg.method.name}", disable=not is_main,
+               dynamic_ncols=True)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
+    pipeline: collections.deque = collections.deque()
+    next_step, run_steps = step, 0
+    teacher_time = teacher_wait = 0.0
+    started = time.monotonic()
+    try:
+        while step < cfg.train.steps:
+            # keep lag + 1 batches in flight: sampled now, scored by the teacher in the background
+            while len(pipeline) <= cfg.train.lag and next_step < cfg.train.steps:
+                torch.manual_seed(_step_seed(cfg.train.seed, next_step, rank))
+                rollout = make_rollout(data.batch(next_step), ctx, next_step)
+                pipeline.append((rollout, pool.submit(score, rollout) if wants_scores else None))
+                next_step += 1
+            rollout, pending = pipeline.popleft()
+            step_start = time.monotonic()
+            scores, latency = pending.result() if pending else (None, 0.0)
+            waited = time.monotonic() - step_start
+            teacher_time, teacher_wait = teacher_time + latency, teacher_wait + min(waited, latency)
+
+            batch = to_device(token_batch(rollout, pad_id), device)
+            logits_BSV = ddp_model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
+            student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
+            teacher_b = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), device)
+                         if scores else None)
+            loss, logs = compute_loss(cfg, student_logprobs_BSV, batch, teacher_b, rollout)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip).item()
+                         if o.grad_clip else float("nan"))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            run_steps += 1
+
+            stats = torch.tensor([loss.item(), rollout.num_completion_tokens, len(rollout.prompt_ids)],
+                                 dtype=torch.float64)
+            if world > 1:
+                dist.all_reduce(stats)
+            if is_main:
+                seconds = time.monotonic() - step_start
+                record = {"step": step, "loss": stats[0].item() / world, **logs,
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "samples": int(stats[2]), "completion_tokens": int(stats[1]),
+                          "tokens_per_s": stats[1].item() / max(seconds + waited, 1e-9),
+                          "teacher_latency_s": latency, "teacher_wait_s": waited,
+                          "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
+                          "source": rollout.source, "elapsed_s": time.monotonic() - started}
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.update(1)
+            stopping = cfg.train.stop_after and run_steps >= cfg.train.stop_after
+            if step == cfg.train.steps or stopping or (cfg.train.save_every and step % cfg.train.save_every == 0):
+                _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world)
+            if stopping:
+                break
+    except TeacherUnreachable as exc:
+        _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world)
+        raise SystemExit(f"stopping: {exc}. Checkpoint at step {step} in {output_dir}; "
+                         "continue with --resume once the teacher is back.") from exc
+    finally:
+        bar.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+    if is_main and teacher_time:
+        print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
+              f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")
+    return checkpoint.checkpoint_dir(output_dir, step)
+
+
+def _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world) -> None:
+    if is_main:
+        checkpoint.save(output_dir, step, model, tokenizer, optimizer, scheduler)
+    if world > 1:
+        dist.barrier()

@@ -38,10 +38,10 @@ def char_tokenizer(extra_tokens: int = 0) -> PreTrainedTokenizerFast:
 
 
 def make_tiny_model(out_dir: str | pathlib.Path, preset: str = "tiny", seed: int = 0,
-                    **overrides) -> pathlib.Path:
+                    extra_tokens: int = 0, **overrides) -> pathlib.Path:
     """Write a random-weight Llama and a char tokenizer to `out_dir`; return the path."""
     out_dir = pathlib.Path(out_dir)
-    tokenizer = char_tokenizer()
+    tokenizer = char_tokenizer(extra_tokens)
     cfg = dict(PRESETS[preset], **overrides)
     config = LlamaConfig(
         **cfg, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

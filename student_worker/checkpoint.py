@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
@@ -26,13 +27,24 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(_STEP_DIR.search(p.name)[1]), default=None)
 
 
-def save(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+def weights_digest(model) -> str:
+    """sha256 of every parameter's bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, param in model.state_dict().items():
+        h.update(name.encode())
+        h.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
+         rank_digests: list[str] = ()) -> Path:
     path = checkpoint_dir(output_dir, step)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     state = {
         "step": step,
+        "rank_weight_digests": list(rank_digests),  # one per worker, all equal
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),

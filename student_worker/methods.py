@@ -108,10 +108,14 @@ def compute_loss(cfg: RunConfig, student_logprobs_BSV: torch.Tensor, batch: Toke
         loss = -D.masked_mean(token_lp_BS, batch.mask_BS, m.reduction)
         return loss, {"nll": loss.item()}
     if m.name in ("kd", "gkd"):
-        div_BS = D.divergence(
-            m.divergence, student_logprobs_BSV, teacher_topk_ids_BTK=teacher.topk_ids_BSK,
-            teacher_topk_logprobs_BTK=teacher.topk_logprobs_BSK,
-            teacher_tail_logprobs_BT=teacher.tail_logprobs_BS, beta=m.beta, alpha=m.alpha)
+        # only completion positions are computed ([1, M, ...]), then put back on the grid:
+        # nothing is spent on prompt or padding rows, and no stand-in value there can be inf
+        rows = batch.mask_BS
+        div_M = D.divergence(
+            m.divergence, student_logprobs_BSV[rows][None], teacher_topk_ids_BTK=teacher.topk_ids_BSK[rows][None],
+            teacher_topk_logprobs_BTK=teacher.topk_logprobs_BSK[rows][None],
+            teacher_tail_logprobs_BT=teacher.tail_logprobs_BS[rows][None], beta=m.beta, alpha=m.alpha)[0]
+        div_BS = torch.zeros_like(token_lp_BS).masked_scatter(rows, div_M)
         loss = D.masked_mean(div_BS, batch.mask_BS, m.reduction)
         return loss, {"divergence": loss.item(), "on_policy": float(rollout.source == "student")}
     if m.name == "rlkd":

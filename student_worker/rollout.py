@@ -59,7 +59,8 @@ def token_batch(rollout: Rollout, pad_id: int) -> TokenBatch:
 @dataclass
 class TeacherBatch:
     """The teacher's Score answers placed on the [B, S] target grid. Off-mask positions hold a
-    harmless uniform stand-in so that no NaN can reach a gradient."""
+    stand-in spreading the mass evenly over the K+1 buckets: every bucket finite, so no divergence
+    is infinite there (masking an inf still sends 0 * inf = NaN into the gradient)."""
 
     topk_ids_BSK: torch.Tensor
     topk_logprobs_BSK: torch.Tensor
@@ -70,8 +71,8 @@ class TeacherBatch:
 def teacher_batch(scores, rollout: Rollout, S: int) -> TeacherBatch:
     B, K = len(scores), scores[0].topk_ids.shape[-1]
     ids = torch.arange(K).expand(B, S, K).clone()
-    logprobs = torch.full((B, S, K), -math.log(K))
-    tail = torch.full((B, S), float("-inf"))
+    logprobs = torch.full((B, S, K), -math.log(K + 1))
+    tail = torch.full((B, S), -math.log(K + 1))
     token = torch.zeros((B, S))
     for row, (sc, plen) in enumerate(zip(scores, rollout.prompt_lens)):
         n = sc.token_logprobs.numel()

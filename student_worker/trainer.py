@@ -204,7 +204,15 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
 
 
 def _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world) -> None:
+    digests = [checkpoint.weights_digest(model)]
+    if world > 1:
+        # DDP keeps replicas identical by construction; a checkpoint proves it
+        gathered = [None] * world
+        dist.all_gather_object(gathered, digests[0])
+        digests = gathered
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks hold different weights at step {step}: {digests}")
     if is_main:
-        checkpoint.save(output_dir, step, model, tokenizer, optimizer, scheduler)
+        checkpoint.save(output_dir, step, model, tokenizer, optimizer, scheduler, rank_digests=digests)
     if world > 1:
         dist.barrier()

@@ -1,0 +1,74 @@
+"""Worker pieces on their own: configuration, the target grid, the sampler."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from student_worker.config import load_config, parse_override
+from student_worker.rollout import Rollout, teacher_batch, token_batch
+from student_worker.teacher_client import TeacherScores
+
+REQUIRED = ["student.path=s", "teacher.target=t:1", "data.source=reverse"]
+
+
+def test_config_layers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  beta: 0.9\noptim:\n  lr: 0.001\n")
+    cfg = load_config(path, "gkd", [*REQUIRED, "optim.lr=3e-5", "optim.betas=[0.8, 0.9]"])
+    assert cfg.method.name == "gkd" and cfg.method.divergence == "jsd"   # from the preset
+    assert cfg.method.beta == 0.9                                        # the file refines it
+    assert cfg.optim.lr == 3e-5 and cfg.optim.betas == (0.8, 0.9)        # overrides win
+    assert parse_override("a.b=x") == {"a": {"b": "x"}}
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method.beta=1.5"], "less than or equal to 1"),
+    (["method.name=ppo"], "Input should be"),
+    (["optim.lrr=1"], "Extra inputs are not permitted"),
+])
+def test_config_errors_are_clear(overrides, match):
+    with pytest.raises(ValidationError, match=match):
+        load_config(None, None, [*REQUIRED, *overrides])
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        load_config(None, "nope", REQUIRED)
+
+
+def test_targets_and_teacher_arrays_line_up():
+    rollout = Rollout([[5, 6, 7], [9]], [[1, 2], [3, 4, 2]], "data")
+    batch = token_batch(rollout, pad_id=0)
+    assert batch.input_ids_BT.tolist() == [[5, 6, 7, 1, 2], [9, 3, 4, 2, 0]]
+    # target s is token s + 1: completion tokens only
+    assert batch.mask_BS.tolist() == [[False, False, True, True], [True, True, True, False]]
+    assert batch.targets_BS[batch.mask_BS].tolist() == [1, 2, 3, 4, 2]
+    scores = [TeacherScores(torch.tensor([[11], [12]]), torch.tensor([[-0.1], [-0.2]]),
+                            torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0]), None),
+              TeacherScores(torch.tensor([[21], [22], [23]]), torch.tensor([[-0.3], [-0.4], [-0.5]]),
+                            torch.tensor([-5.0, -6.0, -7.0]), torch.tensor([-8.0, -9.0, -10.0]), None)]
+    teacher = teacher_batch(scores, rollout, 4)
+    assert teacher.topk_ids_BSK[batch.mask_BS][:, 0].tolist() == [11, 12, 21, 22, 23]
+    assert teacher.token_logprobs_BS[batch.mask_BS].tolist() == [-1.0, -2.0, -5.0, -6.0, -7.0]
+    # off-grid stand-ins are proper, finite distributions
+    off = teacher.topk_logprobs_BSK[~batch.mask_BS].exp().sum(-1) + teacher.tail_logprobs_BS[~batch.mask_BS].exp()
+    torch.testing.assert_close(off, torch.ones_like(off))
+
+
+def test_sampler_stops_at_eos_and_returns_its_logprobs(reference_model):
+    from student_worker.sampling import sample
+
+    torch.manual_seed(0)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    out = sample(reference_model, prompts, max_new_tokens=12, temperature=1.0, eos_ids=[2], pad_id=0)
+    for prompt, completion in zip(prompts, out):
+        tokens = completion.token_ids
+        assert 1 <= len(tokens) <= 12
+        assert (2 in tokens) == completion.finished and (not completion.finished or tokens[-1] == 2)
+        with torch.no_grad():
+            logits = reference_model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+        torch.testing.assert_close(completion.logprobs, expected, atol=1e-4, rtol=0)
+    greedy = sample(reference_model, prompts, max_new_tokens=5, temperature=0, eos_ids=[2], pad_id=0)
+    alone = sample(reference_model, prompts[1:], max_new_tokens=5, temperature=0, eos_ids=[2], pad_id=0)
+    assert greedy[1].token_ids == alone[0].token_ids   # left padding does not change the answer

@@ -110,6 +110,11 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
                                            api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
     info = teacher("info")
     check_tokenizer(info, tokenizer, cfg.student.path)
+    student_vocab = model.get_output_embeddings().out_features
+    if info.vocab_size > student_vocab:
+        raise SystemExit(f"the teacher scores {info.vocab_size} token ids but the student "
+                         f"{cfg.student.path!r} has only {student_vocab} outputs; resize the "
+                         "student's embeddings (model.resize_token_embeddings) to at least the teacher's")
     if cfg.teacher.top_k > info.max_top_k:
         raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
 
@@ -143,15 +148,17 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
     try:
         while step < cfg.train.steps:
             # keep lag + 1 batches in flight: sampled now, scored by the teacher in the background
+            step_start = time.monotonic()
             while len(pipeline) <= cfg.train.lag and next_step < cfg.train.steps:
                 torch.manual_seed(_step_seed(cfg.train.seed, next_step, rank))
                 rollout = make_rollout(data.batch(next_step), ctx, next_step)
                 pipeline.append((rollout, pool.submit(score, rollout) if wants_scores else None))
                 next_step += 1
             rollout, pending = pipeline.popleft()
-            step_start = time.monotonic()
+            wait_start = time.monotonic()
             scores, latency = pending.result() if pending else (None, 0.0)
-            waited = time.monotonic() - step_start
+            update_start = time.monotonic()
+            waited = update_start - wait_start
             teacher_time, teacher_wait = teacher_time + latency, teacher_wait + min(waited, latency)
 
             batch = to_device(token_batch(rollout, pad_id), device)
@@ -174,11 +181,12 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
             if world > 1:
                 dist.all_reduce(stats)
             if is_main:
-                seconds = time.monotonic() - step_start
+                now = time.monotonic()
                 record = {"step": step, "loss": stats[0].item() / world, **logs,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "samples": int(stats[2]), "completion_tokens": int(stats[1]),
-                          "tokens_per_s": stats[1].item() / max(seconds + waited, 1e-9),
+                          "tokens_per_s": stats[1].item() / max(now - step_start, 1e-9),
+                          "rollout_s": wait_start - step_start, "update_s": now - update_start,
                           "teacher_latency_s": latency, "teacher_wait_s": waited,
                           "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
                           "source": rollout.source, "elapsed_s": time.monotonic() - started}

@@ -5,6 +5,8 @@
     info = client.info()
     scores = client.score([[1, 5, 9, 2]], score_from=1, top_k=20)
     scores[0].topk_logprobs          # float32 [3, 20]
+    samples = client.generate([[1, 5, 9]], num_samples=4, temperature=0.8, max_new_tokens=32)
+    samples[0][3].token_ids          # int64 [L]: prompt 0's fourth sample
 
 `target` is one address, several ("h1:50051,h2:50051" or a list) or a resolver name such as
 "dns:///teachers.internal:50051"; requests are spread over every address with gRPC's
@@ -44,6 +46,18 @@ class TeacherScores:
     token_logprobs: torch.Tensor             # float32 [N]
     tail_logprobs: torch.Tensor              # float32 [N]
     candidate_logprobs: torch.Tensor | None  # float32 [N, C]
+
+
+@dataclass
+class TeacherSample:
+    """One teacher continuation of a prompt (CPU tensors; the prompt is not repeated)."""
+
+    token_ids: torch.Tensor      # int64 [L]
+    logprobs: torch.Tensor       # float32 [L]: under softmax(logits / temperature), before top-p
+    finish_reason: str           # "stop" (the last token is a stop token) | "length"
+
+
+_FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
 
 
 def resolve_target(target: str | Sequence[str]) -> str:
@@ -140,6 +154,27 @@ def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
     )
 
 
+def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature: float, top_p: float,
+                     max_new_tokens: int, stop_token_ids: Sequence[int] | None, seed: int | None,
+                     dtype: str) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        prompt_ids=[pack(_ids(p)) for p in prompts], num_samples=num_samples,
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        stop_token_ids=[int(t) for t in (stop_token_ids if stop_token_ids is not None else [])],
+        seed=seed, logprob_dtype=wire_dtype(dtype))
+
+
+def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[list[TeacherSample]]:
+    """One list per prompt, its samples in the server's order."""
+    grouped: list[list[TeacherSample]] = [[] for _ in range(num_prompts)]
+    for sample in response.samples:
+        grouped[sample.prompt_index].append(TeacherSample(
+            token_ids=unpack_torch(sample.token_ids).long(),
+            logprobs=unpack_torch(sample.token_logprobs).float(),
+            finish_reason=_FINISH_REASONS.get(sample.finish_reason, "unspecified")))
+    return grouped
+
+
 class _ClientBase:
     def __init__(self, target: str | Sequence[str], timeout: float = 60.0, api_key: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5):
@@ -176,6 +211,21 @@ class TeacherClient(_ClientBase):
         response = self.stub.Score(request, **self._call_kwargs(timeout))
         return [scores_from_proto(r) for r in response.results]
 
+    def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
+                 top_p: float = 1.0, max_new_tokens: int = 64,
+                 stop_token_ids: Sequence[int] | None = None, seed: int | None = None,
+                 dtype: str = "float32", timeout: float | None = None) -> list[list[TeacherSample]]:
+        """`num_samples` teacher samples per prompt: result[i][j] is prompt i's sample j.
+
+        temperature 0 is greedy; `stop_token_ids` None means the model's end-of-sequence ids; the
+        same `seed` gives the same samples (None: random). `dtype` is the wire precision of the
+        log-probs, as in `score`.
+        """
+        request = generate_request(prompts, num_samples, temperature, top_p, max_new_tokens,
+                                   stop_token_ids, seed, dtype)
+        response = self.stub.Generate(request, **self._call_kwargs(timeout))
+        return samples_from_proto(response, len(prompts))
+
     def close(self) -> None:
         self.channel.close()
 
@@ -204,6 +254,17 @@ class AsyncTeacherClient(_ClientBase):
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = await self.stub.Score(request, **self._call_kwargs(timeout))
         return [scores_from_proto(r) for r in response.results]
+
+    async def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1,
+                       temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,
+                       stop_token_ids: Sequence[int] | None = None, seed: int | None = None,
+                       dtype: str = "float32",
+                       timeout: float | None = None) -> list[list[TeacherSample]]:
+        """See TeacherClient.generate."""
+        request = generate_request(prompts, num_samples, temperature, top_p, max_new_tokens,
+                                   stop_token_ids, seed, dtype)
+        response = await self.stub.Generate(request, **self._call_kwargs(timeout))
+        return samples_from_proto(response, len(prompts))
 
     async def close(self) -> None:
         await self.channel.close()

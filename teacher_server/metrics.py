@@ -15,6 +15,8 @@ class Metrics:
                                 ["rpc", "code"], registry=r)
         self.tokens_scored = Counter("teacher_tokens_scored", "Positions scored (log-probs returned)",
                                      registry=r)
+        self.tokens_generated = Counter("teacher_tokens_generated",
+                                        "New tokens returned by Generate", registry=r)
         self.tokens_forward = Counter("teacher_tokens_forward",
                                       "Tokens run through the model, padding excluded", registry=r)
         self.batch_sequences = Histogram("teacher_batch_sequences", "Sequences per forward pass",

@@ -14,9 +14,12 @@ from distill.tensors import PackError, pack, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import ModelInfo
 from teacher_server.errors import InvalidRequest
+from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
 
 DEFAULT_TOP_K = 20
+MAX_SAMPLES = 64   # per prompt: n samples cost n times the prompt's tokens in one batch
+_FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.DTYPE_FLOAT32,
                    pb.DTYPE_FLOAT16: pb.DTYPE_FLOAT16}
 
@@ -129,6 +132,51 @@ def score_result(out: ScoreOutput, dtype: int) -> pb.ScoreResult:
     if out.candidate_logprobs is not None:
         result.candidate_logprobs.CopyFrom(pack(out.candidate_logprobs, dtype))
     return result
+
+
+def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> list[GenerateItem]:
+    """Validate a GenerateRequest into one GenerateItem per prompt; raise InvalidRequest."""
+    if not request.prompt_ids:
+        raise InvalidRequest("the request has no prompts")
+    logprob_dtype(request.logprob_dtype)
+    num_samples = request.num_samples or 1
+    if num_samples > MAX_SAMPLES:
+        raise InvalidRequest(f"num_samples={num_samples} exceeds the limit of {MAX_SAMPLES} per "
+                             f"prompt; send the prompt several times instead")
+    temperature = request.temperature if request.HasField("temperature") else 1.0
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidRequest(f"temperature={temperature} must be a finite number >= 0 "
+                             f"(0 is greedy)")
+    top_p = request.top_p if request.HasField("top_p") else 1.0
+    if not 0 < top_p <= 1:       # also refuses nan
+        raise InvalidRequest(f"top_p={top_p} is out of range: it must be in (0, 1]")
+    max_new = request.max_new_tokens
+    if max_new < 1:
+        raise InvalidRequest(f"max_new_tokens={max_new} must be >= 1")
+    stop_ids = list(request.stop_token_ids)
+    _check_vocab(torch.tensor(stop_ids, dtype=torch.long), "stop_token_ids", limits)
+    seed = request.seed if request.HasField("seed") else None
+    items = []
+    for i, tensor in enumerate(request.prompt_ids):
+        where = f"prompt {i}"
+        ids = _token_ids(tensor, where, limits)
+        if ids.numel() + max_new > limits.max_context:
+            raise InvalidRequest(
+                f"{where}: {ids.numel()} prompt tokens + max_new_tokens={max_new} = "
+                f"{ids.numel() + max_new} exceed the teacher's context of {limits.max_context} "
+                f"tokens; shorten the prompt or lower max_new_tokens")
+        items.append(GenerateItem(ids, num_samples, float(temperature), float(top_p), max_new,
+                                  stop_ids, seed))
+    return items
+
+
+def generate_response(outputs: list[list[GeneratedSample]], dtype: int) -> pb.GenerateResponse:
+    """Samples grouped by prompt: prompt 0's n samples, then prompt 1's, ..."""
+    return pb.GenerateResponse(samples=[
+        pb.GenerateSample(prompt_index=i, token_ids=pack(s.token_ids, "int32"),
+                          token_logprobs=pack(s.logprobs, dtype),
+                          finish_reason=_FINISH_REASONS[s.finish_reason])
+        for i, samples in enumerate(outputs) for s in samples])
 
 
 def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,

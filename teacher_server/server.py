@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -22,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server import __version__, protocol
-from teacher_server.backends import Backend, load_backend
+from teacher_server.backends import Backend, load_backend, run_batch
 from teacher_server.batcher import Batcher
 from teacher_server.config import ServerSettings
 from teacher_server.http import Readiness, create_app
@@ -62,9 +63,10 @@ class TeacherServer:
     async def bind(self) -> None:
         """Start the batcher and both servers; health says NOT_SERVING until warm_up()."""
         s = self.settings
-        self.batcher = Batcher(self.backend.score, max_batch_tokens=s.max_batch_tokens,
-                               max_wait_s=s.max_wait_ms / 1000, max_queued_tokens=s.max_queued_tokens,
-                               metrics=self.metrics)
+        # Score and Generate share one queue and one forward thread; run_batch splits by kind.
+        self.batcher = Batcher(functools.partial(run_batch, self.backend),
+                               max_batch_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_ms / 1000,
+                               max_queued_tokens=s.max_queued_tokens, metrics=self.metrics)
         self.batcher.start()
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_send_message_length", s.max_message_bytes),

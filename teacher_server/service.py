@@ -85,8 +85,14 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         raise NotSupported("Verify is not served yet by this teacher version")
 
     @rpc("Generate")
-    async def Generate(self, request, context):
-        raise NotSupported("Generate is not served yet by this teacher version")
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        if not self.info.features.generate:
+            raise NotSupported(f"the {self.info.backend} backend does not serve Generate")
+        items = protocol.parse_generate_request(request, self.limits)
+        dtype = protocol.logprob_dtype(request.logprob_dtype)
+        outputs = await self.batcher.submit(items)
+        self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs for s in o))
+        return protocol.generate_response(outputs, dtype)
 
     @rpc("Info")
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:

@@ -134,6 +134,7 @@ def test_info(client, tiny_model_dir, reference_model):
     assert info.max_top_k == VOCAB
     assert info.max_message_bytes == 4 * 1024 * 1024
     assert info.features.score_candidates and info.features.float16_logprobs
+    assert info.features.generate and not info.features.verify
     assert info.model_dtype == "float32"
 
 

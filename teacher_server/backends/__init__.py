@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from teacher_server.config import ServerSettings
+from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
 
 
@@ -35,6 +36,23 @@ class Backend(Protocol):
 
     def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
         """Score items in one forward pass (the batcher chose them to fit the token budget)."""
+
+    def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
+        """num_samples samples per item (only when info.generate)."""
+
+
+def run_batch(backend: Backend, items: list) -> list:
+    """The batcher's one callable: Score and Generate items share its queue and forward thread,
+    so a batch may hold both. Each kind goes to its backend method in one call; outputs come
+    back in the items' order. Methods are looked up only when needed: a backend without
+    Generate never receives a GenerateItem (the servicer refuses those first)."""
+    outputs: list = [None] * len(items)
+    for kind, method in ((ScoreItem, "score"), (GenerateItem, "generate")):
+        rows = [i for i, item in enumerate(items) if isinstance(item, kind)]
+        if rows:
+            for i, out in zip(rows, getattr(backend, method)([items[i] for i in rows])):
+                outputs[i] = out
+    return outputs
 
 
 def load_backend(settings: ServerSettings) -> Backend:

@@ -6,11 +6,12 @@ import itertools
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from distill.fingerprint import tokenizer_fingerprint
 from teacher_server.backends import ModelInfo
 from teacher_server.config import ServerSettings
+from teacher_server.generation import GeneratedSample, GenerateItem, cut_at_stop, token_logprobs
 from teacher_server.scoring import ScoreItem, ScoreOutput, score_logits
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,15 @@ class TransformersBackend:
             model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             bos=_special(tokenizer, "bos"), eos=_special(tokenizer, "eos"),
             pad=_special(tokenizer, "pad"), unk=_special(tokenizer, "unk"), eos_ids=eos_ids,
+            generate=True,
         )
         self.pad_id = max(self.info.pad, 0)
+        # `model.generate` fills every option a call leaves unset from the checkpoint's
+        # generation_config.json (top_k, repetition_penalty, min_length, ...): a neutral config
+        # makes Generate sample exactly what the request asks for.
+        model.generation_config = GenerationConfig(
+            bos_token_id=self.info.bos if self.info.bos >= 0 else None,
+            eos_token_id=eos_ids or None, pad_token_id=self.pad_id)
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "TransformersBackend":
@@ -128,6 +136,61 @@ class TransformersBackend:
                 outputs[i] = _slice(merged, offset, offset + n, items[i].candidate_ids)
                 offset += n
         return outputs
+
+    @torch.inference_mode()
+    def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
+        """Unseeded items with equal options share one `model.generate` call; a seeded item runs
+        alone on a forked, seeded RNG, so its samples depend on its seed only (not on its
+        batch-mates) and the server's global RNG stream is left as it was."""
+        groups: dict[object, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.options if item.seed is None else i, []).append(i)
+        outputs: list[list[GeneratedSample] | None] = [None] * len(items)
+        for group in groups.values():
+            batch = [items[i] for i in group]
+            if batch[0].seed is None:
+                results = self._generate(batch)
+            else:
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(batch[0].seed)
+                    results = self._generate(batch)
+            for i, samples in zip(group, results):
+                outputs[i] = samples
+        return outputs
+
+    def _generate(self, batch: list[GenerateItem]) -> list[list[GeneratedSample]]:
+        """One `model.generate` call for items sharing options: every prompt repeated
+        num_samples times, left-padded (new tokens are appended on the right, so the prompts'
+        last tokens must line up) with an attention mask that hides the padding."""
+        first = batch[0]
+        stop_ids = first.stop_ids or self.info.eos_ids
+        prompts = [item.prompt_ids for item in batch for _ in range(item.num_samples)]
+        width = max(p.numel() for p in prompts)
+        ids_BP = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask_BP = torch.zeros_like(ids_BP)
+        for row, prompt in enumerate(prompts):
+            ids_BP[row, width - prompt.numel():] = prompt
+            mask_BP[row, width - prompt.numel():] = 1
+        sampling = first.temperature > 0
+        # top_k=0 switches off transformers' default top-50 truncation, which the contract lacks
+        options = (dict(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
+                   if sampling else dict(do_sample=False))
+        # output_logits keeps every step's raw [B, V] logits on the device until the call
+        # returns (B x max_new_tokens x V floats): the price of exact log-probs from `generate`.
+        out = self.model.generate(
+            input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
+            max_new_tokens=first.max_new_tokens, eos_token_id=stop_ids or None,
+            pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=True, **options)
+        new_BL = out.sequences[:, width:]
+        logprobs_BL = token_logprobs(out.logits, new_BL, first.temperature).cpu()
+        new_BL = new_BL.cpu()
+        samples = [cut_at_stop(new_BL[row], logprobs_BL[row], stop_ids) for row in range(len(prompts))]
+        results, start = [], 0
+        for item in batch:
+            results.append(samples[start:start + item.num_samples])
+            start += item.num_samples
+        return results
 
 
 def _cat_ragged(cands: list[torch.Tensor]) -> torch.Tensor:

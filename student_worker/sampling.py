@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 
 @dataclass
@@ -27,13 +28,15 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
         input_ids_BP[row, width - len(p):] = torch.tensor(p)
         mask_BP[row, width - len(p):] = 1
     greedy = temperature == 0
-    out = model.generate(
-        input_ids=input_ids_BP.to(device), attention_mask=mask_BP.to(device),
+    # A config of our own: `generate` would otherwise fill unset options from the checkpoint's
+    # generation_config.json (top_k=50, repetition penalties, ...) and sample another policy than
+    # the one the loss assumes. top_k=0 switches off the default top-50 cut.
+    config = GenerationConfig(
         do_sample=not greedy, temperature=None if greedy else temperature,
-        top_p=None if greedy else top_p, top_k=0,  # top_k=0: no hidden top-50 truncation
-        max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-        return_dict_in_generate=True, output_logits=True,
-    )
+        top_p=None if greedy else top_p, top_k=0, max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids, pad_token_id=pad_id, return_dict_in_generate=True, output_logits=True)
+    out = model.generate(input_ids=input_ids_BP.to(device), attention_mask=mask_BP.to(device),
+                         generation_config=config)
     new_BL = out.sequences[:, width:].cpu()
     logits_BLV = torch.stack(out.logits, dim=1).float().cpu()
     logprobs_BL = torch.log_softmax(logits_BLV / (temperature or 1.0), -1).gather(-1, new_BL[..., None])[..., 0]

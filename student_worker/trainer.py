@@ -108,7 +108,10 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
         ckpt or cfg.student.path, dtype=getattr(torch, cfg.student.dtype)).to(device)
     teacher = PatientTeacher(TeacherClient(cfg.teacher.target, timeout=cfg.teacher.timeout_s,
                                            api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
-    info = teacher("info")
+    try:
+        info = teacher("info")
+    except TeacherUnreachable as exc:
+        raise SystemExit(f"cannot start: {exc}") from exc
     check_tokenizer(info, tokenizer, cfg.student.path)
     student_vocab = model.get_output_embeddings().out_features
     if info.vocab_size > student_vocab:

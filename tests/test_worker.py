@@ -83,6 +83,42 @@ def test_method_reduces_its_loss(preset, overrides, metric, teacher, client, stu
     assert all(x["samples"] == 4 and x["completion_tokens"] > 0 for x in lines)
 
 
+def test_seqkd_learns_the_teachers_greedy_samples(teacher, client, student_dir, data_file, tmp_path):
+    cfg = config(student_dir, teacher.target, data_file, "sampling.temperature=0", preset="seqkd")
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    examples = PromptData(cfg.data, tokenizer).examples
+    samples = client.generate([e.prompt_ids for e in examples], temperature=0, max_new_tokens=6)
+    rollout = Rollout([e.prompt_ids for e in examples], [s[0].token_ids.tolist() for s in samples], "teacher")
+    batch = token_batch(rollout, tokenizer.pad_token_id)
+
+    def nll(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1], -1)
+        return -D.masked_mean(lp.gather(-1, batch.targets_BS[..., None])[..., 0], batch.mask_BS).item()
+
+    before = nll(student_dir)
+    after = nll(train(cfg, tmp_path))
+    assert after < before - 0.5, (before, after)
+
+
+def test_seqkd_best_of_n_with_a_task_verifier(teacher, student_dir, tmp_path):
+    cfg = load_config(None, "seqkd", [f"student.path={student_dir}", f"teacher.target={teacher.target}",
+                                      "data.source=reverse", "data.batch_size=2", "method.best_of=3",
+                                      "sampling.max_new_tokens=6", "train.steps=2"])
+    train(cfg, tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["source"] for x in lines] == ["teacher", "teacher"]
+
+
+def test_prompts_from_a_datasets_folder(teacher, student_dir, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(EXAMPLES).save_to_disk(str(tmp_path / "ds"))
+    cfg = config(student_dir, teacher.target, tmp_path / "ds", "train.steps=2", preset="kd")
+    train(cfg, tmp_path / "out")
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_resume_is_bit_exact(teacher, student_dir, data_file, tmp_path):
     common = ["train.steps=4", "method.student_fraction=0.5", "optim.schedule=cosine", "optim.warmup_steps=1"]
     straight = train(config(student_dir, teacher.target, data_file, *common, preset="gkd"), tmp_path / "a")
@@ -175,3 +211,31 @@ def test_teacher_killed_and_restarted_mid_run(tiny_model_dir, student_dir, data_
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
     assert steps == list(range(1, 13))
     assert any("unreachable" in line for line in output)
+
+
+def test_teacher_gone_past_patience_stops_with_a_checkpoint(tiny_model_dir, student_dir, data_file, tmp_path):
+    server = TeacherProcess(tiny_model_dir)
+    server.wait_serving()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", *_worker_cmd(student_dir, server.target, data_file, tmp_path,
+                                            "train.steps=500", "teacher.patience_s=2")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    output = []
+    try:
+        for line in worker.stdout:
+            output.append(line)
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+        server.proc.kill()
+        output.append(worker.stdout.read())
+        code = worker.wait(120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    text = "".join(output)
+    assert code != 0, text
+    assert "stopping: the teacher at" in text and "continue with --resume" in text
+    done = len(metrics.read_text().splitlines())
+    state = torch.load(tmp_path / "checkpoints" / f"step-{done:06d}" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == done >= 2

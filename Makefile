@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/score_overhead.py
+	$(PY) bench/worker_overlap.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 OUT    ?= demo-output
+QUICK  ?=
+SEEDS  ?=
 
 .PHONY: setup demo test bench protos clean
 
@@ -16,11 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the `cpu` extra pins torch to the CPU wheel; GPU images install their own torch
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,demo]'
 	touch $@
 
+# QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds
 demo: setup
-	OUT=$(OUT) $(PY) scripts/score_demo.py --out $(OUT)
+	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) $(PY) examples/demo.py
 
 test: setup
 	$(PY) -m pytest -q

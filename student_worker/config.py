@@ -20,6 +20,8 @@ class _Section(BaseModel):
 
 class StudentConfig(_Section):
     path: str = Field(..., description="student model: Hugging Face directory or hub id")
+    init: Literal["pretrained", "config"] = Field(
+        "pretrained", description="load the weights, or only the config (random init, seeded)")
     dtype: Literal["float32", "bfloat16"] = "float32"
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
 
@@ -80,11 +82,17 @@ class TrainConfig(_Section):
     stop_after: int = Field(0, ge=0, description="leave after N steps of this run with a checkpoint, "
                                                  "as a preempted job would (0: run to the end)")
     tensorboard: bool = False
+    eval_every: int = Field(0, ge=0, description="evaluate on the task every N steps (0: never); "
+                                                 "needs a built-in task as data.source")
+    eval_split: str = "dev"
+    eval_prompts: int = Field(256, ge=1)
+    stop_at_accuracy: float = Field(
+        0.0, ge=0, le=1, description="stop once the sampled eval accuracy reaches this (0: off)")
 
 
 class RunConfig(_Section):
     student: StudentConfig
-    teacher: TeacherConfig
+    teacher: TeacherConfig | None = None   # sft needs none
     data: DataConfig
     sampling: SamplingConfig = SamplingConfig()
     method: MethodConfig = MethodConfig()

@@ -90,6 +90,10 @@ def make_rollout(examples: list[Example], ctx: Context, step: int) -> Rollout:
     raise ValueError(f"unknown method {m.name!r}")
 
 
+def needs_teacher(cfg: RunConfig) -> bool:
+    return cfg.method.name != "sft"
+
+
 def needs_teacher_scores(cfg: RunConfig) -> bool:
     return cfg.method.name in ("kd", "gkd", "rlkd")
 

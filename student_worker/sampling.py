@@ -33,7 +33,7 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     # the one the loss assumes. top_k=0 switches off the default top-50 cut.
     config = GenerationConfig(
         do_sample=not greedy, temperature=None if greedy else temperature,
-        top_p=None if greedy else top_p, top_k=0, max_new_tokens=max_new_tokens,
+        top_p=None if greedy else top_p, top_k=None if greedy else 0, max_new_tokens=max_new_tokens,
         eos_token_id=eos_ids, pad_token_id=pad_id, return_dict_in_generate=True, output_logits=True)
     out = model.generate(input_ids=input_ids_BP.to(device), attention_mask=mask_BP.to(device),
                          generation_config=config)

@@ -28,7 +28,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from student_worker import checkpoint
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
-from student_worker.methods import Context, compute_loss, make_rollout, needs_teacher_scores, score_top_k
+from student_worker.evaluate import evaluate
+from student_worker.methods import (Context, compute_loss, make_rollout, needs_teacher,
+                                    needs_teacher_scores, score_top_k)
 from student_worker.rollout import teacher_batch, to_device, token_batch
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
@@ -92,9 +94,9 @@ class _MetricsLog:
                     self.writer.add_scalar(key, value, record["step"])
 
 
-def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
+def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Run cfg.train.steps steps (from the latest checkpoint when resume); return the final
-    checkpoint folder."""
+    checkpoint folder. progress=False hides the bar (for a caller that shows its own)."""
     rank, world, device = _init_distributed()
     is_main = rank == 0
     if cfg.student.num_threads:
@@ -104,22 +106,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
-    model = AutoModelForCausalLM.from_pretrained(
-        ckpt or cfg.student.path, dtype=getattr(torch, cfg.student.dtype)).to(device)
-    teacher = PatientTeacher(TeacherClient(cfg.teacher.target, timeout=cfg.teacher.timeout_s,
-                                           api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
-    try:
-        info = teacher("info")
-    except TeacherUnreachable as exc:
-        raise SystemExit(f"cannot start: {exc}") from exc
-    check_tokenizer(info, tokenizer, cfg.student.path)
-    student_vocab = model.get_output_embeddings().out_features
-    if info.vocab_size > student_vocab:
-        raise SystemExit(f"the teacher scores {info.vocab_size} token ids but the student "
-                         f"{cfg.student.path!r} has only {student_vocab} outputs; resize the "
-                         "student's embeddings (model.resize_token_embeddings) to at least the teacher's")
-    if cfg.teacher.top_k > info.max_top_k:
-        raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
+    model = _load_student(cfg, ckpt, device)
+    teacher, info = _connect_teacher(cfg, tokenizer, model)
 
     data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
     o = cfg.optim
@@ -129,10 +117,11 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
 
-    eos_ids = list(info.special_tokens.eos_ids) or [tokenizer.eos_token_id]
+    eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id, data.task, teacher)
-    wants_scores, top_k = needs_teacher_scores(cfg), score_top_k(cfg)
+    wants_scores = needs_teacher_scores(cfg)
+    top_k = score_top_k(cfg) if wants_scores else 0
 
     def score(rollout):
         start = time.monotonic()
@@ -141,7 +130,19 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
         return scores, time.monotonic() - start
 
     log = _MetricsLog(output_dir, step, cfg.train.tensorboard) if is_main else None
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"{cfg.method.name}", disable=not is_main,
+    if cfg.train.eval_every and data.task is None:
+        raise SystemExit("train.eval_every needs a built-in task as data.source (its scorer)")
+
+    def evaluate_now() -> dict:
+        acc = evaluate(model, tokenizer, data.task, cfg.train.eval_split, cfg.train.eval_prompts,
+                       max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.train.seed)
+        split = cfg.train.eval_split
+        return {f"{split}_greedy": acc.greedy, f"{split}_sampled": acc.sampled,
+                f"{split}_diversity": acc.diversity}
+
+    if cfg.train.eval_every and step == 0 and is_main:
+        log.write({"step": 0, **evaluate_now()})
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"{cfg.method.name}", disable=not (is_main and progress),
                dynamic_ncols=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
     pipeline: collections.deque = collections.deque()
@@ -179,6 +180,7 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
             step += 1
             run_steps += 1
 
+            record = {}
             stats = torch.tensor([loss.item(), rollout.num_completion_tokens, len(rollout.prompt_ids)],
                                  dtype=torch.float64)
             if world > 1:
@@ -193,10 +195,17 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
                           "teacher_latency_s": latency, "teacher_wait_s": waited,
                           "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
                           "source": rollout.source, "elapsed_s": time.monotonic() - started}
+            evaluated = {}
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                evaluated = evaluate_now()   # every rank: the same seeded draws, the same decision
+            if is_main:
+                record.update(evaluated)
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 bar.update(1)
-            stopping = cfg.train.stop_after and run_steps >= cfg.train.stop_after
+            target = cfg.train.stop_at_accuracy
+            reached = bool(target and evaluated and evaluated[f"{cfg.train.eval_split}_sampled"] >= target)
+            stopping = reached or (cfg.train.stop_after and run_steps >= cfg.train.stop_after)
             if step == cfg.train.steps or stopping or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world)
             if stopping:
@@ -208,10 +217,45 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Path:
     finally:
         bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
-    if is_main and teacher_time:
+    if is_main and progress and teacher_time:
         print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
               f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")
     return checkpoint.checkpoint_dir(output_dir, step)
+
+
+def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
+    dtype = getattr(torch, cfg.student.dtype)
+    if ckpt is None and cfg.student.init == "config":
+        from transformers import AutoConfig
+
+        torch.manual_seed(cfg.train.seed)   # the random init is the seed's
+        config = AutoConfig.from_pretrained(cfg.student.path)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+    return AutoModelForCausalLM.from_pretrained(ckpt or cfg.student.path, dtype=dtype).to(device)
+
+
+def _connect_teacher(cfg: RunConfig, tokenizer, model):
+    """The patient teacher client and its Info, after checking the student can train against it.
+    (None, None) for a method that needs no teacher and has none configured."""
+    if cfg.teacher is None:
+        if needs_teacher(cfg):
+            raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target")
+        return None, None
+    teacher = PatientTeacher(TeacherClient(cfg.teacher.target, timeout=cfg.teacher.timeout_s,
+                                           api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
+    try:
+        info = teacher("info")
+    except TeacherUnreachable as exc:
+        raise SystemExit(f"cannot start: {exc}") from exc
+    check_tokenizer(info, tokenizer, cfg.student.path)
+    student_vocab = model.get_output_embeddings().out_features
+    if info.vocab_size > student_vocab:
+        raise SystemExit(f"the teacher scores {info.vocab_size} token ids but the student "
+                         f"{cfg.student.path!r} has only {student_vocab} outputs; resize the "
+                         "student's embeddings (model.resize_token_embeddings) to at least the teacher's")
+    if cfg.teacher.top_k > info.max_top_k:
+        raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
+    return teacher, info
 
 
 def _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world) -> None:

@@ -45,7 +45,9 @@ class ReverseTask:
         return float(completion.strip() == word[::-1])
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(),)}
+from student_worker.tasks.digsum import DigsumTask  # noqa: E402  (the registry needs Task first)
+
+TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(), DigsumTask())}
 
 
 def register_task(task: Task) -> None:

@@ -1,0 +1,205 @@
+"""The demo: distill the shipped digsum teacher into a small student with every method, side by side.
+
+    make demo                 # 3 seeds, every method, under 10 minutes on 2 CPU cores
+    make demo QUICK=1         # 1 seed, short runs (under 3 minutes)
+    make demo SEEDS=4,5,6 OUT=elsewhere
+
+What happens, all on 127.0.0.1 through the real parts:
+1. `python -m teacher_server` starts on examples/demo-teacher/ (a 0.1M-parameter model).
+2. Per seed, the initial student: the config at examples/demo-student/ with seeded random weights,
+   trained by the student worker (sft on the task's data) until its sampled dev accuracy reaches
+   a target, so that every seed starts from a comparable student.
+3. Per seed and method, the student worker trains a copy of that initial student for the same
+   number of steps against the teacher server, evaluating on the dev split as it goes.
+4. Every final student is scored on the test split: greedy and sampled (temperature 1) accuracy,
+   and diversity (distinct correct answers per prompt over 8 samples).
+Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from student_worker.config import load_config  # noqa: E402
+from student_worker.evaluate import evaluate  # noqa: E402
+from student_worker.tasks import TASKS  # noqa: E402
+from student_worker.trainer import train  # noqa: E402
+from teacher_server.process import TeacherProcess  # noqa: E402
+
+TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"
+TASK = "digsum"
+
+# method name in the table -> (preset, overrides). Same steps, batch and learning rate for all.
+METHODS = {
+    "sft": ("sft", []),
+    "seqkd": ("seqkd", []),
+    "kd": ("kd", ["method.divergence=forward_kl"]),
+    "kd_jsd": ("kd", ["method.divergence=jsd", "method.beta=0.5"]),   # control: gkd's loss, no sampling
+    "gkd": ("gkd", ["method.divergence=jsd", "method.beta=0.5", "method.student_fraction=1.0"]),
+}
+FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=512)
+QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=256)
+
+
+def common_overrides(target: str, seed: int) -> list[str]:
+    return [f"teacher.target={target}", f"data.source={TASK}", "data.batch_size=128",
+            "data.num_examples=50000", "sampling.max_new_tokens=10", "teacher.top_k=15",
+            "student.num_threads=1", f"train.seed={seed}"]
+
+
+def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathlib.Path:
+    """sft from seeded random weights until sampled dev accuracy reaches the target."""
+    cfg = load_config(None, "sft", common_overrides(target, seed) + [
+        f"student.path={STUDENT_DIR}", "student.init=config", "optim.lr=3e-3",
+        "train.steps=3000", "train.eval_every=50", f"train.eval_prompts={p['eval_prompts']}",
+        f"train.stop_at_accuracy={p['init_target']}"])
+    return train(cfg, out / f"seed{seed}" / "initial", progress=False)
+
+
+def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict) -> dict:
+    preset, extra = METHODS[name]
+    cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
+        f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
+        f"train.eval_every={p['eval_every']}", f"train.eval_prompts={p['eval_prompts']}"])
+    run_dir = out / f"seed{seed}" / name
+    start = time.monotonic()
+    final = train(cfg, run_dir, progress=False)
+    seconds = time.monotonic() - start
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x]
+    uses_teacher = name != "sft"
+    return {"final": final, "wall_seconds": seconds, "curve": curve,
+            "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if uses_teacher else 0}
+
+
+def test_accuracy(model_dir: pathlib.Path, p: dict):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return evaluate(model, AutoTokenizer.from_pretrained(model_dir), TASKS[TASK], "test",
+                    num_prompts=p["test_prompts"], max_new_tokens=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT") or "demo-output"))
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"))
+    parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "")
+    args = parser.parse_args()
+    p = QUICK if args.quick else FULL
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    server = TeacherProcess(TEACHER_DIR)
+    try:
+        server.wait_serving()
+        teacher_acc = test_accuracy(TEACHER_DIR, p)
+        results = {"task": TASK, "teacher": {"greedy": teacher_acc.greedy, "sampled": teacher_acc.sampled,
+                                             "diversity": teacher_acc.diversity},
+                   "initial": {"greedy": [], "sampled": [], "diversity": []},
+                   "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "teacher_tokens": 0,
+                                   "wall_seconds": 0.0, "curves": []} for m in METHODS},
+                   "seeds": seeds, "steps": p["steps"], "quick": args.quick}
+        bar = tqdm(total=len(seeds) * (1 + len(METHODS)), desc="demo", unit="run", dynamic_ncols=True)
+        for seed in seeds:
+            bar.set_postfix_str(f"seed {seed}: initial student")
+            init = initial_student(args.out, server.target, seed, p)
+            acc = test_accuracy(init, p)
+            for key in ("greedy", "sampled", "diversity"):
+                results["initial"][key].append(getattr(acc, key))
+            bar.update(1)
+            for name in METHODS:
+                bar.set_postfix_str(f"seed {seed}: {name}")
+                run = run_method(args.out, server.target, seed, name, init, p)
+                acc = test_accuracy(run["final"], p)
+                entry = results["methods"][name]
+                for key in ("greedy", "sampled", "diversity"):
+                    entry[key].append(getattr(acc, key))
+                entry["teacher_tokens"] += run["teacher_tokens"]
+                entry["wall_seconds"] += run["wall_seconds"]
+                entry["curves"].append(run["curve"])
+                bar.update(1)
+        bar.close()
+    finally:
+        server.terminate()
+    results["total_seconds"] = time.monotonic() - started
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = results_table(results)
+    (args.out / "results.md").write_text(table)
+    print("\n" + table)
+    plot(results, args.out / "accuracy.png")
+    print(f"wrote {args.out}/results.json, results.md, accuracy.png in {results['total_seconds']:.0f} s")
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    each = " / ".join(f"{v:.{digits}f}" for v in values)
+    return f"**{statistics.mean(values):.{digits}f}** ({each})" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+
+def results_table(r: dict) -> str:
+    seeds = ", ".join(map(str, r["seeds"]))
+    lines = [
+        f"## digsum: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
+        "",
+        f"Test-split accuracy; mean over seeds in bold, then each seed ({seeds}). Sampled = temperature 1. "
+        "Diversity = distinct correct answers per prompt in 8 samples.",
+        "",
+        "| model | sampled | greedy | diversity | teacher tokens | wall s |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| teacher | {r['teacher']['sampled']:.3f} | {r['teacher']['greedy']:.3f} | {r['teacher']['diversity']:.2f} | | |",
+        f"| initial student | {_cell(r['initial']['sampled'])} | {_cell(r['initial']['greedy'])} | "
+        f"{_cell(r['initial']['diversity'], 2)} | | |",
+    ]
+    for name, m in r["methods"].items():
+        lines.append(f"| {name} | {_cell(m['sampled'])} | {_cell(m['greedy'])} | {_cell(m['diversity'], 2)} | "
+                     f"{m['teacher_tokens']:,} | {m['wall_seconds']:.0f} |")
+    gkd = statistics.mean(r["methods"]["gkd"]["sampled"])
+    margins = {n: gkd - statistics.mean(r["methods"][n]["sampled"]) for n in ("sft", "seqkd", "kd")}
+    lines += ["", "gkd minus baseline, sampled accuracy (points): " +
+              ", ".join(f"{n} {100 * d:+.1f}" for n, d in margins.items()),
+              f"control kd_jsd (gkd's divergence on data completions, no student sampling): "
+              f"{100 * (gkd - statistics.mean(r['methods']['kd_jsd']['sampled'])):+.1f} points behind gkd", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in r["methods"].items():
+        steps = [s for s, _ in m["curves"][0]]
+        values = [[v for _, v in curve] for curve in m["curves"]]
+        per_step = list(zip(*values))
+        mean = [statistics.mean(v) for v in per_step]
+        line, = ax.plot(steps, mean, label=name, linewidth=2 if name == "gkd" else 1.2)
+        if len(values) > 1:
+            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step],
+                            color=line.get_color(), alpha=0.15)
+    ax.axhline(r["teacher"]["sampled"], color="black", linestyle="--", linewidth=1, label="teacher")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("dev accuracy, sampled at temperature 1")
+    ax.set_title(f"digsum, {len(r['seeds'])} seed(s): mean line, min-max band")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The demo's task, its shipped teacher, and `make demo QUICK=1` end to end."""
+
+import json
+import pathlib
+import subprocess
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from student_worker.evaluate import evaluate
+from student_worker.tasks import TASKS
+from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEACHER = ROOT / "examples" / "demo-teacher"
+task = TASKS["digsum"]
+
+
+@pytest.mark.parametrize("prompt,answer,ok", [
+    ("37=", "90716347", True), ("0=", "00000000", True), ("72=", "99999999", True),
+    ("37=", "90716348", False),          # sums to 38
+    ("37=", "9071634", False),           # 7 digits
+    ("37=", "907163470", False),         # 9 digits
+    ("37=", "9071634a", False), ("37=", "", False), ("=", "00000000", False),
+])
+def test_scorer(prompt, answer, ok):
+    assert task.score(prompt, answer) == float(ok)
+
+
+def test_splits_are_distinct_and_reproducible():
+    train, dev, test = (task.examples(s, 3000) for s in ("train", "dev", "test"))
+    answers = [{e["completion"] for e in split} for split in (train, dev, test)]
+    assert not (answers[0] & answers[1]) and not (answers[0] & answers[2]) and not (answers[1] & answers[2])
+    assert task.examples("test", 50) == test[:50]
+    assert all(task.score(e["prompt"], e["completion"]) == 1.0 for e in train[:500])
+
+
+def test_tokenizer_round_trip(tmp_path):
+    digsum_tokenizer().save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    ids = loaded("37=90716347").input_ids
+    assert len(ids) == 11 and loaded.decode(ids) == "37=90716347"
+
+
+def test_shipped_teacher_reaches_its_stated_accuracy():
+    stated = json.loads((TEACHER / "accuracy.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(TEACHER)
+    acc = evaluate(model, AutoTokenizer.from_pretrained(TEACHER), task, stated["split"],
+                   num_prompts=stated["prompts"], max_new_tokens=10)
+    assert acc.greedy >= stated["greedy"] - 0.01 and acc.sampled >= stated["sampled"] - 0.02
+    assert stated["greedy"] >= 0.95 and stated["sampled"] >= 0.85
+    assert sum(p.stat().st_size for p in TEACHER.iterdir()) < 5 * 1024 * 1024
+
+
+def test_make_demo_quick(tmp_path):
+    done = subprocess.run(["make", "demo", "QUICK=1", f"OUT={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"task", "teacher", "initial", "methods"} <= results.keys()
+    assert {"sft", "seqkd", "kd", "kd_jsd", "gkd"} <= results["methods"].keys()
+    for m in results["methods"].values():
+        assert {"greedy", "sampled", "diversity", "teacher_tokens", "wall_seconds"} <= m.keys()
+        assert len(m["sampled"]) == len(results["initial"]["sampled"]) == 1
+    assert results["methods"]["gkd"]["sampled"][0] > results["initial"]["sampled"][0]
+    assert results["methods"]["sft"]["teacher_tokens"] == 0 < results["methods"]["gkd"]["teacher_tokens"]
+    assert "| gkd |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

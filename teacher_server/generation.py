@@ -11,9 +11,13 @@ import torch
 
 @dataclass
 class GenerateItem:
-    """One prompt to sample `num_samples` continuations of, validated."""
+    """One Generate request, validated: `num_samples` continuations of each prompt.
 
-    prompt_ids: torch.Tensor    # int64 [P]
+    A request stays one item so that the batcher never splits it: with a seed, its samples then
+    depend only on the request, not on whatever else was queued beside it.
+    """
+
+    prompts: list[torch.Tensor]  # int64 [P_i] each
     num_samples: int
     temperature: float          # >= 0; 0 is greedy
     top_p: float                # 0 < top_p <= 1
@@ -23,8 +27,8 @@ class GenerateItem:
 
     @property
     def num_tokens(self) -> int:
-        """The token budget it costs the batcher: every sample holds the prompt and its new tokens."""
-        return (self.prompt_ids.numel() + self.max_new_tokens) * self.num_samples
+        """The token budget it costs the batcher: every sample holds its prompt and new tokens."""
+        return sum(p.numel() + self.max_new_tokens for p in self.prompts) * self.num_samples
 
     @property
     def options(self) -> tuple:

@@ -134,8 +134,8 @@ def score_result(out: ScoreOutput, dtype: int) -> pb.ScoreResult:
     return result
 
 
-def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> list[GenerateItem]:
-    """Validate a GenerateRequest into one GenerateItem per prompt; raise InvalidRequest."""
+def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> GenerateItem:
+    """Validate a GenerateRequest into one GenerateItem; raise InvalidRequest."""
     if not request.prompt_ids:
         raise InvalidRequest("the request has no prompts")
     logprob_dtype(request.logprob_dtype)
@@ -156,7 +156,7 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> list[
     stop_ids = list(request.stop_token_ids)
     _check_vocab(torch.tensor(stop_ids, dtype=torch.long), "stop_token_ids", limits)
     seed = request.seed if request.HasField("seed") else None
-    items = []
+    prompts = []
     for i, tensor in enumerate(request.prompt_ids):
         where = f"prompt {i}"
         ids = _token_ids(tensor, where, limits)
@@ -165,9 +165,8 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> list[
                 f"{where}: {ids.numel()} prompt tokens + max_new_tokens={max_new} = "
                 f"{ids.numel() + max_new} exceed the teacher's context of {limits.max_context} "
                 f"tokens; shorten the prompt or lower max_new_tokens")
-        items.append(GenerateItem(ids, num_samples, float(temperature), float(top_p), max_new,
-                                  stop_ids, seed))
-    return items
+        prompts.append(ids)
+    return GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
 
 
 def generate_response(outputs: list[list[GeneratedSample]], dtype: int) -> pb.GenerateResponse:

@@ -88,9 +88,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         if not self.info.features.generate:
             raise NotSupported(f"the {self.info.backend} backend does not serve Generate")
-        items = protocol.parse_generate_request(request, self.limits)
+        item = protocol.parse_generate_request(request, self.limits)
         dtype = protocol.logprob_dtype(request.logprob_dtype)
-        outputs = await self.batcher.submit(items)
+        (outputs,) = await self.batcher.submit([item])
         self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs for s in o))
         return protocol.generate_response(outputs, dtype)
 

@@ -138,7 +138,7 @@ class TransformersBackend:
         return outputs
 
     @torch.inference_mode()
-    def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
+    def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
         """Unseeded items with equal options share one `model.generate` call; a seeded item runs
         alone on a forked, seeded RNG, so its samples depend on its seed only (not on its
         batch-mates) and the server's global RNG stream is left as it was."""
@@ -159,13 +159,13 @@ class TransformersBackend:
                 outputs[i] = samples
         return outputs
 
-    def _generate(self, batch: list[GenerateItem]) -> list[list[GeneratedSample]]:
+    def _generate(self, batch: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
         """One `model.generate` call for items sharing options: every prompt repeated
         num_samples times, left-padded (new tokens are appended on the right, so the prompts'
         last tokens must line up) with an attention mask that hides the padding."""
         first = batch[0]
         stop_ids = first.stop_ids or self.info.eos_ids
-        prompts = [item.prompt_ids for item in batch for _ in range(item.num_samples)]
+        prompts = [p for item in batch for p in item.prompts for _ in range(item.num_samples)]
         width = max(p.numel() for p in prompts)
         ids_BP = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask_BP = torch.zeros_like(ids_BP)
@@ -187,9 +187,12 @@ class TransformersBackend:
         new_BL = new_BL.cpu()
         samples = [cut_at_stop(new_BL[row], logprobs_BL[row], stop_ids) for row in range(len(prompts))]
         results, start = [], 0
-        for item in batch:
-            results.append(samples[start:start + item.num_samples])
-            start += item.num_samples
+        for item in batch:      # back to [item][prompt][sample]
+            per_prompt = []
+            for _ in item.prompts:
+                per_prompt.append(samples[start:start + item.num_samples])
+                start += item.num_samples
+            results.append(per_prompt)
         return results
 
 

@@ -7,6 +7,8 @@
     scores[0].topk_logprobs          # float32 [3, 20]
     samples = client.generate([[1, 5, 9]], num_samples=4, temperature=0.8, max_new_tokens=32)
     samples[0][3].token_ids          # int64 [L]: prompt 0's fourth sample
+    [v] = client.verify([[1, 5, 9]], [[4, 7]], draft_probs=[q_2V], seed=0)  # q_2V: student's [2, V]
+    v.num_accepted, v.next_token     # keep draft[:num_accepted], then append next_token
 
 `target` is one address, several ("h1:50051,h2:50051" or a list) or a resolver name such as
 "dns:///teachers.internal:50051"; requests are spread over every address with gRPC's
@@ -57,7 +59,19 @@ class TeacherSample:
     finish_reason: str           # "stop" (the last token is a stop token) | "length"
 
 
+@dataclass
+class VerifyOutcome:
+    """The teacher's verdict on one draft of γ tokens (CPU tensors)."""
+
+    num_accepted: int            # keep draft[:num_accepted] ...
+    next_token: int              # ... then this: the correction, or the bonus when all were kept
+    accept_probs: torch.Tensor   # float32 [γ]: acceptance probability per draft position
+    scores: TeacherScores        # γ + 1 rows: Score of prefix + draft + [next_token] from P
+
+
 _FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+_VERIFY_MODES = {"speculative": pb.VERIFY_MODE_SPECULATIVE, "topk": pb.VERIFY_MODE_TOPK,
+                 "greedy": pb.VERIFY_MODE_GREEDY}
 
 
 def resolve_target(target: str | Sequence[str]) -> str:
@@ -154,6 +168,37 @@ def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
     )
 
 
+def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs, mode: str,
+                   top_k: int | None, temperature: float, seed: int | None, score_top_k: int | None,
+                   dtype: str) -> pb.VerifyRequest:
+    """See TeacherClient.verify."""
+    if mode not in _VERIFY_MODES:
+        raise ValueError(f"unknown verify mode {mode!r}; expected one of {sorted(_VERIFY_MODES)}")
+    if mode == "topk" and top_k is None:
+        raise ValueError('mode="topk" needs top_k (the K of "accept when in the teacher\'s top-K")')
+    if len(drafts) != len(prefixes):
+        raise ValueError(f"{len(drafts)} drafts for {len(prefixes)} prefixes")
+    k = score_top_k if score_top_k is not None else (top_k if top_k is not None else 20)
+    request = pb.VerifyRequest(mode=_VERIFY_MODES[mode], temperature=temperature, seed=seed,
+                               accept_top_k=top_k if mode == "topk" else 0, top_k=k,
+                               logprob_dtype=wire_dtype(dtype))
+    for prefix, draft, probs in zip(prefixes, drafts, _per_sequence(draft_probs, len(prefixes),
+                                                                     "draft_probs")):
+        seq = request.sequences.add(prefix_ids=pack(_ids(prefix)), draft_ids=pack(_ids(draft)))
+        if isinstance(probs, tuple):          # top-k form: (ids [γ, k], probs [γ, k])
+            seq.draft_topk_ids.CopyFrom(pack(torch.as_tensor(probs[0]), "int32"))
+            probs = probs[1]
+        if probs is not None:
+            seq.draft_probs.CopyFrom(pack(torch.as_tensor(probs), "float32"))
+    return request
+
+
+def verify_from_proto(result: pb.VerifyResult) -> VerifyOutcome:
+    return VerifyOutcome(num_accepted=int(result.num_accepted), next_token=int(result.next_token),
+                         accept_probs=unpack_torch(result.accept_probs).float(),
+                         scores=scores_from_proto(result.scores))
+
+
 def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature: float, top_p: float,
                      max_new_tokens: int, stop_token_ids: Sequence[int] | None, seed: int | None,
                      dtype: str) -> pb.GenerateRequest:
@@ -226,6 +271,24 @@ class TeacherClient(_ClientBase):
         response = self.stub.Generate(request, **self._call_kwargs(timeout))
         return samples_from_proto(response, len(prompts))
 
+    def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs=None,
+               mode: str = "speculative", top_k: int | None = None, temperature: float = 1.0,
+               seed: int | None = None, score_top_k: int | None = None, dtype: str = "float32",
+               timeout: float | None = None) -> list[VerifyOutcome]:
+        """The teacher's accept/reject of each prefix's draft of γ tokens.
+
+        mode "speculative" (exact speculative sampling) needs `draft_probs`: one student
+        distribution per sequence, a float [γ, V] tensor, or an (ids, probs) pair of [γ, k]
+        tensors (the rest of each row's mass is taken as spread evenly over the other ids).
+        mode "topk" keeps drafts among the teacher's `top_k` most likely tokens; "greedy" keeps
+        drafts equal to its argmax; both ignore draft_probs. The returned scores have k =
+        `score_top_k`, else `top_k`, else 20. The same `seed` gives the same outcome.
+        """
+        request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
+                                 score_top_k, dtype)
+        response = self.stub.Verify(request, **self._call_kwargs(timeout))
+        return [verify_from_proto(r) for r in response.results]
+
     def close(self) -> None:
         self.channel.close()
 
@@ -265,6 +328,17 @@ class AsyncTeacherClient(_ClientBase):
                                    stop_token_ids, seed, dtype)
         response = await self.stub.Generate(request, **self._call_kwargs(timeout))
         return samples_from_proto(response, len(prompts))
+
+    async def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq],
+                     draft_probs=None, mode: str = "speculative", top_k: int | None = None,
+                     temperature: float = 1.0, seed: int | None = None,
+                     score_top_k: int | None = None, dtype: str = "float32",
+                     timeout: float | None = None) -> list[VerifyOutcome]:
+        """See TeacherClient.verify."""
+        request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
+                                 score_top_k, dtype)
+        response = await self.stub.Verify(request, **self._call_kwargs(timeout))
+        return [verify_from_proto(r) for r in response.results]
 
     async def close(self) -> None:
         await self.channel.close()

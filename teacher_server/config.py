@@ -38,6 +38,7 @@ class ServerSettings(BaseSettings):
         1024, ge=1, description="positions turned into logits at once: peak memory is this x vocab")
     max_top_k: int = Field(0, ge=0, description="largest top_k served (0: vocabulary size)")
     max_context: int = Field(0, ge=0, description="longest sequence served (0: the model's)")
+    max_draft_tokens: int = Field(16, ge=1, description="longest draft a Verify request may send")
     max_message_mb: int = Field(256, ge=1, description="largest gRPC message, both ways, in MiB")
     num_threads: int = Field(
         0, ge=0, description="torch CPU threads (0: torch's default; 1 when sharing a small CPU)")

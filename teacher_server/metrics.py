@@ -17,6 +17,11 @@ class Metrics:
                                      registry=r)
         self.tokens_generated = Counter("teacher_tokens_generated",
                                         "New tokens returned by Generate", registry=r)
+        self.draft_tokens = Counter("teacher_draft_tokens", "Draft tokens sent to Verify",
+                                    registry=r)
+        self.accepted_tokens = Counter("teacher_accepted_tokens",
+                                       "Draft tokens Verify accepted (acceptance rate: over "
+                                       "teacher_draft_tokens)", registry=r)
         self.tokens_forward = Counter("teacher_tokens_forward",
                                       "Tokens run through the model, padding excluded", registry=r)
         self.batch_sequences = Histogram("teacher_batch_sequences", "Sequences per forward pass",

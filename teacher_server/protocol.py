@@ -6,8 +6,10 @@ Messages name the sequence (and position) at fault, so a person can fix the requ
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from distill.tensors import PackError, pack, unpack
@@ -16,12 +18,16 @@ from teacher_server.backends import ModelInfo
 from teacher_server.errors import InvalidRequest
 from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
+from teacher_server.speculative import VerifyItem, VerifyOutput
 
 DEFAULT_TOP_K = 20
 MAX_SAMPLES = 64   # per prompt: n samples cost n times the prompt's tokens in one batch
 _FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.DTYPE_FLOAT32,
                    pb.DTYPE_FLOAT16: pb.DTYPE_FLOAT16}
+_VERIFY_MODES = {pb.VERIFY_MODE_SPECULATIVE: "speculative", pb.VERIFY_MODE_TOPK: "topk",
+                 pb.VERIFY_MODE_GREEDY: "greedy"}
+PROB_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -29,22 +35,21 @@ class Limits:
     vocab_size: int
     max_context: int
     max_top_k: int
+    max_draft_tokens: int = 16
 
 
-def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0) -> Limits:
+def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
+               max_draft_tokens: int = 16) -> Limits:
     top_k = min(max_top_k or info.vocab_size, info.vocab_size)
     context = min(max_context or info.max_context, info.max_context)
-    return Limits(info.vocab_size, context, top_k)
+    return Limits(info.vocab_size, context, top_k, max_draft_tokens)
 
 
 def _token_ids(tensor: pb.Tensor, where: str, limits: Limits) -> torch.Tensor:
     """Unpack an int32 [T] id vector and check every id is in the vocabulary."""
     if not tensor.ByteSize():
         raise InvalidRequest(f"{where}: missing token ids")
-    try:
-        array = unpack(tensor, name=where)
-    except PackError as exc:
-        raise InvalidRequest(str(exc)) from None
+    array = _unpack(tensor, where)
     if tensor.dtype != pb.DTYPE_INT32 or array.ndim != 1:
         raise InvalidRequest(f"{where}: token ids must be a 1-D DTYPE_INT32 tensor, got "
                              f"{pb.DType.Name(tensor.dtype)} of shape {list(array.shape)}")
@@ -56,6 +61,13 @@ def _token_ids(tensor: pb.Tensor, where: str, limits: Limits) -> torch.Tensor:
     ids = torch.from_numpy(array.astype("int64"))
     _check_vocab(ids, where, limits)
     return ids
+
+
+def _unpack(tensor: pb.Tensor, where: str) -> np.ndarray:
+    try:
+        return unpack(tensor, name=where)
+    except PackError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _check_vocab(ids: torch.Tensor, where: str, limits: Limits) -> None:
@@ -105,10 +117,7 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreI
                 f"it must be between 1 and {ids.numel() - 1} (position 0 has no context)")
         cands = None
         if seq.HasField("candidate_ids"):
-            try:
-                array = unpack(seq.candidate_ids, name=f"{where} candidate_ids")
-            except PackError as exc:
-                raise InvalidRequest(str(exc)) from None
+            array = _unpack(seq.candidate_ids, f"{where} candidate_ids")
             n = ids.numel() - seq.score_from
             if seq.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 \
                     or array.shape[0] != n or array.shape[1] < 1:
@@ -132,6 +141,105 @@ def score_result(out: ScoreOutput, dtype: int) -> pb.ScoreResult:
     if out.candidate_logprobs is not None:
         result.candidate_logprobs.CopyFrom(pack(out.candidate_logprobs, dtype))
     return result
+
+
+def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> list[VerifyItem]:
+    """Validate a VerifyRequest into one VerifyItem per sequence; raise InvalidRequest."""
+    if not request.sequences:
+        raise InvalidRequest("the request has no sequences")
+    mode = _VERIFY_MODES.get(request.mode)
+    if mode is None:
+        what = "is not set" if request.mode == pb.VERIFY_MODE_UNSPECIFIED else f"{request.mode} is unknown"
+        raise InvalidRequest(f"mode {what}: choose VERIFY_MODE_SPECULATIVE, VERIFY_MODE_TOPK or "
+                             f"VERIFY_MODE_GREEDY")
+    logprob_dtype(request.logprob_dtype)
+    top_k, temperature = _top_k(request, limits), _temperature(request)
+    if mode == "topk" and not 1 <= request.accept_top_k <= limits.vocab_size:
+        raise InvalidRequest(f"accept_top_k={request.accept_top_k} is out of range for "
+                             f"VERIFY_MODE_TOPK: it must be between 1 and {limits.vocab_size} "
+                             f"(the vocabulary size)")
+    base_seed = request.seed if request.HasField("seed") else secrets.randbits(64)
+    items = []
+    for i, seq in enumerate(request.sequences):
+        where = f"sequence {i}"
+        prefix = _token_ids(seq.prefix_ids, f"{where} prefix_ids", limits)
+        if not seq.HasField("draft_ids") or 0 in seq.draft_ids.shape:
+            raise InvalidRequest(f"{where}: the draft is empty (γ = 0); send at least one draft "
+                                 f"token (Score scores a prefix alone)")
+        draft = _token_ids(seq.draft_ids, f"{where} draft_ids", limits)
+        P, G = prefix.numel(), draft.numel()
+        if G > limits.max_draft_tokens:
+            raise InvalidRequest(f"{where}: {G} draft tokens exceed the teacher's max_draft_tokens="
+                                 f"{limits.max_draft_tokens}; send shorter drafts")
+        if P + G + 1 > limits.max_context:
+            raise InvalidRequest(
+                f"{where}: {P} prefix tokens + {G} draft tokens + 1 = {P + G + 1} exceed the "
+                f"teacher's context of {limits.max_context} tokens (the +1 is the token after the "
+                f"draft); shorten the prefix or the draft")
+        q = _draft_probs(seq, G, where, limits) if mode == "speculative" else None
+        # A stream per sequence: its answer depends on (seed, index), not on its batch-mates.
+        seed = int(np.random.SeedSequence([base_seed, i]).generate_state(1, np.uint64)[0])
+        items.append(VerifyItem(prefix, draft, q, mode, temperature, request.accept_top_k, top_k, seed))
+    return items
+
+
+def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> torch.Tensor:
+    """The student's q at the G draft positions as full float32 [G, V] rows, from either wire
+    form. In the top-k form the mass 1 - sum(probs) of each row is spread evenly over the V - k
+    ids not listed (an approximation of q: the student sent no more)."""
+    V = limits.vocab_size
+    if not seq.HasField("draft_probs"):
+        raise InvalidRequest(f"{where}: draft_probs is required in VERIFY_MODE_SPECULATIVE (the "
+                             f"student's probabilities at each draft position)")
+    probs = _unpack(seq.draft_probs, f"{where} draft_probs")
+    ids = None
+    if seq.HasField("draft_topk_ids"):
+        array = _unpack(seq.draft_topk_ids, f"{where} draft_topk_ids")
+        if seq.draft_topk_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 or array.shape[0] != G \
+                or not 1 <= array.shape[1] <= V:
+            raise InvalidRequest(
+                f"{where}: draft_topk_ids must be DTYPE_INT32 of shape [{G}, k] with 1 <= k <= {V}, "
+                f"got {pb.DType.Name(seq.draft_topk_ids.dtype)} {list(array.shape)}")
+        ids = torch.from_numpy(array.astype("int64"))
+        _check_vocab(ids, f"{where} draft_topk_ids", limits)
+        ids_sorted = ids.sort(-1).values
+        repeats = (ids_sorted[:, 1:] == ids_sorted[:, :-1]).nonzero()
+        if repeats.numel():
+            row, col = repeats[0].tolist()
+            raise InvalidRequest(f"{where}: draft_topk_ids row {row} repeats token id "
+                                 f"{ids_sorted[row, col].item()}; each row lists distinct ids")
+    shape = [G, V] if ids is None else [G, ids.shape[1]]
+    if seq.draft_probs.dtype != pb.DTYPE_FLOAT32 or list(probs.shape) != shape:
+        form = "[G, V] (full rows)" if ids is None else "[G, k] (matching draft_topk_ids)"
+        raise InvalidRequest(f"{where}: draft_probs must be DTYPE_FLOAT32 of shape {shape} {form}, "
+                             f"got {pb.DType.Name(seq.draft_probs.dtype)} {list(probs.shape)}")
+    bad = np.argwhere(~np.isfinite(probs) | (probs < 0))
+    if bad.size:
+        row, col = bad[0].tolist()
+        raise InvalidRequest(f"{where}: draft_probs[{row}, {col}] = {probs[row, col]:.6g} is not a "
+                             f"probability (negative or not finite)")
+    sums = probs.sum(-1, dtype=np.float64)
+    full_rows = ids is None or ids.shape[1] == V     # then nothing is left to spread
+    off = np.nonzero((sums > 1 + PROB_SUM_TOLERANCE)
+                     | (full_rows & (sums < 1 - PROB_SUM_TOLERANCE)))[0]
+    if off.size:
+        row = int(off[0])
+        rule = "sum to 1" if full_rows else "sum to at most 1"
+        raise InvalidRequest(f"{where}: draft_probs row {row} sums to {sums[row]:.6g}; rows must "
+                             f"{rule} (within {PROB_SUM_TOLERANCE:g})")
+    q = torch.from_numpy(probs.astype(np.float32))
+    if ids is None:
+        return q
+    rest_G1 = (1 - q.sum(-1, keepdim=True)).clamp(min=0) / max(V - ids.shape[1], 1)
+    return rest_G1.expand(G, V).clone().scatter_(-1, ids, q)
+
+
+def verify_response(outputs: list[VerifyOutput], dtype: int) -> pb.VerifyResponse:
+    return pb.VerifyResponse(results=[
+        pb.VerifyResult(num_accepted=o.num_accepted, next_token=o.next_token,
+                        accept_probs=pack(o.accept_probs, "float32"),
+                        scores=score_result(o.scores, dtype))
+        for o in outputs])
 
 
 def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> GenerateItem:
@@ -185,7 +293,7 @@ def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,
         tokenizer_size=info.tokenizer_size, tokenizer_fingerprint=info.tokenizer_fingerprint,
         special_tokens=pb.SpecialTokens(bos=info.bos, eos=info.eos, pad=info.pad, unk=info.unk,
                                         eos_ids=info.eos_ids),
-        max_context=limits.max_context, max_top_k=limits.max_top_k, max_draft_tokens=0,
+        max_context=limits.max_context, max_top_k=limits.max_top_k, max_draft_tokens=limits.max_draft_tokens,
         max_batch_tokens=max_batch_tokens, max_message_bytes=max_message_bytes,
         features=pb.Features(score_candidates=info.score_candidates, verify=info.verify,
                              generate=info.generate, float16_logprobs=True),

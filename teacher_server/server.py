@@ -49,7 +49,8 @@ class TeacherServer:
         self.backend = backend or load_backend(settings)
         self.metrics = Metrics()
         self.readiness = Readiness()
-        self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context)
+        self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context,
+                                          settings.max_draft_tokens)
         self.info = protocol.info_response(
             self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
             max_message_bytes=settings.max_message_bytes, server_version=__version__)
@@ -63,7 +64,8 @@ class TeacherServer:
     async def bind(self) -> None:
         """Start the batcher and both servers; health says NOT_SERVING until warm_up()."""
         s = self.settings
-        # Score and Generate share one queue and one forward thread; run_batch splits by kind.
+        # Score, Verify and Generate share one queue and one forward thread; run_batch splits by
+        # kind (Score and Verify items even share forward passes).
         self.batcher = Batcher(functools.partial(run_batch, self.backend),
                                max_batch_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_ms / 1000,
                                max_queued_tokens=s.max_queued_tokens, metrics=self.metrics)

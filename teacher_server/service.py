@@ -81,8 +81,15 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         return pb.ScoreResponse(results=[protocol.score_result(o, dtype) for o in outputs])
 
     @rpc("Verify")
-    async def Verify(self, request, context):
-        raise NotSupported("Verify is not served yet by this teacher version")
+    async def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
+        if not self.info.features.verify:
+            raise NotSupported(f"the {self.info.backend} backend does not serve Verify")
+        items = protocol.parse_verify_request(request, self.limits)
+        dtype = protocol.logprob_dtype(request.logprob_dtype)
+        outputs = await self.batcher.submit(items)
+        self.metrics.draft_tokens.inc(sum(item.draft.numel() for item in items))
+        self.metrics.accepted_tokens.inc(sum(o.num_accepted for o in outputs))
+        return protocol.verify_response(outputs, dtype)
 
     @rpc("Generate")
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:

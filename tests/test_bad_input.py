@@ -83,10 +83,3 @@ def test_bad_input_then_good_request(stub, name):
     good = stub.Score(pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=OK_SEQ, score_from=1)]),
                       timeout=30)
     assert list(good.results[0].topk_ids.shape) == [9, 20]
-
-
-def test_verify_says_unimplemented(stub):
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Verify(pb.VerifyRequest(), timeout=30)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not served" in err.value.details()

@@ -134,7 +134,8 @@ def test_info(client, tiny_model_dir, reference_model):
     assert info.max_top_k == VOCAB
     assert info.max_message_bytes == 4 * 1024 * 1024
     assert info.features.score_candidates and info.features.float16_logprobs
-    assert info.features.generate and not info.features.verify
+    assert info.features.generate and info.features.verify
+    assert info.max_draft_tokens == 16
     assert info.model_dtype == "float32"
 
 

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istill/v1/teacher.proto\x12\ndistill.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.distill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"u\n\rScoreSequence\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x12\n\nscore_from\x18\x02 \x01(\r\x12)\n\rcandidate_ids\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xae\x01\n\x0cScoreRequest\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.distill.v1.ScoreSequence\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x04 \x01(\x0e\x32\x11.distill.v1.DTypeB\x08\n\x06_top_kB\x0e\n\x0c_temperature\"\xe5\x01\n\x0bScoreResult\x12$\n\x08topk_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtopk_logprobs\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtail_logprobs\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12.\n\x12\x63\x61ndidate_logprobs\x18\x05 \x01(\x0b\x32\x12.distill.v1.Tensor\"9\n\rScoreResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distill.v1.ScoreResult\"\x88\x01\n\x0eVerifySequence\x12&\n\nprefix_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12%\n\tdraft_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x0b\x64raft_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\x88\x02\n\rVerifyRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.distill.v1.VerifySequence\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.distill.v1.VerifyMode\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x0c\x61\x63\x63\x65pt_top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x07 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x08\n\x06_top_k\"\x8b\x01\n\x0cVerifyResult\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\r\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12(\n\x0c\x61\x63\x63\x65pt_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x06scores\x18\x04 \x01(\x0b\x32\x17.distill.v1.ScoreResult\";\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.distill.v1.VerifyResult\"\x8c\x02\n\x0fGenerateRequest\x12&\n\nprompt_ids\x18\x01 \x03(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x08 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xaa\x01\n\x0eGenerateSample\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.distill.v1.FinishReason\"?\n\x10GenerateResponse\x12+\n\x07samples\x18\x01 \x03(\x0b\x32\x1a.distill.v1.GenerateSample\"\r\n\x0bInfoRequest\"T\n\rSpecialTokens\x12\x0b\n\x03\x62os\x18\x01 \x01(\x05\x12\x0b\n\x03\x65os\x18\x02 \x01(\x05\x12\x0b\n\x03pad\x18\x03 \x01(\x05\x12\x0b\n\x03unk\x18\x04 \x01(\x05\x12\x0f\n\x07\x65os_ids\x18\x05 \x03(\x05\"`\n\x08\x46\x65\x61tures\x12\x18\n\x10score_candidates\x18\x01 \x01(\x08\x12\x0e\n\x06verify\x18\x02 \x01(\x08\x12\x10\n\x08generate\x18\x03 \x01(\x08\x12\x18\n\x10\x66loat16_logprobs\x18\x04 \x01(\x08\"\xfb\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x16\n\x0etokenizer_size\x18\x04 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x31\n\x0especial_tokens\x18\x06 \x01(\x0b\x32\x19.distill.v1.SpecialTokens\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x11\n\tmax_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\t \x01(\r\x12\x18\n\x10max_batch_tokens\x18\n \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x04\x12&\n\x08\x66\x65\x61tures\x18\x0c \x01(\x0b\x32\x14.distill.v1.Features\x12\x13\n\x0bmodel_dtype\x18\r \x01(\t\x12\x16\n\x0eserver_version\x18\x0e \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03*t\n\nVerifyMode\x12\x1b\n\x17VERIFY_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERIFY_MODE_SPECULATIVE\x10\x01\x12\x14\n\x10VERIFY_MODE_TOPK\x10\x02\x12\x16\n\x12VERIFY_MODE_GREEDY\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x8a\x02\n\x07Teacher\x12<\n\x05Score\x12\x18.distill.v1.ScoreRequest\x1a\x19.distill.v1.ScoreResponse\x12?\n\x06Verify\x12\x19.distill.v1.VerifyRequest\x1a\x1a.distill.v1.VerifyResponse\x12\x45\n\x08Generate\x12\x1b.distill.v1.GenerateRequest\x1a\x1c.distill.v1.GenerateResponse\x12\x39\n\x04Info\x12\x17.distill.v1.InfoRequest\x1a\x18.distill.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istill/v1/teacher.proto\x12\ndistill.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.distill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"u\n\rScoreSequence\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x12\n\nscore_from\x18\x02 \x01(\r\x12)\n\rcandidate_ids\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xae\x01\n\x0cScoreRequest\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.distill.v1.ScoreSequence\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x04 \x01(\x0e\x32\x11.distill.v1.DTypeB\x08\n\x06_top_kB\x0e\n\x0c_temperature\"\xe5\x01\n\x0bScoreResult\x12$\n\x08topk_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtopk_logprobs\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtail_logprobs\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12.\n\x12\x63\x61ndidate_logprobs\x18\x05 \x01(\x0b\x32\x12.distill.v1.Tensor\"9\n\rScoreResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distill.v1.ScoreResult\"\xb4\x01\n\x0eVerifySequence\x12&\n\nprefix_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12%\n\tdraft_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x0b\x64raft_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0e\x64raft_topk_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\"\x88\x02\n\rVerifyRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.distill.v1.VerifySequence\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.distill.v1.VerifyMode\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x0c\x61\x63\x63\x65pt_top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x07 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x08\n\x06_top_k\"\x8b\x01\n\x0cVerifyResult\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\r\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12(\n\x0c\x61\x63\x63\x65pt_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x06scores\x18\x04 \x01(\x0b\x32\x17.distill.v1.ScoreResult\";\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.distill.v1.VerifyResult\"\x8c\x02\n\x0fGenerateRequest\x12&\n\nprompt_ids\x18\x01 \x03(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x08 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xaa\x01\n\x0eGenerateSample\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.distill.v1.FinishReason\"?\n\x10GenerateResponse\x12+\n\x07samples\x18\x01 \x03(\x0b\x32\x1a.distill.v1.GenerateSample\"\r\n\x0bInfoRequest\"T\n\rSpecialTokens\x12\x0b\n\x03\x62os\x18\x01 \x01(\x05\x12\x0b\n\x03\x65os\x18\x02 \x01(\x05\x12\x0b\n\x03pad\x18\x03 \x01(\x05\x12\x0b\n\x03unk\x18\x04 \x01(\x05\x12\x0f\n\x07\x65os_ids\x18\x05 \x03(\x05\"`\n\x08\x46\x65\x61tures\x12\x18\n\x10score_candidates\x18\x01 \x01(\x08\x12\x0e\n\x06verify\x18\x02 \x01(\x08\x12\x10\n\x08generate\x18\x03 \x01(\x08\x12\x18\n\x10\x66loat16_logprobs\x18\x04 \x01(\x08\"\xfb\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x16\n\x0etokenizer_size\x18\x04 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x31\n\x0especial_tokens\x18\x06 \x01(\x0b\x32\x19.distill.v1.SpecialTokens\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x11\n\tmax_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\t \x01(\r\x12\x18\n\x10max_batch_tokens\x18\n \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x04\x12&\n\x08\x66\x65\x61tures\x18\x0c \x01(\x0b\x32\x14.distill.v1.Features\x12\x13\n\x0bmodel_dtype\x18\r \x01(\t\x12\x16\n\x0eserver_version\x18\x0e \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03*t\n\nVerifyMode\x12\x1b\n\x17VERIFY_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERIFY_MODE_SPECULATIVE\x10\x01\x12\x14\n\x10VERIFY_MODE_TOPK\x10\x02\x12\x16\n\x12VERIFY_MODE_GREEDY\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x8a\x02\n\x07Teacher\x12<\n\x05Score\x12\x18.distill.v1.ScoreRequest\x1a\x19.distill.v1.ScoreResponse\x12?\n\x06Verify\x12\x19.distill.v1.VerifyRequest\x1a\x1a.distill.v1.VerifyResponse\x12\x45\n\x08Generate\x12\x1b.distill.v1.GenerateRequest\x1a\x1c.distill.v1.GenerateResponse\x12\x39\n\x04Info\x12\x17.distill.v1.InfoRequest\x1a\x18.distill.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distill.v1.teacher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2399
-  _globals['_DTYPE']._serialized_end=2484
-  _globals['_VERIFYMODE']._serialized_start=2486
-  _globals['_VERIFYMODE']._serialized_end=2602
-  _globals['_FINISHREASON']._serialized_start=2604
-  _globals['_FINISHREASON']._serialized_end=2699
+  _globals['_DTYPE']._serialized_start=2443
+  _globals['_DTYPE']._serialized_end=2528
+  _globals['_VERIFYMODE']._serialized_start=2530
+  _globals['_VERIFYMODE']._serialized_end=2646
+  _globals['_FINISHREASON']._serialized_start=2648
+  _globals['_FINISHREASON']._serialized_end=2743
   _globals['_TENSOR']._serialized_start=40
   _globals['_TENSOR']._serialized_end=111
   _globals['_SCORESEQUENCE']._serialized_start=113
@@ -48,27 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE']._serialized_start=641
   _globals['_SCORERESPONSE']._serialized_end=698
   _globals['_VERIFYSEQUENCE']._serialized_start=701
-  _globals['_VERIFYSEQUENCE']._serialized_end=837
-  _globals['_VERIFYREQUEST']._serialized_start=840
-  _globals['_VERIFYREQUEST']._serialized_end=1104
-  _globals['_VERIFYRESULT']._serialized_start=1107
-  _globals['_VERIFYRESULT']._serialized_end=1246
-  _globals['_VERIFYRESPONSE']._serialized_start=1248
-  _globals['_VERIFYRESPONSE']._serialized_end=1307
-  _globals['_GENERATEREQUEST']._serialized_start=1310
-  _globals['_GENERATEREQUEST']._serialized_end=1578
-  _globals['_GENERATESAMPLE']._serialized_start=1581
-  _globals['_GENERATESAMPLE']._serialized_end=1751
-  _globals['_GENERATERESPONSE']._serialized_start=1753
-  _globals['_GENERATERESPONSE']._serialized_end=1816
-  _globals['_INFOREQUEST']._serialized_start=1818
-  _globals['_INFOREQUEST']._serialized_end=1831
-  _globals['_SPECIALTOKENS']._serialized_start=1833
-  _globals['_SPECIALTOKENS']._serialized_end=1917
-  _globals['_FEATURES']._serialized_start=1919
-  _globals['_FEATURES']._serialized_end=2015
-  _globals['_INFORESPONSE']._serialized_start=2018
-  _globals['_INFORESPONSE']._serialized_end=2397
-  _globals['_TEACHER']._serialized_start=2702
-  _globals['_TEACHER']._serialized_end=2968
+  _globals['_VERIFYSEQUENCE']._serialized_end=881
+  _globals['_VERIFYREQUEST']._serialized_start=884
+  _globals['_VERIFYREQUEST']._serialized_end=1148
+  _globals['_VERIFYRESULT']._serialized_start=1151
+  _globals['_VERIFYRESULT']._serialized_end=1290
+  _globals['_VERIFYRESPONSE']._serialized_start=1292
+  _globals['_VERIFYRESPONSE']._serialized_end=1351
+  _globals['_GENERATEREQUEST']._serialized_start=1354
+  _globals['_GENERATEREQUEST']._serialized_end=1622
+  _globals['_GENERATESAMPLE']._serialized_start=1625
+  _globals['_GENERATESAMPLE']._serialized_end=1795
+  _globals['_GENERATERESPONSE']._serialized_start=1797
+  _globals['_GENERATERESPONSE']._serialized_end=1860
+  _globals['_INFOREQUEST']._serialized_start=1862
+  _globals['_INFOREQUEST']._serialized_end=1875
+  _globals['_SPECIALTOKENS']._serialized_start=1877
+  _globals['_SPECIALTOKENS']._serialized_end=1961
+  _globals['_FEATURES']._serialized_start=1963
+  _globals['_FEATURES']._serialized_end=2059
+  _globals['_INFORESPONSE']._serialized_start=2062
+  _globals['_INFORESPONSE']._serialized_end=2441
+  _globals['_TEACHER']._serialized_start=2746
+  _globals['_TEACHER']._serialized_end=3012
 # @@protoc_insertion_point(module_scope)

@@ -91,14 +91,16 @@ class ScoreResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ...) -> None: ...
 
 class VerifySequence(_message.Message):
-    __slots__ = ("prefix_ids", "draft_ids", "draft_probs")
+    __slots__ = ("prefix_ids", "draft_ids", "draft_probs", "draft_topk_ids")
     PREFIX_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOPK_IDS_FIELD_NUMBER: _ClassVar[int]
     prefix_ids: Tensor
     draft_ids: Tensor
     draft_probs: Tensor
-    def __init__(self, prefix_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_probs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    draft_topk_ids: Tensor
+    def __init__(self, prefix_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_probs: _Optional[_Union[Tensor, _Mapping]] = ..., draft_topk_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("sequences", "mode", "temperature", "seed", "accept_top_k", "top_k", "logprob_dtype")

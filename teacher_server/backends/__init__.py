@@ -8,6 +8,7 @@ from typing import Protocol
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
+from teacher_server.speculative import VerifyItem, VerifyOutput
 
 
 @dataclass
@@ -34,20 +35,22 @@ class ModelInfo:
 class Backend(Protocol):
     info: ModelInfo
 
-    def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
-        """Score items in one forward pass (the batcher chose them to fit the token budget)."""
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+        """Score and verify items in one forward pass (the batcher chose them to fit the token
+        budget); a VerifyItem only when info.verify."""
 
     def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
         """num_samples samples per item (only when info.generate)."""
 
 
 def run_batch(backend: Backend, items: list) -> list:
-    """The batcher's one callable: Score and Generate items share its queue and forward thread,
-    so a batch may hold both. Each kind goes to its backend method in one call; outputs come
-    back in the items' order. Methods are looked up only when needed: a backend without
-    Generate never receives a GenerateItem (the servicer refuses those first)."""
+    """The batcher's one callable: Score, Verify and Generate items share its queue and forward
+    thread, so a batch may hold all three. Score and Verify items go to `score` together (both
+    need one decoder pass over their tokens, so they share it); Generate items to `generate`.
+    Outputs come back in the items' order. Methods are looked up only when needed: a backend
+    without Generate never receives a GenerateItem (the servicer refuses those first)."""
     outputs: list = [None] * len(items)
-    for kind, method in ((ScoreItem, "score"), (GenerateItem, "generate")):
+    for kind, method in (((ScoreItem, VerifyItem), "score"), (GenerateItem, "generate")):
         rows = [i for i, item in enumerate(items) if isinstance(item, kind)]
         if rows:
             for i, out in zip(rows, getattr(backend, method)([items[i] for i in rows])):

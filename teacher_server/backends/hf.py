@@ -13,6 +13,7 @@ from teacher_server.backends import ModelInfo
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GeneratedSample, GenerateItem, cut_at_stop, token_logprobs
 from teacher_server.scoring import ScoreItem, ScoreOutput, score_logits
+from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TransformersBackend:
             model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             bos=_special(tokenizer, "bos"), eos=_special(tokenizer, "eos"),
             pad=_special(tokenizer, "pad"), unk=_special(tokenizer, "unk"), eos_ids=eos_ids,
-            generate=True,
+            verify=True, generate=True,
         )
         self.pad_id = max(self.info.pad, 0)
         # `model.generate` fills every option a call leaves unset from the checkpoint's
@@ -110,12 +111,20 @@ class TransformersBackend:
         return out.last_hidden_state
 
     @torch.inference_mode()
-    def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+        """One decoder pass over every item's tokens; then Score items get their scored rows,
+        Verify items their G + 1 rows (see `_verify`)."""
         hidden_BLH = self.hidden_states([item.token_ids for item in items])
-        outputs: list[ScoreOutput | None] = [None] * len(items)
+        outputs: list = [None] * len(items)
+        scored = []
+        for i, item in enumerate(items):
+            if isinstance(item, VerifyItem):
+                outputs[i] = self._verify(item, hidden_BLH[i])
+            else:
+                scored.append(i)
         # Items asking for the same (k, temperature, candidates?) share LM-head chunks.
         key = lambda i: (items[i].top_k, items[i].temperature, items[i].candidate_ids is not None)
-        for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
+        for (top_k, temperature, _), group in itertools.groupby(sorted(scored, key=key), key):
             group = list(group)
             # hidden state at t-1 predicts token t
             rows_NH = torch.cat([hidden_BLH[i, items[i].score_from - 1: items[i].num_tokens - 1]
@@ -136,6 +145,23 @@ class TransformersBackend:
                 outputs[i] = _slice(merged, offset, offset + n, items[i].candidate_ids)
                 offset += n
         return outputs
+
+    def _verify(self, item: VerifyItem, hidden_LH: torch.Tensor) -> VerifyOutput:
+        """Accept/reject one draft from its row of the shared decoder pass.
+
+        Hidden states at P-1 .. P+G-1 predict tokens P .. P+G: the G draft tokens and the one
+        after the draft, which is why prefix + draft (P + G tokens) is all the decoder needs.
+        The score arrays are Score's for prefix + draft + [next_token] scored from P.
+        """
+        P, G = item.prefix.numel(), item.draft.numel()
+        logits_GV1 = self._logits(hidden_LH[P - 1:P + G])
+        p_GV1 = torch.softmax(logits_GV1.float() / item.temperature, dim=-1).cpu()
+        generator = torch.Generator().manual_seed(item.seed)   # CPU draws: same on any device
+        n, next_token, accept_G = verify_draft(p_GV1, item.draft_probs, item.draft, item.mode,
+                                               item.accept_top_k, generator)
+        targets_G1 = torch.cat([item.draft, torch.tensor([next_token])])
+        scores = score_logits(logits_GV1, targets_G1, item.top_k, item.temperature)
+        return VerifyOutput(n, next_token, accept_G, scores)
 
     @torch.inference_mode()
     def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:

@@ -52,13 +52,15 @@ class SamplingConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["sft", "seqkd", "kd", "gkd", "rlkd"] = "gkd"
+    name: Literal["sft", "seqkd", "kd", "gkd", "skd", "rlkd"] = "gkd"
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"] = "jsd"
     beta: float = Field(0.5, ge=0, le=1, description="JSD(beta): 0 forward KL, 1 reverse KL")
     alpha: float = Field(0.1, ge=0, le=1, description="skew of skew_kl / skew_reverse_kl")
     student_fraction: float = Field(
         1.0, ge=0, le=1, description="gkd's lambda: probability a batch is sampled from the student")
     best_of: int = Field(1, ge=1, description="seqkd: teacher samples per prompt, best one kept")
+    draft_tokens: int = Field(4, ge=1, description="skd: student draft tokens per teacher Verify")
+    skd_top_k: int = Field(5, ge=1, description="skd: a draft token is kept when in the teacher's top-K")
     kl_coef: float = Field(1.0, ge=0, description="rlkd: weight of the per-token reverse KL to the teacher")
     use_reward: bool = Field(True, description="rlkd: add the task's reward (needs a task verifier)")
     reduction: Literal["token", "sequence"] = "token"
@@ -110,6 +112,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "kd": {"method": {"name": "kd", "divergence": "forward_kl"}},
     "sft": {"method": {"name": "sft"}},
     "seqkd": {"method": {"name": "seqkd", "best_of": 1}},
+    # speculative KD (Xu et al. 2024): student drafts, the teacher keeps those in its top-K
+    "skd": {"method": {"name": "skd", "divergence": "forward_kl", "draft_tokens": 4, "skd_top_k": 5}},
     # RL with the reward off and the teacher as the KL anchor
     "rl-teacher-kl": {"method": {"name": "rlkd", "use_reward": False, "kl_coef": 1.0}},
 }

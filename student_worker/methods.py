@@ -6,6 +6,7 @@
 | seqkd  | teacher Generate (best of n by the task)  | cross-entropy                          |
 | kd     | the data set                              | divergence to the teacher's top-k      |
 | gkd    | the student w.p. lambda, else the data set | divergence to the teacher's top-k      |
+| skd    | student drafts kept or fixed by Verify     | divergence to the teacher's top-k      |
 | rlkd   | the student                               | policy gradient on reward - c * (log q - log p) |
 """
 
@@ -22,6 +23,7 @@ from student_worker.config import RunConfig
 from student_worker.data import Example
 from student_worker.rollout import Rollout, TeacherBatch, TokenBatch
 from student_worker.sampling import sample
+from student_worker.speculative import acceptance, speculative_generate
 from student_worker.tasks import Task
 
 
@@ -74,6 +76,21 @@ def _teacher_rollout(examples: list[Example], ctx: Context, step: int) -> Rollou
     return Rollout([ex.prompt_ids for ex in examples], chosen, "teacher")
 
 
+def _interleaved_rollout(examples: list[Example], ctx: Context, step: int) -> Rollout:
+    """SKD: the student drafts, the teacher keeps drafts in its top-K and replaces the first miss
+    with its own sample; Verify's log-probs come along as the training targets."""
+    s, m = ctx.cfg.sampling, ctx.cfg.method
+    results = speculative_generate(
+        ctx.model, ctx.teacher_call, [ex.prompt_ids for ex in examples], gamma=m.draft_tokens,
+        max_new_tokens=s.max_new_tokens, mode="topk", accept_top_k=m.skd_top_k, temperature=s.temperature,
+        eos_ids=ctx.eos_ids, pad_id=ctx.pad_id, score_top_k=ctx.cfg.teacher.top_k,
+        seed=ctx.cfg.train.seed * 100_003 + step)
+    rollout = Rollout([ex.prompt_ids for ex in examples], [r.completion for r in results], "interleaved",
+                      teacher_scores=[r.teacher for r in results])
+    rollout.acceptance = acceptance(results)["acceptance_rate"]
+    return rollout
+
+
 def make_rollout(examples: list[Example], ctx: Context, step: int) -> Rollout:
     """Completions for this step's examples, as the method prescribes."""
     m = ctx.cfg.method
@@ -87,6 +104,8 @@ def make_rollout(examples: list[Example], ctx: Context, step: int) -> Rollout:
         return _student_rollout(examples, ctx) if on_policy else _data_rollout(examples, "gkd")
     if m.name == "rlkd":
         return _student_rollout(examples, ctx)
+    if m.name == "skd":
+        return _interleaved_rollout(examples, ctx, step)
     raise ValueError(f"unknown method {m.name!r}")
 
 
@@ -111,7 +130,7 @@ def compute_loss(cfg: RunConfig, student_logprobs_BSV: torch.Tensor, batch: Toke
     if m.name in ("sft", "seqkd"):
         loss = -D.masked_mean(token_lp_BS, batch.mask_BS, m.reduction)
         return loss, {"nll": loss.item()}
-    if m.name in ("kd", "gkd"):
+    if m.name in ("kd", "gkd", "skd"):
         # only completion positions are computed ([1, M, ...]), then put back on the grid:
         # nothing is spent on prompt or padding rows, and no stand-in value there can be inf
         rows = batch.mask_BS
@@ -121,7 +140,10 @@ def compute_loss(cfg: RunConfig, student_logprobs_BSV: torch.Tensor, batch: Toke
             teacher_tail_logprobs_BT=teacher.tail_logprobs_BS[rows][None], beta=m.beta, alpha=m.alpha)[0]
         div_BS = torch.zeros_like(token_lp_BS).masked_scatter(rows, div_M)
         loss = D.masked_mean(div_BS, batch.mask_BS, m.reduction)
-        return loss, {"divergence": loss.item(), "on_policy": float(rollout.source == "student")}
+        logs = {"divergence": loss.item(), "on_policy": float(rollout.source != "data")}
+        if rollout.acceptance is not None:
+            logs["acceptance_rate"] = rollout.acceptance
+        return loss, logs
     if m.name == "rlkd":
         # per-token advantage: sequence reward (minus the batch mean as a baseline) minus the
         # sampled reverse-KL estimate log q - log p; a constant for the gradient (detached)

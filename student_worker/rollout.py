@@ -18,9 +18,12 @@ import torch
 class Rollout:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
-    source: str                                    # "student", "data" or "teacher"
+    source: str                                    # "student", "data", "teacher" or "interleaved"
     sampled_logprobs: list[torch.Tensor] | None = None  # the student's, at sampling time
     rewards: torch.Tensor | None = None            # [B], from the task's scorer
+    teacher_scores: list | None = None             # TeacherScores per sequence, when the rollout
+                                                   # already holds them (skd: from Verify)
+    acceptance: float | None = None                # skd: fraction of drafts the teacher kept
 
     @property
     def sequences(self) -> list[list[int]]:

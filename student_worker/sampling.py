@@ -13,13 +13,16 @@ class Completion:
     token_ids: list[int]       # new tokens, ending with the first EOS when one was produced
     logprobs: torch.Tensor     # float32 [L]: log q(token) under the sampling temperature
     finished: bool             # ended with EOS (else hit max_new_tokens)
+    probs: torch.Tensor | None = None  # float32 [L, V]: the sampling distribution at each step
 
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-           top_p: float = 1.0, eos_ids: list[int], pad_id: int) -> list[Completion]:
+           top_p: float = 1.0, eos_ids: list[int], pad_id: int,
+           return_probs: bool = False) -> list[Completion]:
     """Continue each prompt once. Prompts are left-padded so that all end at the same column,
-    which is what a batched KV-cache decode needs."""
+    which is what a batched KV-cache decode needs. return_probs adds each step's full
+    distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats)."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids_BP = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -39,7 +42,8 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
                          generation_config=config)
     new_BL = out.sequences[:, width:].cpu()
     logits_BLV = torch.stack(out.logits, dim=1).float().cpu()
-    logprobs_BL = torch.log_softmax(logits_BLV / (temperature or 1.0), -1).gather(-1, new_BL[..., None])[..., 0]
+    logprobs_BLV = torch.log_softmax(logits_BLV / (temperature or 1.0), -1)
+    logprobs_BL = logprobs_BLV.gather(-1, new_BL[..., None])[..., 0]
     eos = torch.tensor(eos_ids)
     completions = []
     for row in range(len(prompts)):
@@ -47,5 +51,6 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
         stops = torch.isin(tokens, eos).nonzero()
         length = int(stops[0]) + 1 if stops.numel() else tokens.numel()
         completions.append(Completion(tokens[:length].tolist(), logprobs_BL[row, :length],
-                                      bool(stops.numel())))
+                                      bool(stops.numel()),
+                                      logprobs_BLV[row, :length].exp() if return_probs else None))
     return completions

@@ -71,6 +71,7 @@ def fixed_eval(cfg, model_dir, client, metric):
     ("gkd", ["method.student_fraction=0.5"], "jsd"),
     ("onpolicy-rkl", [], "reverse_kl"),
     ("rl-teacher-kl", [], "reverse_kl"),
+    ("skd", [], "forward_kl"),
 ])
 def test_method_reduces_its_loss(preset, overrides, metric, teacher, client, student_dir, data_file, tmp_path):
     cfg = config(student_dir, teacher.target, data_file, *overrides, preset=preset)

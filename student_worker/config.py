@@ -88,6 +88,9 @@ class TrainConfig(_Section):
                                                  "needs a built-in task as data.source")
     eval_split: str = "dev"
     eval_prompts: int = Field(256, ge=1)
+    eval_acceptance_prompts: int = Field(
+        64, ge=0, description="prompts on which to measure how often the teacher accepts the "
+                              "student's drafts (DistillSpec's metric; 0: off, needs a teacher)")
     stop_at_accuracy: float = Field(
         0.0, ge=0, le=1, description="stop once the sampled eval accuracy reaches this (0: off)")
 

@@ -32,6 +32,7 @@ from student_worker.evaluate import evaluate
 from student_worker.methods import (Context, compute_loss, make_rollout, needs_teacher,
                                     needs_teacher_scores, score_top_k)
 from student_worker.rollout import teacher_batch, to_device, token_batch
+from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
 
@@ -137,8 +138,20 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         acc = evaluate(model, tokenizer, data.task, cfg.train.eval_split, cfg.train.eval_prompts,
                        max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.train.seed)
         split = cfg.train.eval_split
-        return {f"{split}_greedy": acc.greedy, f"{split}_sampled": acc.sampled,
-                f"{split}_diversity": acc.diversity}
+        out = {f"{split}_greedy": acc.greedy, f"{split}_sampled": acc.sampled,
+               f"{split}_diversity": acc.diversity}
+        n = cfg.train.eval_acceptance_prompts
+        if n and teacher is not None and info.features.verify:
+            # DistillSpec's measure: does distillation make the student a better draft model?
+            prompts = [tokenizer(e["prompt"]).input_ids for e in data.task.examples(split, n)]
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(cfg.train.seed)
+                results = speculative_generate(
+                    model, teacher, prompts, gamma=cfg.method.draft_tokens,
+                    max_new_tokens=cfg.sampling.max_new_tokens, mode="speculative", eos_ids=eos_ids,
+                    pad_id=pad_id, score_top_k=1, seed=cfg.train.seed)
+            out[f"{split}_acceptance"] = acceptance(results)["acceptance_rate"]
+        return out
 
     if cfg.train.eval_every and step == 0 and is_main:
         log.write({"step": 0, **evaluate_now()})

@@ -120,6 +120,19 @@ def test_prompts_from_a_datasets_folder(teacher, student_dir, tmp_path):
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_evaluation_reports_accuracy_and_draft_acceptance(teacher, student_dir, tmp_path):
+    cfg = load_config(None, "gkd", [f"student.path={student_dir}", f"teacher.target={teacher.target}",
+                                    "data.source=reverse", "data.batch_size=2", "sampling.max_new_tokens=6",
+                                    "train.steps=2", "train.eval_every=2", "train.eval_prompts=8",
+                                    "train.eval_acceptance_prompts=4"])
+    train(cfg, tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2]
+    for line in (lines[0], lines[2]):
+        assert 0 <= line["dev_sampled"] <= 1 and 0 <= line["dev_greedy"] <= 1
+        assert 0 <= line["dev_acceptance"] <= 1
+
+
 def test_resume_is_bit_exact(teacher, student_dir, data_file, tmp_path):
     common = ["train.steps=4", "method.student_fraction=0.5", "optim.schedule=cosine", "optim.warmup_steps=1"]
     straight = train(config(student_dir, teacher.target, data_file, *common, preset="gkd"), tmp_path / "a")

@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(PY) bench/score_overhead.py
 	$(PY) bench/worker_overlap.py
+	$(PY) bench/speculative.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

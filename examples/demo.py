@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -49,15 +52,18 @@ METHODS = {
     "kd": ("kd", ["method.divergence=forward_kl"]),
     "kd_jsd": ("kd", ["method.divergence=jsd", "method.beta=0.5"]),   # control: gkd's loss, no sampling
     "gkd": ("gkd", ["method.divergence=jsd", "method.beta=0.5", "method.student_fraction=1.0"]),
+    # speculative KD: interleaved drafts; gkd's divergence, so only the data source differs
+    "skd": ("skd", ["method.divergence=jsd", "method.beta=0.5", "method.draft_tokens=10", "method.skd_top_k=3"]),
 }
-FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=512)
+FULL = dict(steps=400, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=512)
 QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=256)
+PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 
 def common_overrides(target: str, seed: int) -> list[str]:
     return [f"teacher.target={target}", f"data.source={TASK}", "data.batch_size=128",
             "data.num_examples=50000", "sampling.max_new_tokens=10", "teacher.top_k=15",
-            "student.num_threads=1", f"train.seed={seed}"]
+            "student.num_threads=1", f"train.seed={seed}", "train.eval_acceptance_prompts=0"]
 
 
 def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathlib.Path:
@@ -70,6 +76,7 @@ def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathl
 
 
 def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict) -> dict:
+    """One method from the seed's initial student; returns its test accuracy, curve and costs."""
     preset, extra = METHODS[name]
     cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
@@ -79,16 +86,26 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     final = train(cfg, run_dir, progress=False)
     seconds = time.monotonic() - start
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x]
-    uses_teacher = name != "sft"
-    return {"final": final, "wall_seconds": seconds, "curve": curve,
-            "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if uses_teacher else 0}
+    acc = test_accuracy(final, p)
+    return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": vars(acc),
+            "curve": [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x],
+            "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if name != "sft" else 0}
+
+
+def prepare_seed(out: pathlib.Path, target: str, seed: int, p: dict) -> dict:
+    init = initial_student(out, target, seed, p)
+    return {"seed": seed, "init": str(init), "accuracy": vars(test_accuracy(init, p))}
 
 
 def test_accuracy(model_dir: pathlib.Path, p: dict):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     return evaluate(model, AutoTokenizer.from_pretrained(model_dir), TASKS[TASK], "test",
                     num_prompts=p["test_prompts"], max_new_tokens=10)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main() -> None:
@@ -99,42 +116,48 @@ def main() -> None:
     args = parser.parse_args()
     p = QUICK if args.quick else FULL
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
-    torch.set_num_threads(1)
+    _worker_init()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-
-    server = TeacherProcess(TEACHER_DIR)
+    results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "quick": args.quick,
+               "initial": {"greedy": [], "sampled": [], "diversity": []},
+               "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "teacher_tokens": 0,
+                               "wall_seconds": 0.0, "curves": []} for m in METHODS}}
+    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1")
     try:
         server.wait_serving()
-        teacher_acc = test_accuracy(TEACHER_DIR, p)
-        results = {"task": TASK, "teacher": {"greedy": teacher_acc.greedy, "sampled": teacher_acc.sampled,
-                                             "diversity": teacher_acc.diversity},
-                   "initial": {"greedy": [], "sampled": [], "diversity": []},
-                   "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "teacher_tokens": 0,
-                                   "wall_seconds": 0.0, "curves": []} for m in METHODS},
-                   "seeds": seeds, "steps": p["steps"], "quick": args.quick}
+        acc = test_accuracy(TEACHER_DIR, p)
+        results["teacher"] = {"greedy": acc.greedy, "sampled": acc.sampled, "diversity": acc.diversity}
         bar = tqdm(total=len(seeds) * (1 + len(METHODS)), desc="demo", unit="run", dynamic_ncols=True)
-        for seed in seeds:
-            bar.set_postfix_str(f"seed {seed}: initial student")
-            init = initial_student(args.out, server.target, seed, p)
-            acc = test_accuracy(init, p)
-            for key in ("greedy", "sampled", "diversity"):
-                results["initial"][key].append(getattr(acc, key))
-            bar.update(1)
-            for name in METHODS:
-                bar.set_postfix_str(f"seed {seed}: {name}")
-                run = run_method(args.out, server.target, seed, name, init, p)
-                acc = test_accuracy(run["final"], p)
-                entry = results["methods"][name]
-                for key in ("greedy", "sampled", "diversity"):
-                    entry[key].append(getattr(acc, key))
-                entry["teacher_tokens"] += run["teacher_tokens"]
-                entry["wall_seconds"] += run["wall_seconds"]
-                entry["curves"].append(run["curve"])
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(PARALLEL, mp_context=spawn, initializer=_worker_init) as pool:
+            inits = {}
+            for done in as_completed([pool.submit(prepare_seed, args.out, server.target, s, p) for s in seeds]):
+                r = done.result()
+                inits[r["seed"]] = r
+                bar.set_postfix_str(f"initial student of seed {r['seed']} ready")
+                bar.update(1)
+            runs = [pool.submit(run_method, args.out, server.target, seed, name, pathlib.Path(inits[seed]["init"]), p)
+                    for seed in seeds for name in METHODS]
+            finished = {}
+            for done in as_completed(runs):
+                r = done.result()
+                finished[r["seed"], r["name"]] = r
+                bar.set_postfix_str(f"seed {r['seed']}: {r['name']} done")
                 bar.update(1)
         bar.close()
     finally:
         server.terminate()
+    for seed in seeds:   # in seed order, whatever order the runs finished in
+        for key in ("greedy", "sampled", "diversity"):
+            results["initial"][key].append(inits[seed]["accuracy"][key])
+        for name in METHODS:
+            r, entry = finished[seed, name], results["methods"][name]
+            for key in ("greedy", "sampled", "diversity"):
+                entry[key].append(r["accuracy"][key])
+            entry["teacher_tokens"] += r["teacher_tokens"]
+            entry["wall_seconds"] += r["wall_seconds"]
+            entry["curves"].append(r["curve"])
     results["total_seconds"] = time.monotonic() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)

@@ -112,25 +112,28 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
-        """One decoder pass over every item's tokens; then Score items get their scored rows,
-        Verify items their G + 1 rows (see `_verify`)."""
+        """One decoder pass over every item's tokens. Verify items first settle their drafts
+        (see `_verdicts`); then every item is a block of hidden rows with target tokens, and
+        blocks asking for the same (k, temperature, candidates?) share LM-head chunks."""
         hidden_BLH = self.hidden_states([item.token_ids for item in items])
-        outputs: list = [None] * len(items)
-        scored = []
+        verdicts = self._verdicts(items, hidden_BLH)
+        blocks = []   # (item index, hidden rows [N, H], targets [N]); hidden at t-1 predicts t
         for i, item in enumerate(items):
-            if isinstance(item, VerifyItem):
-                outputs[i] = self._verify(item, hidden_BLH[i])
+            if i in verdicts:
+                P, G = item.prefix.numel(), item.draft.numel()
+                targets = torch.cat([item.draft, torch.tensor([verdicts[i][1]])])
+                blocks.append((i, hidden_BLH[i, P - 1:P + G], targets))
             else:
-                scored.append(i)
-        # Items asking for the same (k, temperature, candidates?) share LM-head chunks.
-        key = lambda i: (items[i].top_k, items[i].temperature, items[i].candidate_ids is not None)
-        for (top_k, temperature, _), group in itertools.groupby(sorted(scored, key=key), key):
+                blocks.append((i, hidden_BLH[i, item.score_from - 1:item.num_tokens - 1],
+                               item.token_ids[item.score_from:]))
+        cands_of = lambda i: None if i in verdicts else items[i].candidate_ids
+        key = lambda b: (items[b[0]].top_k, items[b[0]].temperature, cands_of(b[0]) is not None)
+        outputs: list = [None] * len(items)
+        for (top_k, temperature, _), group in itertools.groupby(sorted(blocks, key=key), key):
             group = list(group)
-            # hidden state at t-1 predicts token t
-            rows_NH = torch.cat([hidden_BLH[i, items[i].score_from - 1: items[i].num_tokens - 1]
-                                 for i in group])
-            targets_N = torch.cat([items[i].token_ids[items[i].score_from:] for i in group])
-            cands = [items[i].candidate_ids for i in group]
+            rows_NH = torch.cat([rows for _, rows, _ in group])
+            targets_N = torch.cat([targets for _, _, targets in group])
+            cands = [cands_of(i) for i, _, _ in group]
             cand_NC = None if cands[0] is None else _cat_ragged(cands)
             parts = []
             for start in range(0, rows_NH.shape[0], self.chunk_tokens):
@@ -140,28 +143,35 @@ class TransformersBackend:
                     None if cand_NC is None else cand_NC[sl]))
             merged = _concat(parts)
             offset = 0
-            for i in group:
-                n = items[i].num_scored
-                outputs[i] = _slice(merged, offset, offset + n, items[i].candidate_ids)
+            for i, rows, _ in group:
+                n = rows.shape[0]
+                scores = _slice(merged, offset, offset + n, cands_of(i))
+                outputs[i] = VerifyOutput(*verdicts[i], scores) if i in verdicts else scores
                 offset += n
         return outputs
 
-    def _verify(self, item: VerifyItem, hidden_LH: torch.Tensor) -> VerifyOutput:
-        """Accept/reject one draft from its row of the shared decoder pass.
+    def _verdicts(self, items, hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:
+        """Accept/reject every Verify item's draft: {item index: (num_accepted, next_token,
+        accept_probs)}.
 
         Hidden states at P-1 .. P+G-1 predict tokens P .. P+G: the G draft tokens and the one
         after the draft, which is why prefix + draft (P + G tokens) is all the decoder needs.
-        The score arrays are Score's for prefix + draft + [next_token] scored from P.
+        The LM head runs once over all drafts' rows; the decisions are per item, each with its
+        own seeded CPU generator (the same draws on any device, whatever the batch).
         """
-        P, G = item.prefix.numel(), item.draft.numel()
-        logits_GV1 = self._logits(hidden_LH[P - 1:P + G])
-        p_GV1 = torch.softmax(logits_GV1.float() / item.temperature, dim=-1).cpu()
-        generator = torch.Generator().manual_seed(item.seed)   # CPU draws: same on any device
-        n, next_token, accept_G = verify_draft(p_GV1, item.draft_probs, item.draft, item.mode,
-                                               item.accept_top_k, generator)
-        targets_G1 = torch.cat([item.draft, torch.tensor([next_token])])
-        scores = score_logits(logits_GV1, targets_G1, item.top_k, item.temperature)
-        return VerifyOutput(n, next_token, accept_G, scores)
+        index = [i for i, item in enumerate(items) if isinstance(item, VerifyItem)]
+        if not index:
+            return {}
+        spans = [(items[i].prefix.numel(), items[i].draft.numel()) for i in index]
+        logits_RV = self._logits(torch.cat([hidden_BLH[i, P - 1:P + G] for i, (P, G) in zip(index, spans)]))
+        verdicts = {}
+        for i, logits_GV1 in zip(index, logits_RV.split([G + 1 for _, G in spans])):
+            item = items[i]
+            p_GV1 = torch.softmax(logits_GV1.float() / item.temperature, dim=-1).cpu()
+            generator = torch.Generator().manual_seed(item.seed)
+            verdicts[i] = verify_draft(p_GV1, item.draft_probs, item.draft, item.mode,
+                                       item.accept_top_k, generator)
+        return verdicts
 
     @torch.inference_mode()
     def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:

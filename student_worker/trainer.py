@@ -17,7 +17,9 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -31,7 +33,7 @@ from student_worker.data import PromptData
 from student_worker.evaluate import evaluate
 from student_worker.methods import (Context, compute_loss, make_rollout, needs_teacher,
                                     needs_teacher_scores, score_top_k)
-from student_worker.rollout import teacher_batch, to_device, token_batch
+from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
@@ -63,7 +65,6 @@ def _lr_lambda(cfg: RunConfig):
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
-    # sampling at a step depends only on (seed, step, rank): resumed runs replay it exactly
     return (seed * 1_000_003 + step) * 1_009 + rank
 
 
@@ -95,145 +96,192 @@ class _MetricsLog:
                     self.writer.add_scalar(key, value, record["step"])
 
 
-def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Run cfg.train.steps steps (from the latest checkpoint when resume); return the final
-    checkpoint folder. progress=False hides the bar (for a caller that shows its own)."""
+@dataclass
+class Run:
+    """What a training run holds, built once by `setup`."""
+
+    cfg: RunConfig
+    output_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    model: torch.nn.Module          # the student itself (sampling, saving)
+    ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training)
+    teacher: PatientTeacher | None
+    info: object | None             # the teacher's Info
+    data: PromptData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ctx: Context
+    step: int                       # steps done (restored on resume)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
+    """Distributed init, student (or its latest checkpoint), teacher checks, data, optimizer."""
     rank, world, device = _init_distributed()
-    is_main = rank == 0
     if cfg.student.num_threads:
         torch.set_num_threads(cfg.student.num_threads)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     teacher, info = _connect_teacher(cfg, tokenizer, model)
-
     data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
+    if cfg.train.eval_every and data.task is None:
+        raise SystemExit("train.eval_every needs a built-in task as data.source (its scorer)")
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
-
     eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id, data.task, teacher)
+    return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, teacher, info, data,
+               optimizer, scheduler, ctx, step)
+
+
+@dataclass
+class Timing:
+    rollout_s: float        # producing completions (student sampling, teacher Generate/Verify)
+    latency_s: float        # the teacher's Score call, start to answer
+    wait_s: float           # how long the loop blocked on it (latency not hidden by overlap)
+
+
+def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
+    """Batches with their teacher scores, steps run.step .. cfg.train.steps - 1.
+
+    lag + 1 batches are kept in flight: each is sampled now and scored by the teacher on a
+    background thread, so with lag > 0 scoring overlaps the updates of earlier batches.
+    """
+    cfg = run.cfg
     wants_scores = needs_teacher_scores(cfg)
     top_k = score_top_k(cfg) if wants_scores else 0
 
     def score(rollout):
         start = time.monotonic()
-        scores = teacher("score", rollout.sequences, rollout.prompt_lens, top_k=top_k,
-                         dtype=cfg.teacher.logprob_dtype)
+        scores = run.teacher("score", rollout.sequences, rollout.prompt_lens, top_k=top_k,
+                             dtype=cfg.teacher.logprob_dtype)
         return scores, time.monotonic() - start
 
-    log = _MetricsLog(output_dir, step, cfg.train.tensorboard) if is_main else None
-    if cfg.train.eval_every and data.task is None:
-        raise SystemExit("train.eval_every needs a built-in task as data.source (its scorer)")
-
-    def evaluate_now() -> dict:
-        acc = evaluate(model, tokenizer, data.task, cfg.train.eval_split, cfg.train.eval_prompts,
-                       max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.train.seed)
-        split = cfg.train.eval_split
-        out = {f"{split}_greedy": acc.greedy, f"{split}_sampled": acc.sampled,
-               f"{split}_diversity": acc.diversity}
-        n = cfg.train.eval_acceptance_prompts
-        if n and teacher is not None and info.features.verify:
-            # DistillSpec's measure: does distillation make the student a better draft model?
-            prompts = [tokenizer(e["prompt"]).input_ids for e in data.task.examples(split, n)]
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(cfg.train.seed)
-                results = speculative_generate(
-                    model, teacher, prompts, gamma=cfg.method.draft_tokens,
-                    max_new_tokens=cfg.sampling.max_new_tokens, mode="speculative", eos_ids=eos_ids,
-                    pad_id=pad_id, score_top_k=1, seed=cfg.train.seed)
-            out[f"{split}_acceptance"] = acceptance(results)["acceptance_rate"]
-        return out
-
-    if cfg.train.eval_every and step == 0 and is_main:
-        log.write({"step": 0, **evaluate_now()})
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"{cfg.method.name}", disable=not (is_main and progress),
-               dynamic_ncols=True)
     pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
     pipeline: collections.deque = collections.deque()
-    next_step, run_steps = step, 0
-    teacher_time = teacher_wait = 0.0
-    started = time.monotonic()
+    next_step = run.step
     try:
-        while step < cfg.train.steps:
-            # keep lag + 1 batches in flight: sampled now, scored by the teacher in the background
-            step_start = time.monotonic()
+        while next_step < cfg.train.steps or pipeline:
+            start = time.monotonic()
             while len(pipeline) <= cfg.train.lag and next_step < cfg.train.steps:
-                torch.manual_seed(_step_seed(cfg.train.seed, next_step, rank))
-                rollout = make_rollout(data.batch(next_step), ctx, next_step)
+                # sampling at a step depends only on (seed, step, rank): resumes replay it exactly
+                torch.manual_seed(_step_seed(cfg.train.seed, next_step, run.rank))
+                rollout = make_rollout(run.data.batch(next_step), run.ctx, next_step)
                 pipeline.append((rollout, pool.submit(score, rollout) if wants_scores else None))
                 next_step += 1
             rollout, pending = pipeline.popleft()
-            wait_start = time.monotonic()
+            waiting = time.monotonic()
             scores, latency = pending.result() if pending else (rollout.teacher_scores, 0.0)
+            yield rollout, scores, Timing(waiting - start, latency, time.monotonic() - waiting)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on the method's loss over the rollout's completion tokens."""
+    batch = to_device(token_batch(rollout, run.ctx.pad_id), run.device)
+    logits_BSV = run.ddp_model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
+    student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
+    teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
+               if scores else None)
+    loss, logs = compute_loss(run.cfg, student_logprobs_BSV, batch, teacher, rollout)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = run.cfg.optim.grad_clip
+    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip).item() if clip else None
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return loss.detach(), logs
+
+
+def evaluate_run(run: Run) -> dict:
+    """Task accuracy on cfg.train.eval_split and, with a Verify-capable teacher, DistillSpec's
+    acceptance rate of the student's drafts. Seeded: every rank draws the same samples."""
+    cfg, split = run.cfg, run.cfg.train.eval_split
+    acc = evaluate(run.model, run.tokenizer, run.data.task, split, cfg.train.eval_prompts,
+                   max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.train.seed)
+    out = {f"{split}_greedy": acc.greedy, f"{split}_sampled": acc.sampled, f"{split}_diversity": acc.diversity}
+    n = cfg.train.eval_acceptance_prompts
+    if n and run.teacher is not None and run.info.features.verify:
+        prompts = [run.tokenizer(e["prompt"]).input_ids for e in run.data.task.examples(split, n)]
+        with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+            torch.manual_seed(cfg.train.seed)
+            results = speculative_generate(
+                run.model, run.teacher, prompts, gamma=cfg.method.draft_tokens,
+                max_new_tokens=cfg.sampling.max_new_tokens, mode="speculative", eos_ids=run.ctx.eos_ids,
+                pad_id=run.ctx.pad_id, score_top_k=1, seed=cfg.train.seed)
+        out[f"{split}_acceptance"] = acceptance(results)["acceptance_rate"]
+    return out
+
+
+def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Run cfg.train.steps steps (from the latest checkpoint when resume); return the final
+    checkpoint folder. progress=False hides the bar (for a caller that shows its own)."""
+    run = setup(cfg, output_dir, resume)
+    t = cfg.train
+    log = _MetricsLog(run.output_dir, run.step, t.tensorboard) if run.is_main else None
+    if t.eval_every and run.step == 0 and run.is_main:
+        log.write({"step": 0, **evaluate_run(run)})
+    bar = tqdm(total=t.steps, initial=run.step, desc=cfg.method.name, dynamic_ncols=True,
+               disable=not (run.is_main and progress))
+    started, first_step = time.monotonic(), run.step
+    teacher_time = teacher_wait = 0.0
+    try:
+        for rollout, scores, timing in rollouts(run):
             update_start = time.monotonic()
-            waited = update_start - wait_start
-            teacher_time, teacher_wait = teacher_time + latency, teacher_wait + min(waited, latency)
-
-            batch = to_device(token_batch(rollout, pad_id), device)
-            logits_BSV = ddp_model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
-            student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
-            teacher_b = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), device)
-                         if scores else None)
-            loss, logs = compute_loss(cfg, student_logprobs_BSV, batch, teacher_b, rollout)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip).item()
-                         if o.grad_clip else float("nan"))
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            run_steps += 1
-
-            record = {}
+            loss, logs = update(run, rollout, scores)
+            teacher_time += timing.latency_s
+            teacher_wait += min(timing.wait_s, timing.latency_s)
+            # loss, completion tokens and samples summed over ranks
             stats = torch.tensor([loss.item(), rollout.num_completion_tokens, len(rollout.prompt_ids)],
                                  dtype=torch.float64)
-            if world > 1:
+            if run.world > 1:
                 dist.all_reduce(stats)
-            if is_main:
+            evaluated = evaluate_run(run) if t.eval_every and run.step % t.eval_every == 0 else {}
+            if run.is_main:
                 now = time.monotonic()
-                record = {"step": step, "loss": stats[0].item() / world, **logs,
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "samples": int(stats[2]), "completion_tokens": int(stats[1]),
-                          "tokens_per_s": stats[1].item() / max(now - step_start, 1e-9),
-                          "rollout_s": wait_start - step_start, "update_s": now - update_start,
-                          "teacher_latency_s": latency, "teacher_wait_s": waited,
-                          "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
-                          "source": rollout.source, "elapsed_s": time.monotonic() - started}
-            evaluated = {}
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                evaluated = evaluate_now()   # every rank: the same seeded draws, the same decision
-            if is_main:
-                record.update(evaluated)
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                step_s = timing.rollout_s + timing.wait_s + now - update_start
+                log.write({"step": run.step, "loss": stats[0].item() / run.world, **logs,
+                           "lr": run.scheduler.get_last_lr()[0], "samples": int(stats[2]),
+                           "completion_tokens": int(stats[1]), "tokens_per_s": stats[1].item() / step_s,
+                           "rollout_s": timing.rollout_s, "update_s": now - update_start,
+                           "teacher_latency_s": timing.latency_s, "teacher_wait_s": timing.wait_s,
+                           "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
+                           "source": rollout.source, "elapsed_s": now - started, **evaluated})
+                bar.set_postfix(loss=f"{stats[0].item() / run.world:.4f}")
                 bar.update(1)
-            target = cfg.train.stop_at_accuracy
-            reached = bool(target and evaluated and evaluated[f"{cfg.train.eval_split}_sampled"] >= target)
-            stopping = reached or (cfg.train.stop_after and run_steps >= cfg.train.stop_after)
-            if step == cfg.train.steps or stopping or (cfg.train.save_every and step % cfg.train.save_every == 0):
-                _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world)
-            if stopping:
+            reached = bool(t.stop_at_accuracy and evaluated
+                           and evaluated[f"{t.eval_split}_sampled"] >= t.stop_at_accuracy)
+            preempted = bool(t.stop_after and run.step - first_step >= t.stop_after)
+            if run.step == t.steps or reached or preempted or (t.save_every and run.step % t.save_every == 0):
+                _save(run)
+            if reached or preempted:
                 break
     except TeacherUnreachable as exc:
-        _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world)
-        raise SystemExit(f"stopping: {exc}. Checkpoint at step {step} in {output_dir}; "
+        _save(run)
+        raise SystemExit(f"stopping: {exc}. Checkpoint at step {run.step} in {run.output_dir}; "
                          "continue with --resume once the teacher is back.") from exc
     finally:
         bar.close()
-        pool.shutdown(wait=False, cancel_futures=True)
-    if is_main and progress and teacher_time:
+    if run.is_main and progress and teacher_time:
         print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
               f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")
-    return checkpoint.checkpoint_dir(output_dir, step)
+    return checkpoint.checkpoint_dir(run.output_dir, run.step)
 
 
 def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
@@ -271,16 +319,17 @@ def _connect_teacher(cfg: RunConfig, tokenizer, model):
     return teacher, info
 
 
-def _save(output_dir, step, model, tokenizer, optimizer, scheduler, is_main, world) -> None:
-    digests = [checkpoint.weights_digest(model)]
-    if world > 1:
+def _save(run: Run) -> None:
+    digests = [checkpoint.weights_digest(run.model)]
+    if run.world > 1:
         # DDP keeps replicas identical by construction; a checkpoint proves it
-        gathered = [None] * world
+        gathered = [None] * run.world
         dist.all_gather_object(gathered, digests[0])
         digests = gathered
         if len(set(digests)) > 1:
-            raise RuntimeError(f"ranks hold different weights at step {step}: {digests}")
-    if is_main:
-        checkpoint.save(output_dir, step, model, tokenizer, optimizer, scheduler, rank_digests=digests)
-    if world > 1:
+            raise RuntimeError(f"ranks hold different weights at step {run.step}: {digests}")
+    if run.is_main:
+        checkpoint.save(run.output_dir, run.step, run.model, run.tokenizer, run.optimizer, run.scheduler,
+                        rank_digests=digests)
+    if run.world > 1:
         dist.barrier()

@@ -41,15 +41,17 @@ def pack(array: np.ndarray | torch.Tensor, dtype: str | int | None = None) -> pb
     """Pack an array (numpy or torch, any device) into a Tensor, converting to `dtype` if given."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
-    array = np.asarray(array)
+    elif not isinstance(array, np.ndarray):
+        array = np.asarray(array)
     if dtype is not None:
         array = array.astype(_NUMPY[wire_dtype(dtype)], copy=False)
-    try:
-        wire = _WIRE[array.dtype.newbyteorder("=")]
-    except KeyError:
-        raise PackError(f"cannot pack dtype {array.dtype}; use float32, float16 or int32") from None
-    data = np.ascontiguousarray(array, dtype=_NUMPY[wire]).tobytes()
-    return pb.Tensor(dtype=wire, shape=array.shape, data=data)
+    wire = _WIRE.get(array.dtype.newbyteorder("="))
+    if wire is None:
+        raise PackError(f"cannot pack dtype {array.dtype}; use float32, float16 or int32")
+    if array.dtype != _NUMPY[wire]:          # big-endian input: swap to the wire's order
+        array = array.astype(_NUMPY[wire])
+    # tobytes() writes C order whatever the strides: a called-per-sequence hot path, kept lean
+    return pb.Tensor(dtype=wire, shape=array.shape, data=array.tobytes())
 
 
 def unpack(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:

@@ -15,6 +15,16 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
+    so an interrupted test or demo leaves no teacher behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 _LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
 
 
@@ -26,7 +36,7 @@ class TeacherProcess:
                "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--num-threads", "1",
                *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
         self.lines: list[str] = []
         listening = threading.Event()
 

@@ -7,6 +7,8 @@ Read from a YAML file, a named preset, and `section.key=value` overrides, in tha
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +142,23 @@ def parse_override(text: str) -> dict:
     return node
 
 
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """${NAME} and ${NAME:-default} in a config file take their value from the environment, so
+    one file serves every deployment (teacher addresses, tokens)."""
+    def value(match: re.Match) -> str:
+        name, default = match[1], match[2]
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ValueError(f"the config refers to ${{{name}}}, which is not set in the environment")
+        return default
+
+    return _ENV.sub(value, text)
+
+
 def load_config(path: str | Path | None = None, preset: str | None = None,
                 overrides: list[str] = ()) -> RunConfig:
     data: dict = {}
@@ -148,7 +167,7 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         data = _merge(data, PRESETS[preset])
     if path:
-        data = _merge(data, yaml.safe_load(Path(path).read_text()) or {})
+        data = _merge(data, yaml.safe_load(expand_env(Path(path).read_text())) or {})
     for text in overrides:
         data = _merge(data, parse_override(text))
     return RunConfig.model_validate(data)

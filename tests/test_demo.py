@@ -66,3 +66,27 @@ def test_make_demo_quick(tmp_path):
     assert results["methods"]["sft"]["teacher_tokens"] == 0 < results["methods"]["gkd"]["teacher_tokens"]
     assert "| gkd |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_config_with_torchrun(tmp_path):
+    """examples/quickstart.yaml as the README runs it (two workers), only shorter."""
+    import os
+    import sys
+
+    from teacher_server.process import TeacherProcess
+
+    server = TeacherProcess(TEACHER)
+    try:
+        server.wait_serving()
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+             "-m", "student_worker", "--config", "examples/quickstart.yaml", "--output-dir", str(tmp_path),
+             "train.steps=4", "train.eval_every=2", "train.eval_prompts=16", "train.eval_acceptance_prompts=4"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "TEACHER_ADDRESS": server.target, "OMP_NUM_THREADS": "1"})
+    finally:
+        server.terminate()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2, 3, 4]
+    assert lines[-1]["samples"] == 128 and "dev_acceptance" in lines[-1]

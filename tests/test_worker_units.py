@@ -72,3 +72,16 @@ def test_sampler_stops_at_eos_and_returns_its_logprobs(reference_model):
     greedy = sample(reference_model, prompts, max_new_tokens=5, temperature=0, eos_ids=[2], pad_id=0)
     alone = sample(reference_model, prompts[1:], max_new_tokens=5, temperature=0, eos_ids=[2], pad_id=0)
     assert greedy[1].token_ids == alone[0].token_ids   # left padding does not change the answer
+
+
+def test_config_file_reads_the_environment(tmp_path, monkeypatch):
+    from student_worker.config import expand_env
+
+    path = tmp_path / "run.yaml"
+    path.write_text("teacher:\n  target: ${TEACHER_ADDRESS:-127.0.0.1:50051}\n")
+    monkeypatch.delenv("TEACHER_ADDRESS", raising=False)
+    assert load_config(path, None, REQUIRED[:1] + REQUIRED[2:]).teacher.target == "127.0.0.1:50051"
+    monkeypatch.setenv("TEACHER_ADDRESS", "teacher-box:6000")
+    assert load_config(path, None, REQUIRED[:1] + REQUIRED[2:]).teacher.target == "teacher-box:6000"
+    with pytest.raises(ValueError, match=r"refers to \$\{NOPE_NOT_SET\}"):
+        expand_env("${NOPE_NOT_SET}")

@@ -1,6 +1,6 @@
 """Small causal LMs with random weights, saved as Hugging Face folders (model + tokenizer).
 
-Tests, benchmarks and the interim demo use them: nothing is downloaded.
+Tests and benchmarks use them: nothing is downloaded.
 
     python scripts/tiny_model.py OUT_DIR [--preset tiny|bench] [--seed 0]
 """

@@ -36,6 +36,7 @@ import transformers  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from student_worker.checkpoint import checkpoint_dir  # noqa: E402
 from student_worker.config import load_config  # noqa: E402
 from student_worker.evaluate import evaluate  # noqa: E402
 from student_worker.tasks import TASKS  # noqa: E402
@@ -78,21 +79,27 @@ def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathl
 
 
 def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict) -> dict:
-    """One method from the seed's initial student; returns its test accuracy, curve and costs."""
+    """One method from the seed's initial student; returns its test accuracy, curve and costs.
+
+    The student kept is the checkpoint with the best sampled dev accuracy (checked every
+    eval_every steps), the same rule for every method: on-policy losses spike now and then (a
+    rare odd sample), and a spike just before the last step must not decide the number.
+    """
     preset, extra = METHODS[name]
     cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
-        # the rate decays linearly to 0: on-policy losses spike now and then (a rare odd sample),
-        # and a spike in the last steps must not decide the final number
-        f"student.path={init}", "optim.lr=1e-3", "optim.schedule=linear", f"train.steps={p['steps']}",
-        f"train.eval_every={p['eval_every']}", f"train.eval_prompts={p['eval_prompts']}"])
+        f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
+        f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",
+        f"train.eval_prompts={p['eval_prompts']}"])
     run_dir = out / f"seed{seed}" / name
     start = time.monotonic()
-    final = train(cfg, run_dir, progress=False)
+    train(cfg, run_dir, progress=False)
     seconds = time.monotonic() - start
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    acc = test_accuracy(final, p)
-    return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": vars(acc),
-            "curve": [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x],
+    curve = [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x]
+    best_step = max(curve[1:], key=lambda point: point[1])[0]   # step 0 is the initial student
+    acc = test_accuracy(checkpoint_dir(run_dir, best_step), p)
+    return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": vars(acc), "curve": curve,
+            "best_step": best_step,
             "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if name != "sft" else 0}
 
 
@@ -123,10 +130,11 @@ def main() -> None:
     _worker_init()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "quick": args.quick,
+    results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "eval_every": p["eval_every"],
+               "quick": args.quick,
                "initial": {"greedy": [], "sampled": [], "diversity": []},
                "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "teacher_tokens": 0,
-                               "wall_seconds": 0.0, "curves": []} for m in METHODS}}
+                               "wall_seconds": 0.0, "curves": [], "best_steps": []} for m in METHODS}}
     server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1")
     try:
         server.wait_serving()
@@ -162,6 +170,7 @@ def main() -> None:
             entry["teacher_tokens"] += r["teacher_tokens"]
             entry["wall_seconds"] += r["wall_seconds"]
             entry["curves"].append(r["curve"])
+            entry["best_steps"].append(r["best_step"])
     results["total_seconds"] = time.monotonic() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)
@@ -182,7 +191,9 @@ def results_table(r: dict) -> str:
         f"## digsum: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
         "",
         f"Test-split accuracy; mean over seeds in bold, then each seed ({seeds}). Sampled = temperature 1. "
-        "Diversity = distinct correct answers per prompt in 8 samples.",
+        "Diversity = distinct correct answers per prompt in 8 samples. Each method's student is its "
+        f"checkpoint with the best sampled dev accuracy (checked every {r['eval_every']} steps, same rule "
+        "for all).",
         "",
         "| model | sampled | greedy | diversity | teacher tokens | wall s |",
         "| --- | --- | --- | --- | --- | --- |",

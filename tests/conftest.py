@@ -35,6 +35,19 @@ def teacher(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def stub(teacher):
+    """A raw distill.v1 stub on the session server (no client-side checks, no retries), allowed
+    to send more than the server accepts so that over-size requests reach it."""
+    import grpc
+
+    from distill.v1 import teacher_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(teacher.target, options=[("grpc.max_send_message_length", 64 << 20)])
+    yield pb_grpc.TeacherStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="session")
 def client(teacher):
     from student_worker.teacher_client import TeacherClient
 

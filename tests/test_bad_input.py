@@ -6,7 +6,6 @@ import pytest
 
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
-from distill.v1 import teacher_pb2_grpc as pb_grpc
 
 VOCAB, CONTEXT = 512, 256
 OK_SEQ = pack(np.arange(10, dtype=np.int32))
@@ -62,14 +61,6 @@ CASES = {
         pb.ScoreRequest(sequences=[seq(np.ones(5 * 1024 * 1024 // 4))]),
         "RESOURCE_EXHAUSTED", ""),
 }
-
-
-@pytest.fixture(scope="module")
-def stub(teacher):
-    channel = grpc.insecure_channel(teacher.target, options=[
-        ("grpc.max_send_message_length", 64 << 20)])
-    yield pb_grpc.TeacherStub(channel)
-    channel.close()
 
 
 @pytest.mark.parametrize("name", list(CASES))

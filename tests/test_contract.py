@@ -1,6 +1,5 @@
 """The contract: stubs are what the generator makes of the .proto; packed arrays round-trip."""
 
-import pathlib
 
 import numpy as np
 import pytest

@@ -146,12 +146,6 @@ BAD = {
 }
 
 
-@pytest.fixture(scope="module")
-def stub(teacher):
-    with grpc.insecure_channel(teacher.target) as channel:
-        yield pb_grpc.TeacherStub(channel)
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_then_good_request(stub, name):
     bad, message = BAD[name]

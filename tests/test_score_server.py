@@ -1,10 +1,8 @@
 """Score and Info over gRPC against a real server process, checked against in-process forwards."""
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncio
-
-import pytest
 import torch
 from transformers import AutoTokenizer
 

@@ -9,7 +9,6 @@ import torch
 
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
-from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server.backends import run_batch
 from teacher_server.scoring import ScoreItem, ScoreOutput
 from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
@@ -358,12 +357,6 @@ BAD = {
     "top_k above vocab": (vreq(top_k=VOCAB + 1), f"top_k={VOCAB + 1} is out of range"),
     "logprob dtype": (vreq(logprob_dtype=pb.DTYPE_INT32), "logprob_dtype"),
 }
-
-
-@pytest.fixture(scope="module")
-def stub(teacher):
-    with grpc.insecure_channel(teacher.target) as channel:
-        yield pb_grpc.TeacherStub(channel)
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -16,7 +16,6 @@ from student_worker import divergences as D
 from student_worker.config import load_config
 from student_worker.data import PromptData
 from student_worker.rollout import Rollout, teacher_batch, token_batch
-from student_worker.teacher_client import TeacherClient
 from student_worker.trainer import train
 from teacher_server.process import TeacherProcess
 

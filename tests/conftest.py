@@ -55,6 +55,16 @@ def client(teacher):
         yield c
 
 
+def assert_refused(call, request, message: str, code: str = "INVALID_ARGUMENT") -> None:
+    """The rpc refuses `request` with `code` and a message containing `message`."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=30)
+    assert err.value.code().name == code, err.value.details()
+    assert message in err.value.details()
+
+
 def reference_logprobs(model, ids: list[int] | torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(token t | tokens < t) for t = 1 .. T-1 from a plain in-process forward: [T-1, V]."""
     ids = torch.as_tensor(ids)

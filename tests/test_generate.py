@@ -17,7 +17,7 @@ from student_worker.teacher_client import AsyncTeacherClient, TeacherClient
 from teacher_server.backends import run_batch
 from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
 from teacher_server.scoring import ScoreItem
-from tests.conftest import random_sequences, reference_logprobs
+from tests.conftest import assert_refused, random_sequences, reference_logprobs
 
 VOCAB, CONTEXT, EOS = 512, 256, 2
 
@@ -149,10 +149,7 @@ BAD = {
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_then_good_request(stub, name):
     bad, message = BAD[name]
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Generate(bad, timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    assert message in err.value.details()
+    assert_refused(stub.Generate, bad, message)
     good = stub.Generate(request(num_samples=2), timeout=30)
     assert len(good.samples) == 2
     assert 1 <= good.samples[0].token_ids.shape[0] <= 4

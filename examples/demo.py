@@ -233,7 +233,7 @@ def plot(r: dict, path: pathlib.Path) -> None:
     ax.set_xlabel("gradient step")
     ax.set_ylabel("dev accuracy, sampled at temperature 1")
     ax.set_title(f"digsum, {len(r['seeds'])} seed(s): mean line, min-max band")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", ncol=4, fontsize="small", bbox_to_anchor=(0, 0.93))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

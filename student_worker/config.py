@@ -30,7 +30,11 @@ class StudentConfig(_Section):
 
 class TeacherConfig(_Section):
     target: str = Field(..., description="teacher address(es): host:port[,host:port] or dns:///name:port")
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="the tenant's bearer token (a shared teacher)")
+    tls: bool = Field(False, description="TLS with the system's CAs (implied by tls_ca/tls_cert)")
+    tls_ca: str | None = Field(None, description="PEM: the CA that signed the teacher's certificate")
+    tls_cert: str | None = Field(None, description="PEM: this worker's certificate (mutual TLS)")
+    tls_key: str | None = Field(None, description="PEM: this worker's private key (mutual TLS)")
     timeout_s: float = Field(120.0, gt=0, description="deadline of one teacher call")
     top_k: int = Field(20, ge=1, description="teacher log-probs returned per position")
     patience_s: float = Field(

@@ -15,7 +15,9 @@ from tqdm import tqdm
 from distill.fingerprint import tokenizer_fingerprint
 from student_worker.teacher_client import TeacherClient
 
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# down, slow, or over our tenant's quota: all pass; anything else is a bug to report
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class TeacherUnreachable(RuntimeError):
@@ -41,7 +43,7 @@ class PatientTeacher:
                         f"the teacher at {self.client.target} has been unreachable for {waited:.0f} s "
                         f"(teacher.patience_s={self.patience_s:g}): {err.code().name}: {err.details()}"
                     ) from err
-                tqdm.write(f"teacher {self.client.target} unreachable ({err.code().name}); "
+                tqdm.write(f"teacher {self.client.target}: {err.code().name} ({err.details()}); "
                            f"retrying in {backoff:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
                 pause = min(backoff, self.patience_s - waited)
                 time.sleep(pause)  # backoff between attempts, not a wait for a condition

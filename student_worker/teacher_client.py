@@ -13,8 +13,13 @@
 `target` is one address, several ("h1:50051,h2:50051" or a list) or a resolver name such as
 "dns:///teachers.internal:50051"; requests are spread over every address with gRPC's
 `round_robin` policy. Calls that fail with UNAVAILABLE (a replica draining or down) are retried
-by gRPC itself with exponential backoff, on another replica when there is one. Every call has a
-deadline (`timeout` seconds).
+by gRPC itself with exponential backoff, on another replica when there is one; calls refused with
+RESOURCE_EXHAUSTED (a queue or quota limit) are retried after the server's retry hint. Every call
+has a deadline (`timeout` seconds).
+
+A shared teacher wants a token (`api_key`, sent as `authorization: Bearer ...`) and TLS:
+`tls_ca` (the CA that signed the server's certificate; `tls=True` trusts the system's CAs), and
+for mutual TLS `tls_cert` + `tls_key` (this client's certificate and key), all PEM file paths.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import ipaddress
 import json
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -103,7 +109,7 @@ def resolve_target(target: str | Sequence[str]) -> str:
 
 
 def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str, object]]:
-    """Message limits, round-robin balancing and gRPC-native retries on UNAVAILABLE."""
+    """Message limits, round-robin balancing and gRPC-native retries."""
     service_config = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [{
@@ -111,7 +117,9 @@ def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str
             "retryPolicy": {
                 "maxAttempts": max_attempts,  # gRPC caps this at 5
                 "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # RESOURCE_EXHAUSTED carries the server's pushback (grpc-retry-pushback-ms):
+                # the next attempt waits exactly that long, or never comes when it is negative
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             },
         }],
     }
@@ -220,13 +228,34 @@ def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[
     return grouped
 
 
+def channel_credentials(tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
+                        tls_key: str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM file paths; None (plaintext) when no TLS option is given."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("tls_cert and tls_key go together (the client's certificate and its key)")
+    if not (tls or tls_ca or tls_cert):
+        return None
+    read = lambda path: Path(path).read_bytes() if path else None
+    return grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(tls_key),
+                                        certificate_chain=read(tls_cert))
+
+
 class _ClientBase:
     def __init__(self, target: str | Sequence[str], timeout: float = 60.0, api_key: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5,
+                 tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None):
         self.target = resolve_target(target)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._options = channel_options(max_message_bytes, max_attempts)
+        self._credentials = channel_credentials(tls, tls_ca, tls_cert, tls_key)
+
+    def _channel(self, grpc_module):
+        """A channel on `grpc_module` (grpc or grpc.aio), TLS when credentials were given."""
+        if self._credentials is None:
+            return grpc_module.insecure_channel(self.target, options=self._options)
+        return grpc_module.secure_channel(self.target, self._credentials, options=self._options)
 
     def _call_kwargs(self, timeout: float | None) -> dict:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
@@ -237,7 +266,7 @@ class TeacherClient(_ClientBase):
 
     def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, **kwargs):
         super().__init__(target, timeout, api_key, **kwargs)
-        self.channel = grpc.insecure_channel(self.target, options=self._options)
+        self.channel = self._channel(grpc)
         self.stub = pb_grpc.TeacherStub(self.channel)
 
     def info(self, timeout: float | None = None) -> pb.InfoResponse:
@@ -304,7 +333,7 @@ class AsyncTeacherClient(_ClientBase):
 
     def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, **kwargs):
         super().__init__(target, timeout, api_key, **kwargs)
-        self.channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self.channel = self._channel(grpc.aio)
         self.stub = pb_grpc.TeacherStub(self.channel)
 
     async def info(self, timeout: float | None = None) -> pb.InfoResponse:

@@ -302,8 +302,10 @@ def _connect_teacher(cfg: RunConfig, tokenizer, model):
         if needs_teacher(cfg):
             raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target")
         return None, None
-    teacher = PatientTeacher(TeacherClient(cfg.teacher.target, timeout=cfg.teacher.timeout_s,
-                                           api_key=cfg.teacher.api_key), cfg.teacher.patience_s)
+    t = cfg.teacher
+    client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, tls=t.tls,
+                           tls_ca=t.tls_ca, tls_cert=t.tls_cert, tls_key=t.tls_key)
+    teacher = PatientTeacher(client, t.patience_s)
     try:
         info = teacher("info")
     except TeacherUnreachable as exc:

@@ -1,10 +1,19 @@
-"""Micro-batching: concurrent requests from many clients merged into forward passes.
+"""Micro-batching with weighted fair queuing: many clients' requests merged into forward passes,
+tenants served in proportion to their weights.
 
-Each request's items (sequences) join one FIFO queue. The batching loop takes items from the head
-until `max_batch_tokens` real tokens are taken or nothing else arrived within `max_wait_s` of the
-oldest, sorts them by length and cuts them into forward passes whose padded size
-(count x longest) fits the budget. Forward passes run one at a time on a dedicated thread, so
-the event loop keeps accepting requests while the model works.
+Every item (sequence) gets a virtual finish tag when it is queued (self-clocked fair queuing,
+counted in tokens): its tenant's previous tag, or the virtual clock if the tenant was idle, plus
+num_tokens / weight. Items are served in tag order, so a tenant that floods the queue only pushes
+its own tags into the future, and a tenant arriving later is served within one forward pass or
+so. One tenant's items keep their order.
+
+The batching loop takes items in tag order until `max_batch_tokens` real tokens are taken or
+nothing else arrived within `max_wait_s` of the oldest, sorts them by length and cuts them into
+forward passes whose padded size (count x longest) fits the budget. Forward passes run one at a
+time on a dedicated thread, so the event loop keeps accepting requests while the model works.
+
+Items whose caller gave up (cancelled, or its deadline passed) while queued are dropped before
+any forward pass and counted.
 """
 
 from __future__ import annotations
@@ -12,26 +21,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import heapq
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from teacher_server.errors import Overloaded, Unavailable
+from teacher_server.errors import Expired, Overloaded, Unavailable
 from teacher_server.metrics import Metrics
+from teacher_server.tenants import OPEN, Tenant
 
 log = logging.getLogger(__name__)
+
+_DEADLINE_SLACK_S = 0.05   # a cancellation this close to the deadline counts as the deadline
 
 
 class Item(Protocol):
     num_tokens: int
 
 
-@dataclass
+@dataclass(order=True)
 class _Pending:
-    item: Any
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
+    finish: float                          # virtual finish tag: serving order
+    order: int                             # ties: arrival order
+    item: Any = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+    tenant: str = field(compare=False)
+    deadline: float | None = field(compare=False)   # time.monotonic() seconds
+    enqueued: float = field(compare=False, default_factory=time.monotonic)
+    settled: bool = field(compare=False, default=False)  # left the queue (taken or dropped)
 
 
 class Batcher:
@@ -42,8 +61,13 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queued_tokens = max_queued_tokens
         self._metrics = metrics
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._heap: list[_Pending] = []
         self._queued_tokens = 0
+        self._tenant_tokens: collections.Counter[str] = collections.Counter()
+        self._last_finish: dict[str, float] = {}
+        self._clock = 0.0                 # virtual time: the tag of the item served last
+        self._order = itertools.count()
+        self._tokens_per_s = 0.0          # recent forward throughput, for retry hints
         self._arrived = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
@@ -55,36 +79,85 @@ class Batcher:
     async def close(self) -> None:
         """Refuse new work, let queued work finish, stop the loop."""
         self._closed = True
-        while self._queue:
+        while self._queued_tokens:
             await asyncio.sleep(0.01)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[Item]) -> list:
-        """Queue `items` and wait for their outputs (same order)."""
+    def _retry_hint(self, excess_tokens: int) -> float:
+        """Seconds until `excess_tokens` more have left the queue at the recent pace."""
+        return max(0.05, excess_tokens / self._tokens_per_s) if self._tokens_per_s else 0.25
+
+    async def submit(self, items: Sequence[Item], tenant: Tenant | None = None,
+                     deadline: float | None = None) -> list:
+        """Queue `items` for `tenant` and wait for their outputs (same order). Refuses at once
+        (Overloaded) when the server's or the tenant's queue limit or rate would be exceeded.
+        `deadline` (time.monotonic() seconds): items still queued then are dropped (Expired)."""
         if self._closed:
             raise Unavailable("the teacher is shutting down; retry on another replica")
+        name, weight = (tenant.name, tenant.weight) if tenant else (OPEN, 1.0)
         tokens = sum(item.num_tokens for item in items)
-        if self._queued_tokens + tokens > self.max_queued_tokens:
+        excess = self._queued_tokens + tokens - self.max_queued_tokens
+        if excess > 0:
             raise Overloaded(
                 f"the teacher's queue is full ({self._queued_tokens} tokens waiting, limit "
-                f"{self.max_queued_tokens}); retry later or send smaller requests")
+                f"{self.max_queued_tokens}); retry later or send smaller requests",
+                retry_after_s=self._retry_hint(excess))
+        if tenant and tenant.max_queued_tokens:
+            excess = self._tenant_tokens[name] + tokens - tenant.max_queued_tokens
+            if excess > 0:
+                raise Overloaded(
+                    f"tenant {name!r} has {self._tenant_tokens[name]} tokens waiting and this "
+                    f"request adds {tokens}, over its max_queued_tokens of "
+                    f"{tenant.max_queued_tokens}; wait for answers before sending more",
+                    retry_after_s=self._retry_hint(excess), reason="tenant_queue_full")
+        if tenant:
+            tenant.charge(tokens)
         loop = asyncio.get_running_loop()
-        pending = [_Pending(item, loop.create_future()) for item in items]
-        self._queue.extend(pending)
+        tag = max(self._clock, self._last_finish.get(name, 0.0))
+        pending = []
+        for item in items:
+            tag += item.num_tokens / weight
+            p = _Pending(tag, next(self._order), item, loop.create_future(), name, deadline)
+            p.future.add_done_callback(lambda _, p=p: self._drop(p))
+            heapq.heappush(self._heap, p)
+            pending.append(p)
+        self._last_finish[name] = tag
         self._queued_tokens += tokens
+        self._tenant_tokens[name] += tokens
         self._arrived.set()
-        return await asyncio.gather(*(p.future for p in pending))
+        try:
+            return await asyncio.gather(*(p.future for p in pending))
+        except BaseException:
+            for p in pending:       # one item failed or expired: the rest need no forward pass
+                p.future.cancel()
+            raise
+
+    def _settle(self, p: _Pending) -> bool:
+        """Take `p` out of the queue's accounting, once."""
+        if p.settled:
+            return False
+        p.settled = True
+        self._queued_tokens -= p.item.num_tokens
+        self._tenant_tokens[p.tenant] -= p.item.num_tokens
+        return True
+
+    def _drop(self, p: _Pending) -> None:
+        """`p`'s future is done before it was taken: its caller gave up (cancelled, deadline)."""
+        if self._settle(p) and self._metrics is not None:
+            expired = p.deadline is not None and time.monotonic() >= p.deadline - _DEADLINE_SLACK_S
+            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc()
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queued_tokens:
                 self._arrived.clear()
                 await self._arrived.wait()
             # Give others up to max_wait from the oldest arrival to fill the budget.
-            deadline = self._queue[0].enqueued + self.max_wait_s
+            oldest = min((p.enqueued for p in self._heap if not p.settled), default=time.monotonic())
+            deadline = oldest + self.max_wait_s
             while self._queued_tokens < self.max_batch_tokens:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -98,16 +171,22 @@ class Batcher:
                 await self._run(group)
 
     def _take(self) -> list[_Pending]:
-        """Pop items from the head of the queue up to the token budget (at least one)."""
-        taken, tokens = [], 0
-        while self._queue:
-            head = self._queue[0]
+        """Pop items in tag order up to the token budget (at least one), dropping those whose
+        caller is gone or whose deadline has passed."""
+        taken, tokens, now = [], 0, time.monotonic()
+        while self._heap:
+            head = self._heap[0]
+            if not head.settled and head.deadline is not None and now >= head.deadline:
+                head.future.set_exception(Expired("the request's deadline passed while it waited "
+                                                  "in the teacher's queue"))
+            if head.settled or head.future.done():
+                heapq.heappop(self._heap)
+                continue
             if taken and tokens + head.item.num_tokens > self.max_batch_tokens:
                 break
-            self._queue.popleft()
-            self._queued_tokens -= head.item.num_tokens
-            if head.future.done():      # the caller gave up (cancelled / deadline)
-                continue
+            heapq.heappop(self._heap)
+            self._settle(head)
+            self._clock = head.finish
             taken.append(head)
             tokens += head.item.num_tokens
         return taken
@@ -136,11 +215,16 @@ class Batcher:
         for p, out in zip(group, outputs):
             if not p.future.done():
                 p.future.set_result(out)
+        elapsed = time.monotonic() - start
+        tokens = sum(p.item.num_tokens for p in group)
+        self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * tokens / max(elapsed, 1e-6) \
+            if self._tokens_per_s else tokens / max(elapsed, 1e-6)
         if self._metrics is not None:
             m = self._metrics
-            m.forward_latency.observe(time.monotonic() - start)
+            m.forward_latency.observe(elapsed)
             m.batch_sequences.observe(len(group))
             m.batch_tokens.observe(len(group) * max(p.item.num_tokens for p in group))
-            m.tokens_forward.inc(sum(p.item.num_tokens for p in group))
+            m.tokens_forward.inc(tokens)
             for p in group:
-                m.queue_wait.observe(start - p.enqueued)
+                m.queue_wait.labels(p.tenant).observe(start - p.enqueued)
+                m.tenant_tokens.labels(p.tenant).inc(p.item.num_tokens)

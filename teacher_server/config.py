@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,27 @@ class ServerSettings(BaseSettings):
         30.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish")
     trust_remote_code: bool = Field(False, description="allow model code from the model folder")
     log_level: str = Field("INFO", description="logging level")
+    # sharing the teacher: tenants, transport security, per-request caps
+    tenants: str | None = Field(
+        None, description="tenants YAML (names, token hashes, weights, quotas; re-read on SIGHUP); "
+                          "without it the server is open to anyone who can reach the port")
+    tls_cert: str | None = Field(None, description="TLS certificate chain (PEM) for the gRPC port")
+    tls_key: str | None = Field(None, description="TLS private key (PEM) for the gRPC port")
+    tls_client_ca: str | None = Field(
+        None, description="CA bundle (PEM): require client certificates signed by it (mutual TLS)")
+    max_request_sequences: int = Field(
+        4096, ge=1, description="sequences (Generate: prompts x samples) one request may carry")
+    max_request_tokens: int = Field(
+        1 << 20, ge=1, description="tokens one request may put through the model")
+    max_metadata_kb: int = Field(16, ge=1, description="largest request metadata (headers), KiB")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerSettings":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        return self
 
     @property
     def max_message_bytes(self) -> int:

@@ -10,7 +10,15 @@ class InvalidRequest(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """A queue or size limit was hit; retry later or send less (RESOURCE_EXHAUSTED)."""
+    """A queue, rate or size limit was hit; retry later or send less (RESOURCE_EXHAUSTED).
+
+    `retry_after_s` is when a retry may succeed (sent to the client as gRPC's retry pushback;
+    None: no hint); `reason` labels the rejection in the metrics."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None, reason: str = "queue_full"):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class Unavailable(ServiceError):
@@ -19,3 +27,15 @@ class Unavailable(ServiceError):
 
 class NotSupported(ServiceError):
     """The rpc or option is not served by this backend (UNIMPLEMENTED)."""
+
+
+class Unauthenticated(ServiceError):
+    """No token, or one the server does not know (UNAUTHENTICATED)."""
+
+
+class PermissionDenied(ServiceError):
+    """The tenant may not call this rpc (PERMISSION_DENIED)."""
+
+
+class Expired(ServiceError):
+    """The request's deadline passed while it waited in the queue (DEADLINE_EXCEEDED)."""

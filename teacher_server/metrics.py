@@ -11,8 +11,16 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("teacher_requests", "RPCs handled, by rpc and status code",
-                                ["rpc", "code"], registry=r)
+        self.requests = Counter("teacher_requests", "RPCs handled, by rpc, status code and tenant",
+                                ["rpc", "code", "tenant"], registry=r)
+        self.rejections = Counter("teacher_rejections",
+                                  "Requests refused before any work, by tenant and reason",
+                                  ["tenant", "reason"], registry=r)
+        self.tenant_tokens = Counter("teacher_tenant_tokens",
+                                     "Tokens run through the model, by tenant", ["tenant"], registry=r)
+        self.dropped = Counter("teacher_dropped_sequences",
+                               "Queued sequences dropped before their forward pass because the "
+                               "caller cancelled or its deadline passed", ["reason"], registry=r)
         self.tokens_scored = Counter("teacher_tokens_scored", "Positions scored (log-probs returned)",
                                      registry=r)
         self.tokens_generated = Counter("teacher_tokens_generated",
@@ -29,8 +37,8 @@ class Metrics:
         self.batch_tokens = Histogram("teacher_batch_tokens", "Padded tokens per forward pass",
                                       buckets=tuple(2 ** i for i in range(6, 19)), registry=r)
         self.queue_wait = Histogram("teacher_queue_wait_seconds",
-                                    "Time a sequence waited before its forward pass",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
+                                    "Time a sequence waited before its forward pass, by tenant",
+                                    ["tenant"], buckets=_LATENCY_BUCKETS, registry=r)
         self.forward_latency = Histogram("teacher_forward_seconds",
                                          "Duration of one batched forward pass + scoring",
                                          buckets=_LATENCY_BUCKETS, registry=r)

@@ -31,13 +31,15 @@ _LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
 class TeacherProcess:
     """`python -m teacher_server` as a child process on 127.0.0.1 with free ports (1 torch thread)."""
 
-    def __init__(self, model_dir, *args: str, env: dict | None = None):
+    def __init__(self, model_dir, *args: str, env: dict | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
         cmd = [sys.executable, "-m", "teacher_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--num-threads", "1",
                *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
         self.lines: list[str] = []
+        self.credentials = credentials   # for wait_serving, when the server uses TLS
         listening = threading.Event()
 
         def pump():
@@ -57,7 +59,9 @@ class TeacherProcess:
 
     def wait_serving(self, timeout: float = 120) -> None:
         """Block on the standard health Watch stream until it says SERVING."""
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (grpc.secure_channel(self.target, self.credentials) if self.credentials
+                   else grpc.insecure_channel(self.target))
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

@@ -36,13 +36,28 @@ class Limits:
     max_context: int
     max_top_k: int
     max_draft_tokens: int = 16
+    max_request_sequences: int = 4096
+    max_request_tokens: int = 1 << 20
 
 
 def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
-               max_draft_tokens: int = 16) -> Limits:
+               max_draft_tokens: int = 16, max_request_sequences: int = 4096,
+               max_request_tokens: int = 1 << 20) -> Limits:
     top_k = min(max_top_k or info.vocab_size, info.vocab_size)
     context = min(max_context or info.max_context, info.max_context)
-    return Limits(info.vocab_size, context, top_k, max_draft_tokens)
+    return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
+                  max_request_tokens)
+
+
+def check_request_size(num_sequences: int, limits: Limits, items=()) -> None:
+    """Per-request caps: sequences first (before anything is unpacked), then tokens."""
+    if num_sequences > limits.max_request_sequences:
+        raise InvalidRequest(f"the request has {num_sequences} sequences, over the limit of "
+                             f"{limits.max_request_sequences} per request; split it")
+    tokens = sum(item.num_tokens for item in items)
+    if tokens > limits.max_request_tokens:
+        raise InvalidRequest(f"the request puts {tokens} tokens through the model, over the limit "
+                             f"of {limits.max_request_tokens} per request; split it")
 
 
 def _token_ids(tensor: pb.Tensor, where: str, limits: Limits) -> torch.Tensor:

@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 import socket
+from pathlib import Path
 
 import grpc
 import torch
@@ -30,6 +31,7 @@ from teacher_server.http import Readiness, create_app
 from teacher_server.metrics import Metrics
 from teacher_server.scoring import ScoreItem
 from teacher_server.service import TeacherServicer
+from teacher_server.tenants import Tenants
 
 log = logging.getLogger("teacher_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name
@@ -43,14 +45,31 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
+def _server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port; with a client CA, clients must present a certificate it signed."""
+    if not s.tls_cert:
+        return None
+    read = lambda path: Path(path).read_bytes()
+    return grpc.ssl_server_credentials(
+        [(read(s.tls_key), read(s.tls_cert))],
+        root_certificates=read(s.tls_client_ca) if s.tls_client_ca else None,
+        require_client_auth=bool(s.tls_client_ca))
+
+
 class TeacherServer:
     def __init__(self, settings: ServerSettings, backend: Backend | None = None):
         self.settings = settings
         self.backend = backend or load_backend(settings)
         self.metrics = Metrics()
         self.readiness = Readiness()
+        self.tenants = Tenants(settings.tenants)
+        if self.tenants.open:
+            log.warning("no --tenants file: this teacher is OPEN to anyone who can reach %s:%d "
+                        "(fine on a private network or for local use; see the deployment guide)",
+                        settings.host, settings.port)
         self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context,
-                                          settings.max_draft_tokens)
+                                          settings.max_draft_tokens, settings.max_request_sequences,
+                                          settings.max_request_tokens)
         self.info = protocol.info_response(
             self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
             max_message_bytes=settings.max_message_bytes, server_version=__version__)
@@ -73,15 +92,20 @@ class TeacherServer:
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_metadata_size", s.max_metadata_kb * 1024),
         ])
-        self.servicer = TeacherServicer(self.batcher, self.limits, self.info, self.metrics)
+        self.servicer = TeacherServicer(self.batcher, self.limits, self.info, self.metrics,
+                                        self.tenants)
         pb_grpc.add_TeacherServicer_to_server(self.servicer, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.grpc_port = self.grpc.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        credentials = _server_credentials(s)
+        self.grpc_port = (self.grpc.add_secure_port(address, credentials) if credentials
+                          else self.grpc.add_insecure_port(address))
         if not self.grpc_port:
             raise RuntimeError(f"could not bind the gRPC port {s.host}:{s.port}")
         await self.grpc.start()
@@ -92,7 +116,8 @@ class TeacherServer:
                                 log_level="warning", access_log=False, lifespan="off")
         self._http = _HttpServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        log.info("listening: grpc %s:%d http %s:%d", s.host, self.grpc_port, s.host, self.http_port)
+        log.info("listening: grpc %s:%d http %s:%d (%s)", s.host, self.grpc_port, s.host,
+                 self.http_port, "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext")
 
     async def warm_up(self) -> None:
         """One forward pass (allocations, lazy init), then SERVING."""
@@ -128,6 +153,14 @@ class TeacherServer:
         self._stopped.set()
         log.info("stopped")
 
+    def reload_tenants(self) -> None:
+        """SIGHUP: read the tenants file again; a bad file leaves the current tenants in force."""
+        try:
+            self.tenants.reload()
+            log.info("tenants reloaded from %s", self.tenants.path)
+        except ValueError as exc:
+            log.error("%s; keeping the previous tenants", exc)
+
     async def wait_closed(self) -> None:
         await self._stopped.wait()
 
@@ -141,6 +174,8 @@ async def serve(settings: ServerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if not server.tenants.open:
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tenants)
     await server.start()
     await stop.wait()
     await server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
 import grpc
 
@@ -12,9 +13,10 @@ from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server import protocol
 from teacher_server.batcher import Batcher
-from teacher_server.errors import (InvalidRequest, NotSupported, Overloaded, ServiceError,
-                                   Unavailable)
+from teacher_server.errors import (Expired, InvalidRequest, NotSupported, Overloaded,
+                                   PermissionDenied, ServiceError, Unauthenticated, Unavailable)
 from teacher_server.metrics import Metrics
+from teacher_server.tenants import Tenant, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +25,52 @@ _STATUS = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     NotSupported: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+_REASONS = {InvalidRequest: "invalid", Unavailable: "unavailable", NotSupported: "unsupported",
+            Unauthenticated: "unauthenticated", PermissionDenied: "permission_denied"}
+# gRPC's standard retry hint (gRFC A6): the client's retry policy waits this many milliseconds
+# before its next attempt; a negative value asks it not to retry.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _rejection(exc: ServiceError) -> tuple[str, tuple]:
+    """(metrics reason, trailing metadata) for a refused request."""
+    if isinstance(exc, Overloaded):
+        hint = -1 if exc.retry_after_s is None else max(1, round(exc.retry_after_s * 1000))
+        return exc.reason, ((PUSHBACK_KEY, str(hint)),)
+    return _REASONS[type(exc)], ()
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def rpc(name: str):
-    """Count the call by status code and turn ServiceErrors into gRPC statuses."""
+    """Authenticate the caller, count the call by status code and tenant, and turn ServiceErrors
+    into gRPC statuses (with a retry hint when a limit was hit)."""
 
     def wrap(method):
         @functools.wraps(method)
         async def handler(self: "TeacherServicer", request, context: grpc.aio.ServicerContext):
-            code = grpc.StatusCode.OK
+            code, tenant = grpc.StatusCode.OK, "unknown"
             self.in_flight += 1
             self.idle.clear()
             try:
                 if self.draining:
                     raise Unavailable("the teacher is draining for shutdown; retry on another replica")
-                return await method(self, request, context)
+                caller = self.tenants.authenticate(context.invocation_metadata(), name)
+                tenant = caller.name
+                return await method(self, request, context, caller)
             except ServiceError as exc:
                 code = _STATUS[type(exc)]
-                await context.abort(code, str(exc))
+                reason, trailers = _rejection(exc)
+                if not isinstance(exc, Expired):
+                    self.metrics.rejections.labels(tenant, reason).inc()
+                await context.abort(code, str(exc), trailing_metadata=trailers)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -50,7 +79,7 @@ def rpc(name: str):
                 log.exception("%s failed", name)
                 await context.abort(code, f"internal error in {name}; see the teacher's log")
             finally:
-                self.metrics.requests.labels(name, code.name).inc()
+                self.metrics.requests.labels(name, code.name, tenant).inc()
                 self.in_flight -= 1
                 if not self.in_flight:
                     self.idle.set()
@@ -62,8 +91,9 @@ def rpc(name: str):
 
 class TeacherServicer(pb_grpc.TeacherServicer):
     def __init__(self, batcher: Batcher, limits: protocol.Limits, info: pb.InfoResponse,
-                 metrics: Metrics):
+                 metrics: Metrics, tenants: Tenants | None = None):
         self.batcher = batcher
+        self.tenants = tenants or Tenants(None)
         self.limits = limits
         self.info = info
         self.metrics = metrics
@@ -72,35 +102,46 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def _parse(self, parse, request, num_sequences: int) -> list:
+        """Validate a request into work items within the per-request caps: the sequence count
+        before anything is unpacked, the token count after."""
+        protocol.check_request_size(num_sequences, self.limits)
+        items = parse(request, self.limits)
+        items = items if isinstance(items, list) else [items]
+        protocol.check_request_size(len(items), self.limits, items)
+        return items
+
     @rpc("Score")
-    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
-        items = protocol.parse_score_request(request, self.limits)
+    async def Score(self, request: pb.ScoreRequest, context, tenant: Tenant) -> pb.ScoreResponse:
+        items = self._parse(protocol.parse_score_request, request, len(request.sequences))
         dtype = protocol.logprob_dtype(request.logprob_dtype)
-        outputs = await self.batcher.submit(items)
+        outputs = await self.batcher.submit(items, tenant, _deadline(context))
         self.metrics.tokens_scored.inc(sum(item.num_scored for item in items))
         return pb.ScoreResponse(results=[protocol.score_result(o, dtype) for o in outputs])
 
     @rpc("Verify")
-    async def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
+    async def Verify(self, request: pb.VerifyRequest, context, tenant: Tenant) -> pb.VerifyResponse:
         if not self.info.features.verify:
             raise NotSupported(f"the {self.info.backend} backend does not serve Verify")
-        items = protocol.parse_verify_request(request, self.limits)
+        items = self._parse(protocol.parse_verify_request, request, len(request.sequences))
         dtype = protocol.logprob_dtype(request.logprob_dtype)
-        outputs = await self.batcher.submit(items)
+        outputs = await self.batcher.submit(items, tenant, _deadline(context))
         self.metrics.draft_tokens.inc(sum(item.draft.numel() for item in items))
         self.metrics.accepted_tokens.inc(sum(o.num_accepted for o in outputs))
         return protocol.verify_response(outputs, dtype)
 
     @rpc("Generate")
-    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context,
+                       tenant: Tenant) -> pb.GenerateResponse:
         if not self.info.features.generate:
             raise NotSupported(f"the {self.info.backend} backend does not serve Generate")
-        item = protocol.parse_generate_request(request, self.limits)
+        [item] = self._parse(protocol.parse_generate_request, request,
+                             len(request.prompt_ids) * max(request.num_samples, 1))
         dtype = protocol.logprob_dtype(request.logprob_dtype)
-        (outputs,) = await self.batcher.submit([item])
+        (outputs,) = await self.batcher.submit([item], tenant, _deadline(context))
         self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs for s in o))
         return protocol.generate_response(outputs, dtype)
 
     @rpc("Info")
-    async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
+    async def Info(self, request: pb.InfoRequest, context, tenant: Tenant) -> pb.InfoResponse:
         return self.info

@@ -182,7 +182,7 @@ def test_generate_and_score_concurrently(teacher, reference_model):
         assert torch.equal(a.token_ids, t.token_ids)
         torch.testing.assert_close(t.logprobs, a.logprobs, atol=1e-4, rtol=0)
     metrics = httpx.get(f"{teacher.http}/metrics").text
-    assert 'teacher_requests_total{code="OK",rpc="Generate"}' in metrics
+    assert 'teacher_requests_total{code="OK",rpc="Generate",tenant="open"}' in metrics
     generated = next(line for line in metrics.splitlines()
                      if line.startswith("teacher_tokens_generated_total"))
     assert float(generated.split()[-1]) > 0

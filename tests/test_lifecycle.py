@@ -130,11 +130,14 @@ def test_metrics_count_what_was_sent(teacher, client):
         client.score([[1, 2, 9999]], 1)
     after = _samples(teacher.http)
     delta = lambda key: after.get(key, 0) - before.get(key, 0)
-    assert delta(("teacher_requests_total", (("code", "OK"), ("rpc", "Score")))) == 2
-    assert delta(("teacher_requests_total", (("code", "INVALID_ARGUMENT"), ("rpc", "Score")))) == 1
+    open_ = ("tenant", "open")
+    assert delta(("teacher_requests_total", (("code", "OK"), ("rpc", "Score"), open_))) == 2
+    assert delta(("teacher_requests_total", (("code", "INVALID_ARGUMENT"), ("rpc", "Score"), open_))) == 1
+    assert delta(("teacher_rejections_total", (("reason", "invalid"), open_))) == 1
     assert delta(("teacher_tokens_scored_total", ())) == 22
     assert delta(("teacher_tokens_forward_total", ())) == 45
-    assert delta(("teacher_queue_wait_seconds_count", ())) == 3
+    assert delta(("teacher_tenant_tokens_total", (open_,))) == 45
+    assert delta(("teacher_queue_wait_seconds_count", (open_,))) == 3
     assert delta(("teacher_forward_seconds_count", ())) >= 1
 
 

@@ -153,7 +153,7 @@ def test_several_targets_round_robin(tiny_model_dir):
             assert torch.equal(a.topk_ids, answers[0].topk_ids)
         for s in servers:
             metrics = httpx.get(f"{s.http}/metrics").text
-            assert 'teacher_requests_total{code="OK",rpc="Score"}' in metrics, "a replica got nothing"
+            assert 'teacher_requests_total{code="OK",rpc="Score",tenant="open"}' in metrics, "a replica got nothing"
     finally:
         for s in servers:
             assert s.terminate() == 0

@@ -260,7 +260,7 @@ def test_metrics_count_draft_and_accepted_tokens(client, teacher, reference_mode
     value = lambda name: float(next(line for line in metrics.splitlines()
                                     if line.startswith(name)).split()[-1])
     assert value("teacher_draft_tokens_total") >= value("teacher_accepted_tokens_total") >= 3
-    assert 'teacher_requests_total{code="OK",rpc="Verify"}' in metrics
+    assert 'teacher_requests_total{code="OK",rpc="Verify",tenant="open"}' in metrics
 
 
 # Bad input: a clear INVALID_ARGUMENT, and the server keeps serving.

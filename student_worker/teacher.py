@@ -43,9 +43,13 @@ class PatientTeacher:
                         f"the teacher at {self.client.target} has been unreachable for {waited:.0f} s "
                         f"(teacher.patience_s={self.patience_s:g}): {err.code().name}: {err.details()}"
                     ) from err
-                tqdm.write(f"teacher {self.client.target}: {err.code().name} ({err.details()}); "
-                           f"retrying in {backoff:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
-                pause = min(backoff, self.patience_s - waited)
+                # a teacher over quota says when to come back (gRPC's retry pushback)
+                hint = dict(err.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+                pause = max(backoff, int(hint) / 1000 if hint and int(hint) > 0 else 0)
+                pause = min(pause, self.patience_s - waited)
+                state = "busy" if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
+                tqdm.write(f"teacher {self.client.target} {state} ({err.code().name}: {err.details()}); "
+                           f"retrying in {pause:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
                 time.sleep(pause)  # backoff between attempts, not a wait for a condition
                 self.outage_seconds += pause
                 backoff = min(backoff * 2, self.max_backoff_s)

@@ -109,20 +109,17 @@ def resolve_target(target: str | Sequence[str]) -> str:
 
 
 def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str, object]]:
-    """Message limits, round-robin balancing and gRPC-native retries."""
-    service_config = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [{
-            "name": [{"service": SERVICE_NAME}],
-            "retryPolicy": {
-                "maxAttempts": max_attempts,  # gRPC caps this at 5
-                "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
-                # RESOURCE_EXHAUSTED carries the server's pushback (grpc-retry-pushback-ms):
-                # the next attempt waits exactly that long, or never comes when it is negative
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-            },
-        }],
-    }
+    """Message limits, round-robin balancing and gRPC-native retries (max_attempts 1: none)."""
+    method = {"name": [{"service": SERVICE_NAME}]}
+    if max_attempts > 1:
+        method["retryPolicy"] = {
+            "maxAttempts": max_attempts,  # gRPC caps this at 5
+            "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
+            # RESOURCE_EXHAUSTED carries the server's pushback (grpc-retry-pushback-ms): the
+            # next attempt waits exactly that long, or never comes when it is negative
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+        }
+    service_config = {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]}
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),

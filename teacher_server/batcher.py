@@ -1,11 +1,12 @@
 """Micro-batching with weighted fair queuing: many clients' requests merged into forward passes,
 tenants served in proportion to their weights.
 
-Every item (sequence) gets a virtual finish tag when it is queued (self-clocked fair queuing,
-counted in tokens): its tenant's previous tag, or the virtual clock if the tenant was idle, plus
-num_tokens / weight. Items are served in tag order, so a tenant that floods the queue only pushes
-its own tags into the future, and a tenant arriving later is served within one forward pass or
-so. One tenant's items keep their order.
+Start-time fair queuing (Goyal et al., 1996), counted in tokens: a request gets the virtual start
+tag max(virtual clock, its tenant's previous finish tag), and its tenant's finish tag moves on by
+tokens / weight. Items are served in start-tag order (ties: arrival) and the clock is the tag of
+the item served last. A tenant that floods the queue only pushes its own tags into the future; a
+request from a tenant that was waiting its turn starts at the clock, so it is served as soon as
+the forward pass under way ends. A request's items stay together and in order.
 
 The batching loop takes items in tag order until `max_batch_tokens` real tokens are taken or
 nothing else arrived within `max_wait_s` of the oldest, sorts them by length and cuts them into
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import logging
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from teacher_server.errors import Expired, Overloaded, Unavailable
+from teacher_server.errors import Expired, InvalidRequest, Overloaded, Unavailable
 from teacher_server.metrics import Metrics
 from teacher_server.tenants import OPEN, Tenant
 
@@ -43,7 +45,7 @@ class Item(Protocol):
 
 @dataclass(order=True)
 class _Pending:
-    finish: float                          # virtual finish tag: serving order
+    start: float                           # virtual start tag: serving order
     order: int                             # ties: arrival order
     item: Any = field(compare=False)
     future: asyncio.Future = field(compare=False)
@@ -65,7 +67,7 @@ class Batcher:
         self._queued_tokens = 0
         self._tenant_tokens: collections.Counter[str] = collections.Counter()
         self._last_finish: dict[str, float] = {}
-        self._clock = 0.0                 # virtual time: the tag of the item served last
+        self._clock = 0.0                 # virtual time: the start tag of the item served last
         self._order = itertools.count()
         self._tokens_per_s = 0.0          # recent forward throughput, for retry hints
         self._arrived = asyncio.Event()
@@ -106,6 +108,10 @@ class Batcher:
                 f"{self.max_queued_tokens}); retry later or send smaller requests",
                 retry_after_s=self._retry_hint(excess))
         if tenant and tenant.max_queued_tokens:
+            if tokens > tenant.max_queued_tokens:
+                raise InvalidRequest(
+                    f"this request needs {tokens} tokens, more than tenant {name!r}'s "
+                    f"max_queued_tokens of {tenant.max_queued_tokens}; split it")
             excess = self._tenant_tokens[name] + tokens - tenant.max_queued_tokens
             if excess > 0:
                 raise Overloaded(
@@ -116,17 +122,17 @@ class Batcher:
         if tenant:
             tenant.charge(tokens)
         loop = asyncio.get_running_loop()
-        tag = max(self._clock, self._last_finish.get(name, 0.0))
+        start = max(self._clock, self._last_finish.get(name, 0.0))
+        self._last_finish[name] = start + tokens / weight
         pending = []
         for item in items:
-            tag += item.num_tokens / weight
-            p = _Pending(tag, next(self._order), item, loop.create_future(), name, deadline)
+            p = _Pending(start, next(self._order), item, loop.create_future(), name, deadline)
             p.future.add_done_callback(lambda _, p=p: self._drop(p))
             heapq.heappush(self._heap, p)
             pending.append(p)
-        self._last_finish[name] = tag
         self._queued_tokens += tokens
         self._tenant_tokens[name] += tokens
+        self._gauge(name)
         self._arrived.set()
         try:
             return await asyncio.gather(*(p.future for p in pending))
@@ -142,7 +148,12 @@ class Batcher:
         p.settled = True
         self._queued_tokens -= p.item.num_tokens
         self._tenant_tokens[p.tenant] -= p.item.num_tokens
+        self._gauge(p.tenant)
         return True
+
+    def _gauge(self, tenant: str) -> None:
+        if self._metrics is not None:
+            self._metrics.queued_tokens.labels(tenant).set(self._tenant_tokens[tenant])
 
     def _drop(self, p: _Pending) -> None:
         """`p`'s future is done before it was taken: its caller gave up (cancelled, deadline)."""
@@ -186,7 +197,7 @@ class Batcher:
                 break
             heapq.heappop(self._heap)
             self._settle(head)
-            self._clock = head.finish
+            self._clock = head.start
             taken.append(head)
             tokens += head.item.num_tokens
         return taken
@@ -203,9 +214,12 @@ class Batcher:
 
     async def _run(self, group: list[_Pending]) -> None:
         start = time.monotonic()
+        running = (self._metrics.forward_running.track_inprogress() if self._metrics
+                   else contextlib.nullcontext())
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_batch, [p.item for p in group])
+            with running:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_batch, [p.item for p in group])
         except Exception as exc:  # one bad batch must not stop the loop
             log.exception("forward pass failed for %d sequences", len(group))
             for p in group:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -21,6 +21,10 @@ class Metrics:
         self.dropped = Counter("teacher_dropped_sequences",
                                "Queued sequences dropped before their forward pass because the "
                                "caller cancelled or its deadline passed", ["reason"], registry=r)
+        self.queued_tokens = Gauge("teacher_queued_tokens", "Tokens waiting for a forward pass, by tenant",
+                                   ["tenant"], registry=r)
+        self.forward_running = Gauge("teacher_forward_running",
+                                     "Forward passes running (0 or 1)", registry=r)
         self.tokens_scored = Counter("teacher_tokens_scored", "Positions scored (log-probs returned)",
                                      registry=r)
         self.tokens_generated = Counter("teacher_tokens_generated",

@@ -41,10 +41,13 @@ class TeacherProcess:
         self.lines: list[str] = []
         self.credentials = credentials   # for wait_serving, when the server uses TLS
         listening = threading.Event()
+        self._logged = threading.Condition()
 
         def pump():
             for line in self.proc.stdout:
-                self.lines.append(line)
+                with self._logged:
+                    self.lines.append(line)
+                    self._logged.notify_all()
                 match = _LISTENING.search(line)
                 if match:
                     self.grpc_port, self.http_port = int(match[2]), int(match[4])
@@ -66,6 +69,12 @@ class TeacherProcess:
             for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        """Block until the server has logged a line containing `text`."""
+        with self._logged:
+            if not self._logged.wait_for(lambda: any(text in line for line in self.lines), timeout):
+                raise TimeoutError(f"the teacher did not log {text!r}:\n{self.log()}")
 
     def terminate(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:

@@ -44,7 +44,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from student_worker.teacher_client import AsyncTeacherClient  # noqa: E402
+from student_worker.teacher_client import DEFAULT_MAX_MESSAGE_BYTES, AsyncTeacherClient  # noqa: E402
 
 RPCS = ("score", "verify", "generate")
 
@@ -174,7 +174,12 @@ async def _sample_loop(pid: int, every_s: float, t0: float, samples: list, stop:
 
 async def _run_load(target, tenants, clients_per_tenant, duration_s, max_requests, shape, mix,
                     seed, pid, sample_every_s) -> LoadResult:
-    clients = {name: [AsyncTeacherClient(target, api_key=key) for _ in range(clients_per_tenant)]
+    # gRPC gives channels of one process with equal options one shared connection; a message
+    # limit one byte apart per client gives each its own, as separate worker processes have.
+    n = itertools.count()
+    clients = {name: [AsyncTeacherClient(target, api_key=key,
+                                         max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES - next(n))
+                      for _ in range(clients_per_tenant)]
                for name, key in tenants.items()}
     every = [c for cs in clients.values() for c in cs]
     try:

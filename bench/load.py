@@ -127,8 +127,9 @@ async def _verify(client, rng, shape: Shape, vocab: int) -> int:
         k = min(shape.top_k, vocab)
         probs = [(np.stack([rng.choice(vocab, k, replace=False) for _ in range(G)]),
                   np.full((G, k), 0.5 / k, np.float32)) for _ in range(n)]
-    await client.verify(prefixes, drafts, probs, mode=mode, top_k=shape.top_k if mode == "topk" else None,
-                        score_top_k=shape.top_k, seed=int(rng.integers(1 << 32)))
+    await client.verify(prefixes, drafts, probs, mode=mode,
+                        top_k=shape.top_k if mode == "topk" else None, score_top_k=shape.top_k,
+                        seed=int(rng.integers(1 << 32)))
     return n * (G + 1)
 
 
@@ -193,7 +194,9 @@ async def _run_load(target, tenants, clients_per_tenant, duration_s, max_request
         t0 = time.monotonic()
         samples: list = []
         stop = asyncio.Event()
-        sampler = asyncio.create_task(_sample_loop(pid, sample_every_s, t0, samples, stop)) if pid else None
+        sampler = None
+        if pid:
+            sampler = asyncio.create_task(_sample_loop(pid, sample_every_s, t0, samples, stop))
         started = itertools.count()
         await asyncio.gather(*(
             _client_loop(c, stats[name], mix, np.random.default_rng([seed, i]), shape,
@@ -256,17 +259,20 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 
 def report(result: LoadResult, warmup_s: float) -> str:
-    lines = [f"{'tenant':<12} {'calls':>7} {'req/s':>7} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status codes"]
+    lines = [f"{'tenant':<12} {'calls':>7} {'req/s':>7} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+             f"  status codes"]
     totals = TenantStats()
     for s in result.tenants.values():
         totals.latencies_s += s.latencies_s
         totals.codes += s.codes
         totals.tokens += s.tokens
-    for name, s in [*sorted(result.tenants.items()), *([("all", totals)] if len(result.tenants) > 1 else [])]:
+    rows = sorted(result.tenants.items()) + ([("all", totals)] if len(result.tenants) > 1 else [])
+    for name, s in rows:
         calls = len(s.latencies_s)
         codes = ", ".join(f"{c} {n}" for c, n in sorted(s.codes.items())) or "-"
-        lines.append(f"{name:<12} {calls:>7} {calls / result.seconds:>7.1f} {s.tokens / result.seconds:>9.0f} "
-                     f"{percentile_ms(s.latencies_s, 50):>8.1f} {percentile_ms(s.latencies_s, 99):>8.1f}  {codes}")
+        lines.append(f"{name:<12} {calls:>7} {calls / result.seconds:>7.1f} "
+                     f"{s.tokens / result.seconds:>9.0f} {percentile_ms(s.latencies_s, 50):>8.1f} "
+                     f"{percentile_ms(s.latencies_s, 99):>8.1f}  {codes}")
     if result.samples:
         lines.append("\nserver: seconds, RSS MiB, open fds")
         lines += [f"{t:8.1f} {rss / 2**20:9.1f} {fds:5d}" for t, rss, fds in result.samples]

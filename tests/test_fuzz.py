@@ -25,12 +25,13 @@ from hypothesis import strategies as st
 
 from distill.tensors import pack, unpack
 from distill.v1 import teacher_pb2 as pb
+from tests.conftest import assert_refused
 
 VOCAB, CONTEXT, MAX_DRAFT = 512, 256, 16        # the tiny model's, checked against Info below
 EXPECTED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "OUT_OF_RANGE"}
 
 settings.register_profile(
-    "ci", max_examples=120, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True,
     # a request is a round trip to a server process; some examples are big on purpose
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much, HealthCheck.large_base_example])
@@ -95,7 +96,8 @@ def hostile_tensors():
         st.builds(_resize, good, st.integers(-5, 5)),
         st.builds(_odd_shape, st.sampled_from([1, 2, 3]),
                   st.lists(dims, max_size=4) | st.lists(st.integers(0, 1), min_size=60, max_size=70)),
-        st.builds(pb.Tensor, dtype=DTYPES, shape=st.lists(dims, max_size=4), data=st.binary(max_size=64)),
+        st.builds(pb.Tensor, dtype=DTYPES, shape=st.lists(dims, max_size=4),
+                  data=st.binary(max_size=64)),
         st.integers(CONTEXT - 1, CONTEXT + 2).map(lambda n: pack(np.zeros(n, np.int32))),
         st.just(pb.Tensor(dtype=pb.DTYPE_INT32, shape=[5 << 18], data=bytes(5 << 20))),
     )
@@ -105,7 +107,8 @@ TENSORS = hostile_tensors()
 
 
 def length(t: pb.Tensor) -> int:
-    """Elements of a well-formed 1-D int32 tensor (where a valid companion field can be drawn), else 2."""
+    """Elements of a well-formed 1-D int32 tensor (a valid companion field can be drawn for
+    it), else 2."""
     return len(t.data) // 4 if t.dtype == pb.DTYPE_INT32 and len(t.shape) == 1 else 2
 
 
@@ -180,8 +183,10 @@ def generate_requests(on: bool):
 
 
 # half of the requests are hostile somewhere, half valid everywhere (those must reach the model)
-REQUESTS = {"Score": st.booleans().flatmap(score_requests), "Verify": st.booleans().flatmap(verify_requests),
-            "Generate": st.booleans().flatmap(generate_requests), "Info": st.just(pb.InfoRequest())}
+REQUESTS = {"Score": st.booleans().flatmap(score_requests),
+            "Verify": st.booleans().flatmap(verify_requests),
+            "Generate": st.booleans().flatmap(generate_requests),
+            "Info": st.just(pb.InfoRequest())}
 
 
 def results_expected(request) -> int:
@@ -211,7 +216,8 @@ def outcome(call, rpc: str, request) -> str:
 def float_arrays(message: Message):
     """Every float array in a message, unpacked."""
     for _, value in message.ListFields():
-        for item in value if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else [value]:
+        repeated = isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+        for item in value if repeated else [value]:
             if isinstance(item, pb.Tensor) and item.dtype != pb.DTYPE_INT32:
                 yield unpack(item)
             elif isinstance(item, Message):
@@ -220,11 +226,11 @@ def float_arrays(message: Message):
 
 # --- a good request of each kind, asked before and after each fuzz run ---
 
+IDS = pack(np.arange(1, 11, dtype=np.int32))
+DRAFT = pack(np.arange(3, dtype=np.int32))
 GOOD = {
-    "Score": pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=pack(np.arange(2, 30, dtype=np.int32)),
-                                                         score_from=3)], top_k=8),
-    "Verify": pb.VerifyRequest(sequences=[pb.VerifySequence(prefix_ids=pack(np.arange(5, 15, dtype=np.int32)),
-                                                            draft_ids=pack(np.arange(3, dtype=np.int32)))],
+    "Score": pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=IDS, score_from=3)], top_k=8),
+    "Verify": pb.VerifyRequest(sequences=[pb.VerifySequence(prefix_ids=IDS, draft_ids=DRAFT)],
                                mode=pb.VERIFY_MODE_GREEDY, top_k=4),
     "Generate": pb.GenerateRequest(prompt_ids=[pack(np.arange(1, 6, dtype=np.int32))], num_samples=2,
                                    max_new_tokens=6, seed=7),
@@ -233,7 +239,8 @@ GOOD = {
 
 
 def answers(stub) -> dict[str, bytes]:
-    return {rpc: getattr(stub, rpc)(request, timeout=60).SerializeToString() for rpc, request in GOOD.items()}
+    return {rpc: getattr(stub, rpc)(request, timeout=60).SerializeToString()
+            for rpc, request in GOOD.items()}
 
 
 @pytest.fixture(scope="module")
@@ -258,10 +265,9 @@ def test_fuzzed_requests(stub, before, rpc):
     assert answers(stub) == before
 
 
-IDS = pack(np.arange(1, 11, dtype=np.int32))
-DRAFT = pack(np.arange(3, dtype=np.int32))
 TENSOR_FIELDS = {   # an otherwise valid request around one tensor field
-    "Score token_ids": lambda t: pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=t, score_from=1)]),
+    "Score token_ids": lambda t: pb.ScoreRequest(sequences=[pb.ScoreSequence(
+        token_ids=t, score_from=1)]),
     "Score candidate_ids": lambda t: pb.ScoreRequest(sequences=[pb.ScoreSequence(
         token_ids=IDS, score_from=1, candidate_ids=t)]),
     "Verify prefix_ids": lambda t: pb.VerifyRequest(sequences=[pb.VerifySequence(
@@ -307,7 +313,8 @@ def test_random_bytes_as_requests(teacher, stub, before, rpc):
     request_class = type(GOOD[rpc])
     response_class = getattr(pb, f"{rpc}Response")
     channel = grpc.insecure_channel(teacher.target, options=[("grpc.max_send_message_length", 64 << 20)])
-    call = channel.unary_unary(f"/distill.v1.Teacher/{rpc}", response_deserializer=response_class.FromString)
+    call = channel.unary_unary(f"/distill.v1.Teacher/{rpc}",
+                               response_deserializer=response_class.FromString)
     codes = Counter()
 
     @fuzz
@@ -326,3 +333,10 @@ def test_random_bytes_as_requests(teacher, stub, before, rpc):
     channel.close()
     assert sum(codes.values()) >= 20, codes
     assert answers(stub) == before
+
+
+@pytest.mark.xfail(strict=True, reason="grpc.aio answers UNKNOWN ('Unexpected DecodeError') before "
+                   "the servicer runs; the fix belongs in server.py/service.py")
+def test_bytes_that_do_not_parse_get_invalid_argument(teacher):
+    with grpc.insecure_channel(teacher.target) as channel:
+        assert_refused(channel.unary_unary("/distill.v1.Teacher/Score"), b"\xff\xff\xff", "")

@@ -20,8 +20,9 @@ def test_concurrent_load_all_ok_and_memory_flat(tiny_model_dir):
     server = TeacherProcess(tiny_model_dir)
     try:
         server.wait_serving()
-        result = run_load(server.target, {"open": None}, clients_per_tenant=16, duration_s=DURATION_S,
-                          max_requests=MAX_REQUESTS, shape=Shape(seq_len=64, seqs_per_request=4, top_k=20),
+        result = run_load(server.target, {"open": None}, clients_per_tenant=16,
+                          duration_s=DURATION_S, max_requests=MAX_REQUESTS,
+                          shape=Shape(seq_len=64, seqs_per_request=4, top_k=20),
                           mix=parse_mix("score:8,verify:1,generate:1"), pid=server.proc.pid,
                           sample_every_s=2)
     finally:

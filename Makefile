@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/score_overhead.py
 	$(PY) bench/worker_overlap.py
 	$(PY) bench/speculative.py
+	$(PY) bench/load.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -68,7 +68,10 @@ def unpack(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
             f"{name}: {len(tensor.data)} bytes do not match shape {list(shape)} of "
             f"{pb.DType.Name(tensor.dtype)} ({expected} bytes expected)"
         )
-    return np.frombuffer(tensor.data, dtype=_NUMPY[tensor.dtype]).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=_NUMPY[tensor.dtype]).reshape(shape)
+    except ValueError as exc:   # no elements but more dimensions, or larger ones, than numpy takes
+        raise PackError(f"{name}: shape {list(shape)} is not a valid array shape ({exc})") from None
 
 
 def unpack_torch(tensor: pb.Tensor, *, name: str = "tensor") -> torch.Tensor:

@@ -52,9 +52,10 @@ class TeacherProcess:
                 if match:
                     self.grpc_port, self.http_port = int(match[2]), int(match[4])
                     listening.set()
+            listening.set()   # the output ended: the server exited (bad flag, ...); no need to wait
 
         threading.Thread(target=pump, daemon=True).start()
-        if not listening.wait(120):
+        if not listening.wait(120) or not hasattr(self, "grpc_port"):
             self.proc.kill()
             raise RuntimeError("teacher did not start:\n" + "".join(self.lines))
         self.target = f"127.0.0.1:{self.grpc_port}"

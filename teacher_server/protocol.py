@@ -28,6 +28,9 @@ _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.
 _VERIFY_MODES = {pb.VERIFY_MODE_SPECULATIVE: "speculative", pb.VERIFY_MODE_TOPK: "topk",
                  pb.VERIFY_MODE_GREEDY: "greedy"}
 PROB_SUM_TOLERANCE = 1e-3
+# Logits / temperature must stay finite in float32: a temperature of 1e-40 turns every logit into
+# ±inf, and then Score returns NaN and sampling fails.
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,9 @@ def _top_k(request, limits: Limits) -> int:
 
 def _temperature(request) -> float:
     temperature = request.temperature if request.HasField("temperature") else 1.0
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise InvalidRequest(f"temperature={temperature} must be a finite number > 0")
+    if not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        raise InvalidRequest(f"temperature={temperature} must be a finite number > 0 (at least "
+                             f"{MIN_TEMPERATURE:g}: dividing the logits by less can overflow them)")
     return float(temperature)
 
 
@@ -269,9 +273,10 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Gener
         raise InvalidRequest(f"num_samples={num_samples} exceeds the limit of {MAX_SAMPLES} per "
                              f"prompt; send the prompt several times instead")
     temperature = request.temperature if request.HasField("temperature") else 1.0
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidRequest(f"temperature={temperature} must be a finite number >= 0 "
-                             f"(0 is greedy)")
+    if not (math.isfinite(temperature) and (temperature == 0 or temperature >= MIN_TEMPERATURE)):
+        raise InvalidRequest(f"temperature={temperature} must be a finite number >= 0 (0 is greedy; "
+                             f"else at least {MIN_TEMPERATURE:g}: dividing the logits by less can "
+                             f"overflow them)")
     top_p = request.top_p if request.HasField("top_p") else 1.0
     if not 0 < top_p <= 1:       # also refuses nan
         raise InvalidRequest(f"top_p={top_p} is out of range: it must be in (0, 1]")

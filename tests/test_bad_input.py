@@ -35,6 +35,8 @@ CASES = {
                         "INVALID_ARGUMENT", "temperature=nan"),
     "temperature inf": (pb.ScoreRequest(sequences=[seq([1, 2])], temperature=float("inf")),
                         "INVALID_ARGUMENT", "temperature=inf"),
+    "temperature tiny": (pb.ScoreRequest(sequences=[seq([1, 2])], temperature=1e-40),   # logits overflow
+                         "INVALID_ARGUMENT", "at least 0.001"),
     "too long": (pb.ScoreRequest(sequences=[seq(np.ones(CONTEXT + 1))]),
                  "INVALID_ARGUMENT", f"{CONTEXT + 1} tokens exceed the teacher's context of {CONTEXT}"),
     "unknown dtype": (pb.ScoreRequest(sequences=[seq([1, 2])], logprob_dtype=7),

@@ -51,6 +51,8 @@ def test_pack_converts_and_is_little_endian():
     ([4], 12, pb.DTYPE_INT32, "do not match shape"),
     ([2, -1], 0, pb.DTYPE_INT32, "negative dimension"),
     ([2], 8, 99, "unknown dtype"),
+    ([2 ** 62, 0], 0, pb.DTYPE_INT32, "not a valid array shape"),     # no elements, too large
+    ([0] * 65, 0, pb.DTYPE_INT32, "not a valid array shape"),          # numpy takes 64 dimensions
 ])
 def test_malformed_tensor_is_refused(shape, nbytes, dtype, match):
     with pytest.raises(PackError, match=match):

@@ -22,10 +22,12 @@ pytestmark = pytest.mark.slow
 
 
 def scores_served(server: TeacherProcess) -> float:
-    """Score calls the server answered OK, from its /metrics."""
+    """Score calls the server answered OK, from its /metrics (summed over any other labels, such
+    as the tenant)."""
     families = text_string_to_metric_families(httpx.get(f"{server.http}/metrics", timeout=10).text)
-    return sum(s.value for family in families if family.name == "teacher_requests" for s in family.samples
-               if s.name == "teacher_requests_total" and s.labels == {"rpc": "Score", "code": "OK"})
+    return sum(s.value for family in families if family.name == "teacher_requests"
+               for s in family.samples if s.name == "teacher_requests_total"
+               and s.labels["rpc"] == "Score" and s.labels["code"] == "OK")
 
 
 def steps_done(output_dir) -> list[int]:

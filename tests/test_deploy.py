@@ -25,7 +25,7 @@ from teacher_server.process import TeacherProcess
 from teacher_server.server import TeacherServer
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = {"teacher": ROOT / "docker" / "teacher.Dockerfile", "worker": ROOT / "docker" / "worker.Dockerfile"}
+DOCKERFILES = {kind: ROOT / "docker" / f"{kind}.Dockerfile" for kind in ("teacher", "worker")}
 PROFILES = ("cpu", "monitoring")
 # Settings that the tenancy issue adds; until it lands they are checked by name only.
 PENDING_SETTINGS = {"tenants", "tls_cert", "tls_key", "tls_client_ca"}
@@ -219,6 +219,35 @@ def test_probe_exit_codes_follow_the_health_status(tiny_model_dir):
     warming, serving, address = asyncio.run(scenario())
     assert (warming, serving) == (1, 0)
     assert probe.main(["--address", address, "--timeout", "2"]) == 2
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
+def test_probe_over_tls(tmp_path):
+    """--tls-ca and --server-name: a health service behind TLS with a self-signed certificate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=teacher", "-addext", "subjectAltName=DNS:teacher",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"],
+                   check=True, capture_output=True, timeout=60)
+    server = grpc.server(ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([((tmp_path / "key.pem").read_bytes(),
+                                                (tmp_path / "cert.pem").read_bytes())])
+    address = f"127.0.0.1:{server.add_secure_port('127.0.0.1:0', credentials)}"
+    server.start()
+    try:
+        tls = ["--tls-ca", str(tmp_path / "cert.pem")]
+        assert probe.main(["--address", address, *tls, "--server-name", "teacher"]) == 0
+        assert probe.main(["--address", address, "--timeout", "2"]) == 2            # plain text
+        assert probe.main(["--address", address, *tls, "--timeout", "2"]) == 2      # wrong name
+    finally:
+        server.stop(0)
 
 
 def test_the_healthcheck_command_as_the_image_runs_it(teacher):

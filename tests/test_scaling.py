@@ -118,5 +118,6 @@ def test_two_torchrun_nodes_hold_identical_weights(teacher, student_dir, data_fi
                        weights_only=False)
     digests = state["rank_weight_digests"]   # each rank's sha256 of its weights, gathered at the end
     assert len(digests) == 2 and digests[0] == digests[1]
-    samples = [json.loads(x)["samples"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    samples = [json.loads(line)["samples"] for line in lines]
     assert samples == [4, 4, 4]   # 2 prompts on each node

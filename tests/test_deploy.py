@@ -33,8 +33,8 @@ PENDING_SETTINGS = {"tenants", "tls_cert", "tls_key", "tls_client_ca"}
 
 def image_env(**variables: str) -> dict[str, str]:
     """This environment as a container's: our venv's `python`, `torchrun`, ... first on PATH."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            **variables}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **variables}
 
 
 def _tool(name: str) -> str:

@@ -5,6 +5,7 @@ hadolint and by the rules that matter, and every command they run checked agains
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import os
 import re
@@ -196,9 +197,15 @@ def test_dockerfile_rules(kind):
         assert dockerfile_env(kind)["TEACHER_BACKEND"] == "vllm"
 
 
-def test_dockerignore_keeps_the_environment_out_of_the_build_context():
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv", ".git", "demo-output"} <= set(ignored)
+def test_dockerignore_keeps_the_environment_out_and_the_sources_in():
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert {".venv", ".git", "demo-output"} <= set(patterns)
+    ignored = lambda path: any(fnmatch.fnmatch(part, pattern.removeprefix("**/"))
+                               for pattern in patterns for part in (path, *Path(path).parts))
+    copied = [source for kind in DOCKERFILES for instruction, args in dockerfile(kind)
+              if instruction == "COPY" for source in args.split()[:-1]]
+    assert copied and not [source for source in copied if ignored(source)]
 
 
 # --- the commands, run here ---------------------------------------------------------------------

@@ -22,7 +22,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from distill.v1 import teacher_pb2 as pb
-from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server import __version__, protocol
 from teacher_server.backends import Backend, load_backend, run_batch
 from teacher_server.batcher import Batcher
@@ -30,7 +29,7 @@ from teacher_server.config import ServerSettings
 from teacher_server.http import Readiness, create_app
 from teacher_server.metrics import Metrics
 from teacher_server.scoring import ScoreItem
-from teacher_server.service import TeacherServicer
+from teacher_server.service import TeacherServicer, add_to_server
 from teacher_server.tenants import Tenants
 
 log = logging.getLogger("teacher_server")
@@ -96,7 +95,7 @@ class TeacherServer:
         ])
         self.servicer = TeacherServicer(self.batcher, self.limits, self.info, self.metrics,
                                         self.tenants)
-        pb_grpc.add_TeacherServicer_to_server(self.servicer, self.grpc)
+        add_to_server(self.servicer, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -8,6 +8,7 @@ import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
@@ -44,6 +45,28 @@ def _rejection(exc: ServiceError) -> tuple[str, tuple]:
     return _REASONS[type(exc)], ()
 
 
+_SERVICE = pb.DESCRIPTOR.services_by_name["Teacher"]
+_REQUEST_TYPES = {m.name: getattr(pb, m.input_type.name) for m in _SERVICE.methods}
+
+
+def add_to_server(servicer: "TeacherServicer", server: grpc.aio.Server) -> None:
+    """Register the Teacher rpcs taking raw bytes: the `rpc` wrapper parses them, so bytes that
+    are not a valid request get INVALID_ARGUMENT (gRPC's own parsing would answer UNKNOWN)."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, name), response_serializer=lambda message: message.SerializeToString())
+        for name in _REQUEST_TYPES}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(_SERVICE.full_name, handlers)
+
+
+def _parse_message(name: str, raw: bytes):
+    try:
+        return _REQUEST_TYPES[name].FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequest(f"the request is not a valid {_REQUEST_TYPES[name].DESCRIPTOR.full_name} "
+                             f"message ({exc}); send it with the distill.v1 stubs") from None
+
+
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -55,7 +78,7 @@ def rpc(name: str):
 
     def wrap(method):
         @functools.wraps(method)
-        async def handler(self: "TeacherServicer", request, context: grpc.aio.ServicerContext):
+        async def handler(self: "TeacherServicer", raw: bytes, context: grpc.aio.ServicerContext):
             code, tenant = grpc.StatusCode.OK, "unknown"
             self.in_flight += 1
             self.idle.clear()
@@ -64,7 +87,7 @@ def rpc(name: str):
                     raise Unavailable("the teacher is draining for shutdown; retry on another replica")
                 caller = self.tenants.authenticate(context.invocation_metadata(), name)
                 tenant = caller.name
-                return await method(self, request, context, caller)
+                return await method(self, _parse_message(name, raw), context, caller)
             except ServiceError as exc:
                 code = _STATUS[type(exc)]
                 reason, trailers = _rejection(exc)

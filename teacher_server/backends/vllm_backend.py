@@ -32,6 +32,7 @@ import logging
 import numpy as np
 import torch
 from transformers import AutoTokenizer, GenerationConfig
+from vllm import LLM, SamplingParams
 
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
@@ -47,11 +48,8 @@ DEFAULT_MAX_TOP_K = 64
 class VllmBackend:
     """One `LLM.generate` call per kind of work in a batch: vLLM batches the prompts itself."""
 
-    def __init__(self, llm, tokenizer, model_id: str, max_top_k: int):
-        from vllm import SamplingParams
-
+    def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int):
         self.llm = llm
-        self.SamplingParams = SamplingParams
         config = llm.llm_engine.model_config
         try:
             generation_eos = GenerationConfig.from_pretrained(model_id).eos_token_id
@@ -69,8 +67,6 @@ class VllmBackend:
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
-        from vllm import LLM
-
         max_top_k = settings.max_top_k or DEFAULT_MAX_TOP_K
         log.info("starting vLLM on %s (max_logprobs %d)", settings.model, max_top_k)
         llm = LLM(model=settings.model, dtype=settings.dtype, seed=0, max_logprobs=max_top_k,
@@ -90,7 +86,7 @@ class VllmBackend:
 
     def _params(self, **options):
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts
-        return self.SamplingParams(detokenize=False, flat_logprobs=True, **options)
+        return SamplingParams(detokenize=False, flat_logprobs=True, **options)
 
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
         """Verify items are decided first (`_verdicts`); then every item is scored in one call,

@@ -17,10 +17,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
-# Named presets. "tiny" is what tests use (fast on one CPU thread); "bench" is about 20M parameters.
+# Named presets. "tiny" is what tests use (fast on one CPU thread); "bench" is about 20M parameters
+# (head_dim 32, so vLLM runs it too).
 PRESETS = {
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    # "tiny" with head_dim 32 (64 / 2 heads): vLLM's CPU attention needs head_dim >= 32
+    "tiny-vllm": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256),
     "bench": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024),
 }

@@ -21,7 +21,14 @@ class ServerSettings(BaseSettings):
     )
 
     model: str = Field(description="Hugging Face model directory or hub id")
-    backend: Literal["transformers"] = Field("transformers", description="inference backend")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="inference backend")
+    # vllm backend only (the engine's other choices stay vLLM's own; --max-top-k sets its
+    # max_logprobs, --max-context its max_model_len, --dtype its dtype; --device is not used)
+    vllm_gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm: fraction of GPU memory the engine may take")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs the model is split over")
+    vllm_enforce_eager: bool = Field(
+        False, description="vllm: no torch.compile or CUDA graphs (starts faster, serves slower)")
     host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 for remote workers)")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     http_port: int = Field(8080, ge=0, le=65535, description="health/metrics HTTP port (0: off)")
@@ -36,7 +43,8 @@ class ServerSettings(BaseSettings):
         4_000_000, ge=1, description="tokens waiting beyond this are refused (RESOURCE_EXHAUSTED)")
     logits_chunk_tokens: int = Field(
         1024, ge=1, description="positions turned into logits at once: peak memory is this x vocab")
-    max_top_k: int = Field(0, ge=0, description="largest top_k served (0: vocabulary size)")
+    max_top_k: int = Field(
+        0, ge=0, description="largest top_k served (0: vocabulary size; vllm: 64, its max_logprobs)")
     max_context: int = Field(0, ge=0, description="longest sequence served (0: the model's)")
     max_draft_tokens: int = Field(16, ge=1, description="longest draft a Verify request may send")
     max_message_mb: int = Field(256, ge=1, description="largest gRPC message, both ways, in MiB")

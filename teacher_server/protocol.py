@@ -15,7 +15,7 @@ import torch
 from distill.tensors import PackError, pack, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import ModelInfo
-from teacher_server.errors import InvalidRequest
+from teacher_server.errors import InvalidRequest, NotSupported
 from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
 from teacher_server.speculative import VerifyItem, VerifyOutput
@@ -41,15 +41,24 @@ class Limits:
     max_draft_tokens: int = 16
     max_request_sequences: int = 4096
     max_request_tokens: int = 1 << 20
+    max_accept_top_k: int = 0     # K of VERIFY_MODE_TOPK (0: vocab_size)
+    backend: str = "transformers"
+    # optional features of the backend; requests that need a missing one get UNIMPLEMENTED
+    score_candidates: bool = True
+    score_temperature: bool = True
+    verify_speculative: bool = True
+    generate_temperature: bool = True
 
 
 def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
                max_draft_tokens: int = 16, max_request_sequences: int = 4096,
                max_request_tokens: int = 1 << 20) -> Limits:
-    top_k = min(max_top_k or info.vocab_size, info.vocab_size)
+    backend_top_k = min(info.max_top_k or info.vocab_size, info.vocab_size)
+    top_k = min(max_top_k or backend_top_k, backend_top_k)
     context = min(max_context or info.max_context, info.max_context)
     return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
-                  max_request_tokens)
+                  max_request_tokens, backend_top_k, info.backend, info.score_candidates,
+                  info.score_temperature, info.verify_speculative, info.generate_temperature)
 
 
 def check_request_size(num_sequences: int, limits: Limits, items=()) -> None:
@@ -61,6 +70,12 @@ def check_request_size(num_sequences: int, limits: Limits, items=()) -> None:
     if tokens > limits.max_request_tokens:
         raise InvalidRequest(f"the request puts {tokens} tokens through the model, over the limit "
                              f"of {limits.max_request_tokens} per request; split it")
+
+
+def _require(supported: bool, limits: Limits, what: str) -> None:
+    if not supported:
+        raise NotSupported(f"the {limits.backend} backend does not serve {what} (Info.features "
+                           f"says so); use a teacher on the transformers backend for it")
 
 
 def _token_ids(tensor: pb.Tensor, where: str, limits: Limits) -> torch.Tensor:
@@ -108,17 +123,20 @@ def logprob_dtype(value: int) -> int:
 def _top_k(request, limits: Limits) -> int:
     top_k = request.top_k if request.HasField("top_k") else DEFAULT_TOP_K
     if not 1 <= top_k <= limits.max_top_k:
+        why = (" (the vocabulary size)" if limits.max_top_k == limits.vocab_size
+               else " (this server's maximum, set by --max-top-k at start)")
         raise InvalidRequest(f"top_k={top_k} is out of range: it must be between 1 and "
-                             f"{limits.max_top_k}" + (" (the vocabulary size)"
-                                                      if limits.max_top_k == limits.vocab_size else ""))
+                             f"{limits.max_top_k}{why}")
     return top_k
 
 
-def _temperature(request) -> float:
+def _temperature(request, limits: Limits) -> float:
     temperature = request.temperature if request.HasField("temperature") else 1.0
     if not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
         raise InvalidRequest(f"temperature={temperature} must be a finite number > 0 (at least "
                              f"{MIN_TEMPERATURE:g}: dividing the logits by less can overflow them)")
+    if temperature != 1.0:
+        _require(limits.score_temperature, limits, f"temperature={temperature:g} (only 1)")
     return float(temperature)
 
 
@@ -127,7 +145,7 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreI
     if not request.sequences:
         raise InvalidRequest("the request has no sequences")
     logprob_dtype(request.logprob_dtype)
-    top_k, temperature = _top_k(request, limits), _temperature(request)
+    top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     items = []
     for i, seq in enumerate(request.sequences):
         where = f"sequence {i}"
@@ -138,6 +156,7 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreI
                 f"it must be between 1 and {ids.numel() - 1} (position 0 has no context)")
         cands = None
         if seq.HasField("candidate_ids"):
+            _require(limits.score_candidates, limits, "candidate_ids")
             array = _unpack(seq.candidate_ids, f"{where} candidate_ids")
             n = ids.numel() - seq.score_from
             if seq.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 \
@@ -173,12 +192,17 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> list[Veri
         what = "is not set" if request.mode == pb.VERIFY_MODE_UNSPECIFIED else f"{request.mode} is unknown"
         raise InvalidRequest(f"mode {what}: choose VERIFY_MODE_SPECULATIVE, VERIFY_MODE_TOPK or "
                              f"VERIFY_MODE_GREEDY")
+    if mode == "speculative":
+        _require(limits.verify_speculative, limits, "VERIFY_MODE_SPECULATIVE (VERIFY_MODE_TOPK "
+                 "and VERIFY_MODE_GREEDY are exact here)")
     logprob_dtype(request.logprob_dtype)
-    top_k, temperature = _top_k(request, limits), _temperature(request)
-    if mode == "topk" and not 1 <= request.accept_top_k <= limits.vocab_size:
+    top_k, temperature = _top_k(request, limits), _temperature(request, limits)
+    max_k = limits.max_accept_top_k or limits.vocab_size
+    if mode == "topk" and not 1 <= request.accept_top_k <= max_k:
         raise InvalidRequest(f"accept_top_k={request.accept_top_k} is out of range for "
-                             f"VERIFY_MODE_TOPK: it must be between 1 and {limits.vocab_size} "
-                             f"(the vocabulary size)")
+                             f"VERIFY_MODE_TOPK: it must be between 1 and {max_k} " +
+                             ("(the vocabulary size)" if max_k == limits.vocab_size
+                              else f"(the {limits.backend} backend's max_top_k)"))
     base_seed = request.seed if request.HasField("seed") else secrets.randbits(64)
     items = []
     for i, seq in enumerate(request.sequences):
@@ -277,6 +301,8 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Gener
         raise InvalidRequest(f"temperature={temperature} must be a finite number >= 0 (0 is greedy; "
                              f"else at least {MIN_TEMPERATURE:g}: dividing the logits by less can "
                              f"overflow them)")
+    if temperature not in (0.0, 1.0):
+        _require(limits.generate_temperature, limits, f"temperature={temperature:g} (only 0 or 1)")
     top_p = request.top_p if request.HasField("top_p") else 1.0
     if not 0 < top_p <= 1:       # also refuses nan
         raise InvalidRequest(f"top_p={top_p} is out of range: it must be in (0, 1]")
@@ -318,6 +344,9 @@ def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,
         max_context=limits.max_context, max_top_k=limits.max_top_k, max_draft_tokens=limits.max_draft_tokens,
         max_batch_tokens=max_batch_tokens, max_message_bytes=max_message_bytes,
         features=pb.Features(score_candidates=info.score_candidates, verify=info.verify,
-                             generate=info.generate, float16_logprobs=True),
+                             generate=info.generate, float16_logprobs=True,
+                             score_temperature=info.score_temperature,
+                             verify_speculative=info.verify_speculative,
+                             generate_temperature=info.generate_temperature),
         model_dtype=info.model_dtype, server_version=server_version,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,3 +79,30 @@ def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
         candidate_logprobs=cand_NC,
     )
 
+
+
+# How far 1 - sum(top-k probs) can be trusted when the log-probs arrive rounded to float32:
+# each p = exp(lp) carries a relative error of about |lp| x 6e-8 plus the rounding of the
+# normalizer, so the sum is off by up to about 1e-6 for vocabularies of 10^5 tokens.
+TAIL_RESOLUTION = 1e-6
+
+
+def tail_from_topk(topk_logprobs_NK: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """log(1 - sum(exp(topk_logprobs))) per row: the tail for a backend that returns only the
+    top-k log-probs (vLLM), float32 [N].
+
+    Summed in float64 and taken with log1p. When the rounded sum leaves less than
+    TAIL_RESOLUTION the true tail cannot be told apart from rounding; the row then gets
+    min(TAIL_RESOLUTION, (V - k) x p_k), a bound that holds since none of the V - k tokens
+    outside the top-k is likelier than the k-th. A tail is -inf only when k is the vocabulary.
+    """
+    N, k = topk_logprobs_NK.shape
+    if k >= vocab_size:
+        return torch.full((N,), float("-inf"))
+    lp_NK = topk_logprobs_NK.double()
+    rest_N = -torch.expm1(torch.logsumexp(lp_NK, dim=-1))          # 1 - sum p, in float64
+    bound_N = math.log(vocab_size - k) + lp_NK.min(dim=-1).values  # log((V - k) p_k)
+    unsure_N = rest_N < TAIL_RESOLUTION
+    tail_N = torch.where(unsure_N, torch.clamp(bound_N, max=math.log(TAIL_RESOLUTION)),
+                         torch.log(rest_N.clamp(min=TAIL_RESOLUTION)))
+    return tail_N.float()

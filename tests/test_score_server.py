@@ -133,6 +133,8 @@ def test_info(client, tiny_model_dir, reference_model):
     assert info.max_message_bytes == 4 * 1024 * 1024
     assert info.features.score_candidates and info.features.float16_logprobs
     assert info.features.generate and info.features.verify
+    assert info.features.score_temperature and info.features.verify_speculative
+    assert info.features.generate_temperature
     assert info.max_draft_tokens == 16
     assert info.model_dtype == "float32"
 

@@ -1,9 +1,11 @@
 """score_logits against a float64 reference on random logits."""
 
+import math
+
 import pytest
 import torch
 
-from teacher_server.scoring import score_logits
+from teacher_server.scoring import TAIL_RESOLUTION, score_logits, tail_from_topk
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 2.5])
@@ -56,3 +58,23 @@ def test_tail_below_float32_exp_range_is_finite():
     expected = torch.logsumexp(torch.tensor([-50.0, -51.0], dtype=torch.float64), 0) - 100.0
     assert abs(out.tail_logprobs[0].item() - expected.item()) < 1e-3
     assert torch.isfinite(out.tail_logprobs).all()
+
+
+def test_tail_from_topk_is_exact_up_to_float32_rounding():
+    """The vllm backend's tail from rounded top-k log-probs against the float64 reference;
+    below TAIL_RESOLUTION it is an upper bound, never -inf, and -inf when k is the vocabulary."""
+    g = torch.Generator().manual_seed(0)
+    logits_NV = torch.randn(64, 1000, generator=g, dtype=torch.float64) * 3
+    logits_NV[:8, 0] += 30          # rows whose top token takes all but e^-20 of the mass
+    logp_NV = torch.log_softmax(logits_NV, -1)
+    topk_NK = logp_NV.topk(20, -1).values
+    exact_N = torch.logsumexp(logp_NV.sort(-1, descending=True).values[:, 20:], -1)
+    tail_N = tail_from_topk(topk_NK.float(), 1000).double()
+    sure = exact_N.exp() > 10 * TAIL_RESOLUTION
+    assert sure[8:].all() and not sure[:8].any()
+    torch.testing.assert_close(tail_N[sure], exact_N[sure], atol=0, rtol=0.002)
+    # near or below the resolution: an estimate or an upper bound, small and never -inf
+    assert (tail_N[~sure] >= exact_N[~sure] - 0.1).all() and torch.isfinite(tail_N).all()
+    assert (tail_N[~sure] <= math.log(10 * TAIL_RESOLUTION)).all()
+    assert (tail_N[~sure] > exact_N[~sure] + 1).any(), "no row took the bound"
+    assert torch.isneginf(tail_from_topk(logp_NV.float(), 1000)).all()

@@ -195,16 +195,22 @@ class SpecialTokens(_message.Message):
     def __init__(self, bos: _Optional[int] = ..., eos: _Optional[int] = ..., pad: _Optional[int] = ..., unk: _Optional[int] = ..., eos_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Features(_message.Message):
-    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs")
+    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs", "score_temperature", "verify_speculative", "generate_temperature")
     SCORE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     FLOAT16_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     score_candidates: bool
     verify: bool
     generate: bool
     float16_logprobs: bool
-    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ...) -> None: ...
+    score_temperature: bool
+    verify_speculative: bool
+    generate_temperature: bool
+    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ..., score_temperature: _Optional[bool] = ..., verify_speculative: _Optional[bool] = ..., generate_temperature: _Optional[bool] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("model_id", "backend", "vocab_size", "tokenizer_size", "tokenizer_fingerprint", "special_tokens", "max_context", "max_top_k", "max_draft_tokens", "max_batch_tokens", "max_message_bytes", "features", "model_dtype", "server_version")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from distill.fingerprint import tokenizer_fingerprint
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput
@@ -27,9 +28,31 @@ class ModelInfo:
     pad: int = -1
     unk: int = -1
     eos_ids: list[int] = field(default_factory=list)
+    max_top_k: int = 0         # largest top_k the backend can serve (0: the vocabulary size)
+    # optional features (see the proto's Features message)
     score_candidates: bool = True
+    score_temperature: bool = True
     verify: bool = False
+    verify_speculative: bool = True
     generate: bool = False
+    generate_temperature: bool = True
+
+
+def special_token_id(tokenizer, name: str) -> int:
+    """The tokenizer's `name` (bos, eos, pad, unk) token id, -1 when it has none."""
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return -1 if value is None else int(value)
+
+
+def tokenizer_fields(tokenizer, generation_eos: int | list[int] | None) -> dict:
+    """The ModelInfo fields that come from the tokenizer. End-of-sequence ids are the generation
+    config's (some models stop on several), else the tokenizer's."""
+    eos_ids = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    if not eos_ids and tokenizer.eos_token_id is not None:
+        eos_ids = [tokenizer.eos_token_id]
+    return dict(tokenizer_size=len(tokenizer), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                eos_ids=eos_ids, **{name: special_token_id(tokenizer, name)
+                                    for name in ("bos", "eos", "pad", "unk")})
 
 
 class Backend(Protocol):
@@ -63,4 +86,8 @@ def load_backend(settings: ServerSettings) -> Backend:
         from teacher_server.backends.hf import TransformersBackend
 
         return TransformersBackend.from_settings(settings)
+    if settings.backend == "vllm":
+        from teacher_server.backends.vllm_backend import VllmBackend
+
+        return VllmBackend.from_settings(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")

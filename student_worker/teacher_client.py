@@ -108,8 +108,12 @@ def resolve_target(target: str | Sequence[str]) -> str:
     return f"ipv{families.pop()}:" + ",".join(addresses)
 
 
-def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str, object]]:
-    """Message limits, round-robin balancing and gRPC-native retries (max_attempts 1: none)."""
+def channel_options(max_message_bytes: int, max_attempts: int,
+                    keepalive_s: float = 20.0) -> list[tuple[str, object]]:
+    """Message limits, round-robin balancing, gRPC-native retries (max_attempts 1: none) and
+    keepalive pings: a replica that stops answering (frozen, or its network gone) is found within
+    about 1.5 x keepalive_s, and calls on it fail over to another replica instead of waiting for
+    their deadline."""
     method = {"name": [{"service": SERVICE_NAME}]}
     if max_attempts > 1:
         method["retryPolicy"] = {
@@ -124,6 +128,10 @@ def channel_options(max_message_bytes: int, max_attempts: int) -> list[tuple[str
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_s * 500)),
+        ("grpc.http2.ping_timeout_ms", int(keepalive_s * 500)),  # core waits this (default 60 s)
+        ("grpc.http2.max_pings_without_data", 0),   # ping during long calls too
         ("grpc.service_config", json.dumps(service_config)),
         # A request is only retried while it fits the retry buffer (default 256 KiB, smaller
         # than one scoring batch): size it to the largest message.
@@ -240,12 +248,13 @@ def channel_credentials(tls: bool = False, tls_ca: str | None = None, tls_cert: 
 class _ClientBase:
     def __init__(self, target: str | Sequence[str], timeout: float = 60.0, api_key: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5,
+                 keepalive_s: float = 20.0,
                  tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None):
         self.target = resolve_target(target)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._options = channel_options(max_message_bytes, max_attempts)
+        self._options = channel_options(max_message_bytes, max_attempts, keepalive_s)
         self._credentials = channel_credentials(tls, tls_ca, tls_cert, tls_key)
 
     def _channel(self, grpc_module):

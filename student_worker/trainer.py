@@ -278,6 +278,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
                          "continue with --resume once the teacher is back.") from exc
     finally:
         bar.close()
+        if run.teacher is not None:
+            run.teacher.client.close()
     if run.is_main and progress and teacher_time:
         print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
               f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")

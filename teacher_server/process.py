@@ -15,24 +15,7 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# Resolved here, in the parent: the child runs _die_with_parent between fork and exec, where an
-# import or a library load can deadlock on a lock another thread of the parent held at fork
-# (gRPC's threads in a test process), leaving a child that never starts the server.
-if sys.platform.startswith("linux"):
-    import ctypes
-
-    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-else:
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
-    so an interrupted test or demo leaves no teacher behind."""
-    if _prctl is not None:
-        PR_SET_PDEATHSIG = 1
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
+from teacher_server.__main__ import PARENT_PID_ENV
 
 _LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
 
@@ -46,7 +29,7 @@ class TeacherProcess:
                "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--num-threads", "1",
                *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+                                     env={**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())})
         self.lines: list[str] = []
         self.credentials = credentials   # for wait_serving, when the server uses TLS
         listening = threading.Event()

@@ -92,6 +92,10 @@ class TeacherServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_metadata_size", s.max_metadata_kb * 1024),
+            # answer clients' keepalive pings (how they notice a frozen replica) however often
+            # they come: gRPC's default closes connections that ping more than every 5 minutes
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 0),
         ])
         self.servicer = TeacherServicer(self.batcher, self.limits, self.info, self.metrics,
                                         self.tenants)

@@ -1,6 +1,9 @@
 """Health transitions, drain on stop/SIGTERM, /metrics, the HTTP routes and reflection."""
 
 import asyncio
+import subprocess
+import sys
+import time
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -155,3 +158,27 @@ def test_http_info_and_reflection(teacher):
         assert {"distill.v1.Teacher", "grpc.health.v1.Health"} <= services
         methods = {m.name for m in db.FindFileContainingSymbol("distill.v1.Teacher").service[0].method}
         assert methods == {"Score", "Verify", "Generate", "Info"}
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may never be reaped here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_teacher_process_dies_with_the_process_that_started_it(tiny_model_dir):
+    code = ("import signal; from teacher_server.process import TeacherProcess; "
+            f"s = TeacherProcess({str(tiny_model_dir)!r}); print(s.proc.pid, flush=True); signal.pause()")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    assert _running(server_pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while _running(server_pid):
+        assert time.monotonic() < deadline, "the teacher outlived the process that started it"
+        time.sleep(0.05)   # polling for the exit, not waiting for time to pass

@@ -121,3 +121,29 @@ def test_two_torchrun_nodes_hold_identical_weights(teacher, student_dir, data_fi
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     samples = [json.loads(line)["samples"] for line in lines]
     assert samples == [4, 4, 4]   # 2 prompts on each node
+
+
+def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir):
+    """A replica that stops answering (SIGSTOP: connected, silent) is found by the client's
+    keepalive pings; calls sent to it move to the live replica long before their deadline."""
+    from student_worker.teacher_client import TeacherClient
+
+    servers = [TeacherProcess(tiny_model_dir) for _ in range(2)]
+    frozen = servers[0]
+    try:
+        for s in servers:
+            s.wait_serving()
+        with TeacherClient([s.target for s in servers], timeout=120, keepalive_s=2) as client:
+            for _ in range(4):           # connections to both replicas are up and used
+                client.score([list(range(20))], 1, top_k=2)
+            assert all(scores_served(s) >= 1 for s in servers)
+            frozen.proc.send_signal(signal.SIGSTOP)
+            start = time.monotonic()
+            for _ in range(6):
+                assert client.score([list(range(20))], 1, top_k=2)[0].topk_ids.shape == (19, 2)
+            elapsed = time.monotonic() - start
+        assert elapsed < 20, f"6 calls took {elapsed:.1f} s with one replica frozen"
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        for s in servers:
+            assert s.terminate() == 0, s.log()

@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/worker_overlap.py
 	$(PY) bench/speculative.py
 	$(PY) bench/load.py
+	$(PY) bench/vllm_overhead.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -28,7 +28,6 @@ import ipaddress
 import json
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from distill.tensors import pack, unpack_torch, wire_dtype
+from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 
@@ -231,18 +231,6 @@ def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[
             logprobs=unpack_torch(sample.token_logprobs).float(),
             finish_reason=_FINISH_REASONS.get(sample.finish_reason, "unspecified")))
     return grouped
-
-
-def channel_credentials(tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
-                        tls_key: str | None = None) -> grpc.ChannelCredentials | None:
-    """TLS credentials from PEM file paths; None (plaintext) when no TLS option is given."""
-    if bool(tls_cert) != bool(tls_key):
-        raise ValueError("tls_cert and tls_key go together (the client's certificate and its key)")
-    if not (tls or tls_ca or tls_cert):
-        return None
-    read = lambda path: Path(path).read_bytes() if path else None
-    return grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(tls_key),
-                                        certificate_chain=read(tls_cert))
 
 
 class _ClientBase:

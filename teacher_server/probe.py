@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from distill.tls import channel_credentials
 
 
 def check(address: str, timeout: float = 5.0, service: str = "",
@@ -29,13 +30,6 @@ def check(address: str, timeout: float = 5.0, service: str = "",
     return reply.status
 
 
-def _credentials(args) -> grpc.ChannelCredentials | None:
-    if not args.tls_ca:
-        return None
-    read = lambda path: Path(path).read_bytes() if path else None
-    return grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m teacher_server.probe",
                                      description=__doc__.splitlines()[0])
@@ -47,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
     parser.add_argument("--server-name", help="name in the server's certificate, if not the address")
     args = parser.parse_args(argv)
+    credentials = channel_credentials(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
-        status = check(args.address, args.timeout, args.service, _credentials(args), args.server_name)
+        status = check(args.address, args.timeout, args.service, credentials, args.server_name)
     except grpc.RpcError as err:
         print(f"{args.address}: {err.code().name}: {err.details()}", file=sys.stderr)
         return 2

@@ -1,0 +1,21 @@
+"""TLS credentials for clients of the teacher (the worker's client, the container probe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+
+def channel_credentials(tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
+                        tls_key: str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM file paths; None (plaintext) when no TLS option is given.
+    `tls_ca`: the CA that signed the server's certificate (default: the system's CAs);
+    `tls_cert` + `tls_key`: this client's certificate and key, for mutual TLS."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("tls_cert and tls_key go together (the client's certificate and its key)")
+    if not (tls or tls_ca or tls_cert):
+        return None
+    read = lambda path: Path(path).read_bytes() if path else None
+    return grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(tls_key),
+                                        certificate_chain=read(tls_cert))

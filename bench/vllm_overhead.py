@@ -135,7 +135,7 @@ class OpenAIServer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="interleaved runs (medians; 3 was noisy here)")
     parser.add_argument("--top-k", default="20,64", help="comma-separated k values (<= 64)")
     args = parser.parse_args()
     ks = [int(k) for k in args.top_k.split(",")]

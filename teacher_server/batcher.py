@@ -166,20 +166,24 @@ class Batcher:
             if not self._queued_tokens:
                 self._arrived.clear()
                 await self._arrived.wait()
-            # Give others up to max_wait from the oldest arrival to fill the budget.
-            oldest = min((p.enqueued for p in self._heap if not p.settled), default=time.monotonic())
-            deadline = oldest + self.max_wait_s
-            while self._queued_tokens < self.max_batch_tokens:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            if self._queued_tokens < self.max_batch_tokens:
+                await self._fill()
             for group in self._forward_groups(self._take()):
                 await self._run(group)
+
+    async def _fill(self) -> None:
+        """Under the budget: give others up to max_wait from the oldest arrival to fill it."""
+        oldest = min((p.enqueued for p in self._heap if not p.settled), default=time.monotonic())
+        deadline = oldest + self.max_wait_s
+        while self._queued_tokens < self.max_batch_tokens:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
 
     def _take(self) -> list[_Pending]:
         """Pop items in tag order up to the token budget (at least one), dropping those whose
@@ -231,8 +235,8 @@ class Batcher:
                 p.future.set_result(out)
         elapsed = time.monotonic() - start
         tokens = sum(p.item.num_tokens for p in group)
-        self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * tokens / max(elapsed, 1e-6) \
-            if self._tokens_per_s else tokens / max(elapsed, 1e-6)
+        rate = tokens / max(elapsed, 1e-6)
+        self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * rate if self._tokens_per_s else rate
         if self._metrics is not None:
             m = self._metrics
             m.forward_latency.observe(elapsed)

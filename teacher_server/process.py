@@ -15,7 +15,25 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from teacher_server.__main__ import PARENT_PID_ENV
+# Set by TeacherProcess (tests, demos, benchmarks) to its pid, for the server it starts.
+PARENT_PID_ENV = "DISTILL_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In the server (`python -m teacher_server` calls it first), on Linux: get SIGTERM when the
+    TeacherProcess that started it dies, even by SIGKILL, so an interrupted test or demo leaves
+    no teacher behind. Done after exec: in the parent, between fork and exec, nothing but exec
+    is safe while gRPC's threads run."""
+    parent = os.environ.pop(PARENT_PID_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):     # it died before prctl took effect
+        sys.exit(0)
+
 
 _LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
 

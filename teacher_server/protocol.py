@@ -61,11 +61,15 @@ def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
                   info.score_temperature, info.verify_speculative, info.generate_temperature)
 
 
-def check_request_size(num_sequences: int, limits: Limits, items=()) -> None:
-    """Per-request caps: sequences first (before anything is unpacked), then tokens."""
+def check_request_sequences(num_sequences: int, limits: Limits) -> None:
+    """The per-request cap on sequences, checked before anything is unpacked."""
     if num_sequences > limits.max_request_sequences:
         raise InvalidRequest(f"the request has {num_sequences} sequences, over the limit of "
                              f"{limits.max_request_sequences} per request; split it")
+
+
+def check_request_tokens(items, limits: Limits) -> None:
+    """The per-request cap on tokens put through the model, checked on the parsed items."""
     tokens = sum(item.num_tokens for item in items)
     if tokens > limits.max_request_tokens:
         raise InvalidRequest(f"the request puts {tokens} tokens through the model, over the limit "

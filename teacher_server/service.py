@@ -128,10 +128,10 @@ class TeacherServicer(pb_grpc.TeacherServicer):
     def _parse(self, parse, request, num_sequences: int) -> list:
         """Validate a request into work items within the per-request caps: the sequence count
         before anything is unpacked, the token count after."""
-        protocol.check_request_size(num_sequences, self.limits)
+        protocol.check_request_sequences(num_sequences, self.limits)
         items = parse(request, self.limits)
         items = items if isinstance(items, list) else [items]
-        protocol.check_request_size(len(items), self.limits, items)
+        protocol.check_request_tokens(items, self.limits)
         return items
 
     @rpc("Score")

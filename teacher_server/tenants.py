@@ -126,7 +126,6 @@ class Tenants:
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
-        self.open = self.path is None
         self._by_hash: dict[str, Tenant] = {}
         self._by_name: dict[str, Tenant] = {}
         if self.open:
@@ -135,8 +134,9 @@ class Tenants:
             self.reload()
 
     @property
-    def names(self) -> list[str]:
-        return list(self._by_name)
+    def open(self) -> bool:
+        """No tenants file: anyone may call."""
+        return self.path is None
 
     def reload(self) -> None:
         """Read the file again (at start, and on SIGHUP). A bad file at start stops the server;

@@ -125,13 +125,12 @@ class VllmBackend:
             return {}
         index, batch = list(items), list(items.values())
         outs = self._run([item.token_ids for item in batch], [self._params(
-            max_tokens=1, prompt_logprobs=item.accept_top_k if item.mode == "topk" else 1,
-            **_draw(item)) for item in batch])
+            max_tokens=1, prompt_logprobs=_accept_k(item), **_draw(item)) for item in batch])
         verdicts, redraw = {}, []
         V = self.info.vocab_size
         for i, item, out in zip(index, batch, outs):
             P, G = item.prefix.numel(), item.draft.numel()
-            k = item.accept_top_k if item.mode == "topk" else 1
+            k = _accept_k(item)
             ids_GK1, logprobs_GK1 = prompt_rows(out.prompt_logprobs, k, P)
             p_GV1 = torch.zeros(G + 1, V, dtype=torch.float64)
             p_GV1[:G].scatter_(-1, torch.from_numpy(ids_GK1).long(),
@@ -184,6 +183,11 @@ def prompt_rows(flat, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _vllm_seed(seed: int | None) -> int | None:
     return None if seed is None else seed % (1 << 63)
+
+
+def _accept_k(item: VerifyItem) -> int:
+    """How many of the teacher's top log-probs decide a draft token: K for topk, 1 for greedy."""
+    return item.accept_top_k if item.mode == "topk" else 1
 
 
 def _draw(item: VerifyItem) -> dict:

@@ -35,7 +35,7 @@ def die_with_parent() -> None:
         sys.exit(0)
 
 
-_LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
+_LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (?:(\S+):(\d+)|off)")
 
 
 class TeacherProcess:
@@ -60,7 +60,8 @@ class TeacherProcess:
                     self._logged.notify_all()
                 match = _LISTENING.search(line)
                 if match:
-                    self.grpc_port, self.http_port = int(match[2]), int(match[4])
+                    self.grpc_port = int(match[2])
+                    self.http_port = int(match[4]) if match[4] else None   # None: --http-port off
                     listening.set()
             listening.set()   # the output ended: the server exited (bad flag, ...); no need to wait
 
@@ -69,7 +70,7 @@ class TeacherProcess:
             self.proc.kill()
             raise RuntimeError("teacher did not start:\n" + "".join(self.lines))
         self.target = f"127.0.0.1:{self.grpc_port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
 
     def wait_serving(self, timeout: float = 120) -> None:
         """Block on the standard health Watch stream until it says SERVING."""

@@ -51,7 +51,8 @@ class ServerSettings(BaseSettings):
         description="health/metrics HTTP port (0 picks a free one; -1 or off: no HTTP server)")
     device: str = Field("auto", description="torch device: auto (cuda if present), cpu, cuda, cuda:1")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype; auto is float32 on CPU and bfloat16 on GPU")
+        "auto", description="weights dtype; auto: transformers float32 on CPU and bfloat16 on "
+                           "GPU, vllm its own choice (bfloat16 for a float32 checkpoint)")
     max_batch_tokens: int = Field(
         8192, ge=1, description="token budget of one forward pass, padding included")
     max_wait_ms: float = Field(

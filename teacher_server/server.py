@@ -235,7 +235,11 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    server = TeacherServer(settings)
+    try:
+        server = TeacherServer(settings)
+    except ValueError as exc:   # a model, tenants file or engine argument we cannot serve
+        log.error("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -40,6 +40,9 @@ class Metrics:
         PlatformCollector(registry=r)
         self.info = Info("teacher", "The served model: id, backend, weights dtype, server version",
                          registry=r)
+        self.max_batch_tokens = Gauge("teacher_max_batch_tokens",
+                                      "Token budget of one forward pass (--max-batch-tokens): "
+                                      "batch fill is teacher_batch_tokens over it", registry=r)
         self.request_latency = Histogram("teacher_request_seconds",
                                          "Duration of an rpc from arrival to answer, by rpc and "
                                          "status code", ["rpc", "code"], buckets=_LATENCY_BUCKETS,

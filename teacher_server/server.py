@@ -98,6 +98,7 @@ class TeacherServer:
             max_message_bytes=settings.max_message_bytes, server_version=__version__)
         self.metrics.info.info(dict(model=self.info.model_id, backend=self.info.backend,
                                     dtype=self.backend.info.model_dtype, version=__version__))
+        self.metrics.max_batch_tokens.set(settings.max_batch_tokens)
         if self.info.backend == "vllm":
             self.metrics.forward_engine_metrics()
         self.forward_clock = ForwardClock(functools.partial(run_batch, self.backend))

@@ -18,11 +18,12 @@ def main() -> None:
     from teacher_server.config import parse_settings
     from teacher_server.logs import setup_logging
     from teacher_server.process import die_with_parent
-    from teacher_server.server import serve
 
     die_with_parent()
     settings = parse_settings()
     setup_logging(settings.log_level, settings.log_format, settings.log_requests)
+    from teacher_server.server import serve   # torch, transformers: after logging is set up
+
     asyncio.run(serve(settings))
 
 

@@ -24,15 +24,20 @@ def json_formatter() -> logging.Formatter:
 
 def setup_logging(level: str, log_format: str = "text", log_requests: bool = False) -> None:
     """Configure the root logger once, for every library in the process (uvicorn is started
-    without its own logging config; vLLM is told to leave its logger to the root's handler)."""
+    without its own logging config; vLLM is told to leave its logger to the root's handler).
+    Call it before importing the model libraries."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(json_formatter())
-        # vLLM otherwise installs its own text handler on the `vllm` logger at import
+        # Before those libraries are imported: vLLM would install its own text handler on the
+        # `vllm` logger, and progress bars (weights loading) are not log lines.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)   # warnings.warn from libraries: log records too
     REQUESTS.setLevel(logging.INFO if log_requests else logging.WARNING)
 
 

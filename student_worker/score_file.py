@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from distill.fingerprint import tokenizer_fingerprint
+from distill.tls import add_tls_arguments
 from student_worker.teacher_client import TeacherClient, TeacherScores
 
 
@@ -144,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
                         help="the tenant's bearer token (default: $TEACHER_API_KEY)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's certificate")
-    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    add_tls_arguments(parser)
     args = parser.parse_args(argv)
     tokenizer = None
     if args.tokenizer:

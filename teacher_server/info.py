@@ -15,7 +15,7 @@ import sys
 import grpc
 from google.protobuf import json_format
 
-from distill.tls import channel_credentials
+from distill.tls import add_tls_arguments, channel_credentials
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 
@@ -31,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address", metavar="HOST:PORT", help="the teacher's gRPC address")
     parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
                         help="the tenant's bearer token (default: $TEACHER_API_KEY)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's certificate")
-    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    add_tls_arguments(parser)
     parser.add_argument("--server-name", help="name in the server's certificate, if not the address")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 JSON lines (python-json-logger) carry `time` (ISO 8601, UTC), `level`, `logger`, `message`, any
 `extra` fields of the call and `exc_info` for tracebacks, so a log shipper needs no parsing rules.
 The request log is the logger `teacher_server.requests` at INFO: off unless `--log-requests`.
+Messages that native code writes straight to stderr (torch's C++ warnings) stay plain text.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """Operating the teacher: its command line, health that follows the model, JSON and request logs,
 metrics, the Grafana dashboard's queries, `distill-teacher info` and `distill-score`."""
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from teacher_server.backends.hf import TransformersBackend
 from teacher_server.config import HTTP_OFF, ServerSettings, parse_settings
 from teacher_server.metrics import ENGINE_METRICS
 from teacher_server.process import TeacherProcess
-from tests.test_lifecycle import NOT_SERVING, SERVING, GatedBackend, _make, score_request
+from tests.test_lifecycle import NOT_SERVING, SERVING, gated_server_running, score_request
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docker/grafana/dashboards/teacher.json"
@@ -117,25 +115,11 @@ def test_revision_picks_the_snapshot_of_a_hub_model(tmp_path):
 @pytest.fixture
 def watched_server(tiny_model_dir, reference_model):
     """An in-process server whose forward passes wait for the test, with a 0.5 s forward limit."""
-    from transformers import AutoTokenizer
-
-    backend = GatedBackend(TransformersBackend(
-        reference_model, AutoTokenizer.from_pretrained(tiny_model_dir), str(tiny_model_dir)))
-    settings = ServerSettings(model=str(tiny_model_dir), port=0, http_port=0,
-                              max_forward_seconds=0.5)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop)
-    server = run(_make(settings, backend)).result()
-    run(server.bind()).result(30)
-    backend.gate.set()
-    run(server.warm_up()).result(30)
-    yield server, backend
-    backend.gate.set()
-    run(server.stop(grace=5)).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    for server, backend, run in gated_server_running(tiny_model_dir, reference_model,
+                                                     max_forward_seconds=0.5):
+        backend.gate.set()
+        run(server.warm_up()).result(30)
+        yield server, backend
 
 
 def test_a_stuck_forward_pass_turns_health_not_serving_until_it_ends(watched_server):

@@ -30,6 +30,7 @@ figures exist (metrics.ENGINE_METRICS).
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ class VllmBackend:
                   enforce_eager=settings.vllm_enforce_eager,
                   gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                   tensor_parallel_size=settings.vllm_tensor_parallel_size,
-                  **{"disable_log_stats": False, **hub, **extra})
+                  # progress bars only on a terminal: in a log they are noise (or break JSON lines)
+                  **{"disable_log_stats": False, "use_tqdm_on_load": sys.stderr.isatty(),
+                     **hub, **extra})
         tokenizer = AutoTokenizer.from_pretrained(settings.model, **hub)
         return cls(llm, tokenizer, settings.model, max_top_k, settings.revision)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import grpc
@@ -19,3 +20,12 @@ def channel_credentials(tls: bool = False, tls_ca: str | None = None, tls_cert: 
     read = lambda path: Path(path).read_bytes() if path else None
     return grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(tls_key),
                                         certificate_chain=read(tls_cert))
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tls, --tls-ca, --tls-cert, --tls-key for a command-line client of the teacher; pass the
+    parsed values to `channel_credentials`."""
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+    parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's certificate")
+    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")

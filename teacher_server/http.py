@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
-from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from distill.v1 import teacher_pb2 as pb
+from teacher_server.info import info_dict
 from teacher_server.metrics import Metrics
 
 
@@ -19,8 +19,7 @@ class Readiness:
 
 def create_app(readiness: Readiness, metrics: Metrics, info: pb.InfoResponse) -> FastAPI:
     app = FastAPI(title="distill teacher", docs_url=None, redoc_url=None)
-    info_json = json_format.MessageToDict(info, preserving_proto_field_name=True,
-                                          always_print_fields_with_no_presence=True)
+    info_json = info_dict(info)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -29,7 +28,7 @@ def create_app(readiness: Readiness, metrics: Metrics, info: pb.InfoResponse) ->
 
     @app.get("/readyz")
     def readyz(response: Response) -> dict:
-        """Readiness: warmed up and not draining (503 otherwise)."""
+        """Readiness: warmed up, not draining, no forward pass stuck (503 otherwise)."""
         if not readiness.ready:
             response.status_code = 503
             return {"status": "not ready"}

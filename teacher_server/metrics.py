@@ -1,16 +1,52 @@
-"""Prometheus metrics of one server, in their own registry (several servers can share a process)."""
+"""Prometheus metrics of one server, in their own registry (several servers can share a process).
+
+Besides the server's own: the standard process_* (memory, CPU, open files) and python_info
+families, and `teacher_info` (model, backend, dtype, version). On the vLLM backend the engine's
+own figures that bear on scoring are copied from vLLM's registry at each scrape (ENGINE_METRICS).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               PlatformCollector, ProcessCollector, generate_latest)
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+# vLLM's in-process figures worth watching when it scores: KV-cache pressure and preemptions
+# (prompt_logprobs requests recomputed), the engine's own queue, and prompt tokens and prefix-cache
+# hits (how much of the scored text the cache saved). Names as vLLM exports them.
+ENGINE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:num_preemptions", "vllm:num_requests_running",
+                  "vllm:num_requests_waiting", "vllm:prompt_tokens", "vllm:prefix_cache_queries",
+                  "vllm:prefix_cache_hits")
+
+
+class _Forwarded(Collector):
+    """Chosen families of another registry (vLLM's, the process-global one), at scrape time."""
+
+    def __init__(self, source: CollectorRegistry, names: tuple[str, ...]):
+        self.source, self.names = source, set(names)
+
+    def collect(self):
+        return [family for family in self.source.collect() if family.name in self.names]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.info = Info("teacher", "The served model: id, backend, weights dtype, server version",
+                         registry=r)
+        self.max_batch_tokens = Gauge("teacher_max_batch_tokens",
+                                      "Token budget of one forward pass (--max-batch-tokens): "
+                                      "batch fill is teacher_batch_tokens over it", registry=r)
+        self.request_latency = Histogram("teacher_request_seconds",
+                                         "Duration of an rpc from arrival to answer, by rpc and "
+                                         "status code", ["rpc", "code"], buckets=_LATENCY_BUCKETS,
+                                         registry=r)
         self.requests = Counter("teacher_requests", "RPCs handled, by rpc, status code and tenant",
                                 ["rpc", "code", "tenant"], registry=r)
         self.rejections = Counter("teacher_rejections",
@@ -46,6 +82,10 @@ class Metrics:
         self.forward_latency = Histogram("teacher_forward_seconds",
                                          "Duration of one batched forward pass + scoring",
                                          buckets=_LATENCY_BUCKETS, registry=r)
+
+    def forward_engine_metrics(self, names: tuple[str, ...] = ENGINE_METRICS) -> None:
+        """Serve these families of the process-global registry (where vLLM keeps its own)."""
+        self.registry.register(_Forwarded(REGISTRY, names))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

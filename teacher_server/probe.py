@@ -15,7 +15,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from distill.tls import channel_credentials
+from distill.tls import add_tls_arguments, channel_credentials
 
 
 def check(address: str, timeout: float = 5.0, service: str = "",
@@ -36,12 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('TEACHER_PORT', '50051')}")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds")
     parser.add_argument("--service", default="", help="'' is the whole server")
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's certificate")
-    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    add_tls_arguments(parser)
     parser.add_argument("--server-name", help="name in the server's certificate, if not the address")
     args = parser.parse_args(argv)
-    credentials = channel_credentials(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    credentials = channel_credentials(args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
         status = check(args.address, args.timeout, args.service, credentials, args.server_name)
     except grpc.RpcError as err:

@@ -35,14 +35,14 @@ def die_with_parent() -> None:
         sys.exit(0)
 
 
-_LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (\S+):(\d+)")
+_LISTENING = re.compile(r"listening: grpc (\S+):(\d+) http (?:(\S+):(\d+)|off)")
 
 
 class TeacherProcess:
     """`python -m teacher_server` as a child process on 127.0.0.1 with free ports (1 torch thread)."""
 
     def __init__(self, model_dir, *args: str, env: dict | None = None,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None, start_timeout: float = 120):
         cmd = [sys.executable, "-m", "teacher_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--num-threads", "1",
                *args]
@@ -60,16 +60,19 @@ class TeacherProcess:
                     self._logged.notify_all()
                 match = _LISTENING.search(line)
                 if match:
-                    self.grpc_port, self.http_port = int(match[2]), int(match[4])
+                    self.grpc_port = int(match[2])
+                    self.http_port = int(match[4]) if match[4] else None   # None: --http-port off
                     listening.set()
             listening.set()   # the output ended: the server exited (bad flag, ...); no need to wait
 
         threading.Thread(target=pump, daemon=True).start()
-        if not listening.wait(120) or not hasattr(self, "grpc_port"):
+        # start_timeout: until the ports are bound, i.e. the model is loaded (a vLLM engine on a
+        # busy CPU can take minutes)
+        if not listening.wait(start_timeout) or not hasattr(self, "grpc_port"):
             self.proc.kill()
             raise RuntimeError("teacher did not start:\n" + "".join(self.lines))
         self.target = f"127.0.0.1:{self.grpc_port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}" if self.http_port else None
 
     def wait_serving(self, timeout: float = 120) -> None:
         """Block on the standard health Watch stream until it says SERVING."""

@@ -2,7 +2,9 @@
 
 Life cycle: bind ports (health NOT_SERVING) -> warm-up forward pass -> SERVING -> on SIGTERM or
 SIGINT: NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get `grace_seconds` to finish,
-exit 0.
+exit 0. While serving, a forward pass running longer than `max_forward_seconds` turns health
+NOT_SERVING (a hung model: orchestrators replace the replica, clients go elsewhere); SERVING
+again when it ends.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import functools
 import logging
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -25,7 +28,7 @@ from distill.v1 import teacher_pb2 as pb
 from teacher_server import __version__, protocol
 from teacher_server.backends import Backend, load_backend, run_batch
 from teacher_server.batcher import Batcher
-from teacher_server.config import ServerSettings
+from teacher_server.config import HTTP_OFF, ServerSettings
 from teacher_server.http import Readiness, create_app
 from teacher_server.metrics import Metrics
 from teacher_server.scoring import ScoreItem
@@ -55,6 +58,27 @@ def _server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
         require_client_auth=bool(s.tls_client_ca))
 
 
+class ForwardClock:
+    """Wraps the batcher's forward callable (run on its one forward thread) to know how long
+    the pass under way has been running."""
+
+    def __init__(self, run):
+        self._run = run
+        self._started: float | None = None
+
+    def __call__(self, items: list) -> list:
+        self._started = time.monotonic()
+        try:
+            return self._run(items)
+        finally:
+            self._started = None
+
+    def running_for(self) -> float:
+        """Seconds the current forward pass has run (0 when none runs)."""
+        started = self._started
+        return 0.0 if started is None else time.monotonic() - started
+
+
 class TeacherServer:
     def __init__(self, settings: ServerSettings, backend: Backend | None = None):
         self.settings = settings
@@ -72,7 +96,15 @@ class TeacherServer:
         self.info = protocol.info_response(
             self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
             max_message_bytes=settings.max_message_bytes, server_version=__version__)
+        self.metrics.info.info(dict(model=self.info.model_id, backend=self.info.backend,
+                                    dtype=self.backend.info.model_dtype, version=__version__))
+        self.metrics.max_batch_tokens.set(settings.max_batch_tokens)
+        if self.info.backend == "vllm":
+            self.metrics.forward_engine_metrics()
+        self.forward_clock = ForwardClock(functools.partial(run_batch, self.backend))
         self.grpc_port = self.http_port = 0
+        self.stuck = False            # a forward pass is over max_forward_seconds
+        self._watchdog: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -84,7 +116,7 @@ class TeacherServer:
         s = self.settings
         # Score, Verify and Generate share one queue and one forward thread; run_batch splits by
         # kind (Score and Verify items even share forward passes).
-        self.batcher = Batcher(functools.partial(run_batch, self.backend),
+        self.batcher = Batcher(self.forward_clock,
                                max_batch_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_ms / 1000,
                                max_queued_tokens=s.max_queued_tokens, metrics=self.metrics)
         self.batcher.start()
@@ -113,23 +145,52 @@ class TeacherServer:
             raise RuntimeError(f"could not bind the gRPC port {s.host}:{s.port}")
         await self.grpc.start()
 
-        sock = socket.create_server((s.host, s.http_port))
-        self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.readiness, self.metrics, self.info),
-                                log_level="warning", access_log=False, lifespan="off")
-        self._http = _HttpServer(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        log.info("listening: grpc %s:%d http %s:%d (%s)", s.host, self.grpc_port, s.host,
-                 self.http_port, "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext")
+        self._http_task = None
+        if s.http_port != HTTP_OFF:
+            sock = socket.create_server((s.host, s.http_port))
+            self.http_port = sock.getsockname()[1]
+            # log_config=None: uvicorn logs through the root handler (text or JSON) like the rest
+            config = uvicorn.Config(create_app(self.readiness, self.metrics, self.info),
+                                    log_level="warning", access_log=False, lifespan="off",
+                                    log_config=None)
+            self._http = _HttpServer(config)
+            self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        http = f"{s.host}:{self.http_port}" if self._http_task else "off"
+        log.info("listening: grpc %s:%d http %s (%s)", s.host, self.grpc_port, http,
+                 "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext")
 
     async def warm_up(self) -> None:
         """One forward pass (allocations, lazy init), then SERVING."""
         await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
                                              1, 1, 1.0, None)])
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self.readiness.ready = True
+        await self._set_ready(True)
+        if self.settings.max_forward_seconds:
+            self._watchdog = asyncio.create_task(self._watch_forward(), name="forward-watchdog")
         log.info("ready: %s (%s, vocabulary %d)", self.info.model_id, self.info.backend,
                  self.info.vocab_size)
+
+    async def _watch_forward(self) -> None:
+        """Health follows the model: NOT_SERVING while a forward pass is over the limit."""
+        limit = self.settings.max_forward_seconds
+        while not self.servicer.draining:
+            running = self.forward_clock.running_for()
+            if running > limit and not self.stuck:
+                self.stuck = True
+                log.error("a forward pass has run for %.0f s (limit %.0f s, "
+                          "--max-forward-seconds): health is NOT_SERVING until it ends",
+                          running, limit)
+                await self._set_ready(False)
+            elif running <= limit and self.stuck:
+                self.stuck = False
+                log.warning("the stuck forward pass ended: SERVING again")
+                await self._set_ready(True)
+            # a quarter of the limit: the state flips within 25% of it (at most every 5 s)
+            await asyncio.sleep(min(limit / 4, 5.0))
+
+    async def _set_ready(self, ready: bool) -> None:
+        self.readiness.ready = ready
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING if ready
+                               else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
@@ -141,6 +202,8 @@ class TeacherServer:
         log.info("draining (grace %.1f s)", grace)
         self.readiness.ready = False
         self.servicer.draining = True
+        if self._watchdog:
+            self._watchdog.cancel()
         await self.health.enter_graceful_shutdown()
         try:
             await asyncio.wait_for(self.servicer.idle.wait(), grace)
@@ -151,8 +214,9 @@ class TeacherServer:
         # themselves: a short grace lets the last responses flush, then they are cancelled.
         await self.grpc.stop(0.5)
         await self.batcher.close()
-        self._http.should_exit = True
-        await self._http_task
+        if self._http_task:
+            self._http.should_exit = True
+            await self._http_task
         self._stopped.set()
         log.info("stopped")
 
@@ -172,7 +236,11 @@ async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    server = TeacherServer(settings)
+    try:
+        server = TeacherServer(settings)
+    except ValueError as exc:   # a model, tenants file or engine argument we cannot serve
+        log.error("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

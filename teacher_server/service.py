@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -16,6 +17,7 @@ from teacher_server import protocol
 from teacher_server.batcher import Batcher
 from teacher_server.errors import (Expired, InvalidRequest, NotSupported, Overloaded,
                                    PermissionDenied, ServiceError, Unauthenticated, Unavailable)
+from teacher_server.logs import log_request
 from teacher_server.metrics import Metrics
 from teacher_server.tenants import Tenant, Tenants
 
@@ -67,6 +69,11 @@ def _parse_message(name: str, raw: bytes):
                              f"message ({exc}); send it with the distill.v1 stubs") from None
 
 
+# (sequences, tokens) of the call being handled, for its request-log line: set by
+# TeacherServicer._parse, read by `rpc` (each call is its own asyncio task, so its own context)
+_call_size: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("call_size")
+
+
 def _deadline(context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -80,6 +87,8 @@ def rpc(name: str):
         @functools.wraps(method)
         async def handler(self: "TeacherServicer", raw: bytes, context: grpc.aio.ServicerContext):
             code, tenant = grpc.StatusCode.OK, "unknown"
+            started = time.monotonic()
+            _call_size.set((0, 0))
             self.in_flight += 1
             self.idle.clear()
             try:
@@ -102,7 +111,10 @@ def rpc(name: str):
                 log.exception("%s failed", name)
                 await context.abort(code, f"internal error in {name}; see the teacher's log")
             finally:
+                seconds = time.monotonic() - started
                 self.metrics.requests.labels(name, code.name, tenant).inc()
+                self.metrics.request_latency.labels(name, code.name).observe(seconds)
+                log_request(name, tenant, code.name, seconds, *_call_size.get())
                 self.in_flight -= 1
                 if not self.in_flight:
                     self.idle.set()
@@ -132,6 +144,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         items = parse(request, self.limits)
         items = items if isinstance(items, list) else [items]
         protocol.check_request_tokens(items, self.limits)
+        _call_size.set((num_sequences, sum(item.num_tokens for item in items)))
         return items
 
     @rpc("Score")

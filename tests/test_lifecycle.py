@@ -43,13 +43,14 @@ class GatedBackend:
         return self.backend.score(items)
 
 
-@pytest.fixture
-def gated_server(tiny_model_dir, reference_model):
+def gated_server_running(tiny_model_dir, reference_model, **settings):
+    """An in-process server (bound, not warmed up) on its own event-loop thread, over a
+    GatedBackend: yields (server, backend, run), `run` submitting a coroutine to its loop."""
     from transformers import AutoTokenizer
 
     backend = GatedBackend(TransformersBackend(reference_model, AutoTokenizer.from_pretrained(tiny_model_dir),
                                                str(tiny_model_dir)))
-    settings = ServerSettings(model=str(tiny_model_dir), port=0, http_port=0)
+    settings = ServerSettings(model=str(tiny_model_dir), port=0, http_port=0, **settings)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -62,6 +63,11 @@ def gated_server(tiny_model_dir, reference_model):
         run(server.stop(grace=5)).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.fixture
+def gated_server(tiny_model_dir, reference_model):
+    yield from gated_server_running(tiny_model_dir, reference_model)
 
 
 async def _make(settings, backend):

@@ -62,11 +62,10 @@ class TransformersBackend:
         if dtype == "auto":
             dtype = "float32" if device == "cpu" else "bfloat16"
         log.info("loading %s on %s in %s", settings.model, device, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(
-            settings.model, trust_remote_code=settings.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            settings.model, dtype=_DTYPES[dtype], trust_remote_code=settings.trust_remote_code,
-        ).to(device)
+        hub = dict(revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model, **hub)
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=_DTYPES[dtype],
+                                                     **hub).to(device)
         return cls(model, tokenizer, settings.model, settings.logits_chunk_tokens,
                    settings.max_context)
 

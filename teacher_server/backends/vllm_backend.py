@@ -22,19 +22,24 @@ scoring at a temperature other than 1 (Score and Verify), candidate ids, Verify'
 temperature other than 0 or 1 (the contract's log-probs are at the sampling temperature).
 
 The engine is built once with `max_logprobs` = the server's max_top_k (default 64): vLLM fixes
-it at start and refuses larger requests.
+it at start and refuses larger requests. Info's model_dtype is the engine's (vLLM's "auto" runs a
+float32 checkpoint in bfloat16 or float16). Stats logging is on, so that the engine's Prometheus
+figures exist (metrics.ENGINE_METRICS).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from vllm import LLM, SamplingParams
+from vllm.platforms import current_platform
 
 from teacher_server.backends import ModelInfo, tokenizer_fields
+from teacher_server.backends.vllm_args import engine_kwargs
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GeneratedSample, GenerateItem
 from teacher_server.scoring import ScoreItem, ScoreOutput, tail_from_topk
@@ -48,11 +53,12 @@ DEFAULT_MAX_TOP_K = 64
 class VllmBackend:
     """One `LLM.generate` call per kind of work in a batch: vLLM batches the prompts itself."""
 
-    def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int):
+    def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int,
+                 revision: str | None = None):
         self.llm = llm
-        config = llm.llm_engine.model_config
+        config = llm.llm_engine.model_config   # resolved by the engine: its dtype is what runs
         try:
-            generation_eos = GenerationConfig.from_pretrained(model_id).eos_token_id
+            generation_eos = GenerationConfig.from_pretrained(model_id, revision=revision).eos_token_id
         except OSError:             # no generation_config.json
             generation_eos = None
         vocab_size = config.get_vocab_size()
@@ -68,16 +74,22 @@ class VllmBackend:
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
         max_top_k = settings.max_top_k or DEFAULT_MAX_TOP_K
-        log.info("starting vLLM on %s (max_logprobs %d)", settings.model, max_top_k)
+        extra = engine_kwargs(settings.vllm_arg)
+        hub = dict(revision=settings.revision, trust_remote_code=settings.trust_remote_code)
+        if current_platform.is_cpu():
+            check_cpu_head_size(AutoConfig.from_pretrained(settings.model, **hub))
+        log.info("starting vLLM on %s (max_logprobs %d%s)", settings.model, max_top_k,
+                 "".join(f", {k}={v!r}" for k, v in extra.items()))
         llm = LLM(model=settings.model, dtype=settings.dtype, seed=0, max_logprobs=max_top_k,
-                  max_model_len=settings.max_context or None,
-                  trust_remote_code=settings.trust_remote_code,
+                  max_model_len=settings.max_context or None, tokenizer_revision=settings.revision,
                   enforce_eager=settings.vllm_enforce_eager,
                   gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-                  tensor_parallel_size=settings.vllm_tensor_parallel_size)
-        tokenizer = AutoTokenizer.from_pretrained(settings.model,
-                                                  trust_remote_code=settings.trust_remote_code)
-        return cls(llm, tokenizer, settings.model, max_top_k)
+                  tensor_parallel_size=settings.vllm_tensor_parallel_size,
+                  # progress bars only on a terminal: in a log they are noise (or break JSON lines)
+                  **{"disable_log_stats": False, "use_tqdm_on_load": sys.stderr.isatty(),
+                     **hub, **extra})
+        tokenizer = AutoTokenizer.from_pretrained(settings.model, **hub)
+        return cls(llm, tokenizer, settings.model, max_top_k, settings.revision)
 
     def _run(self, prompts: list[torch.Tensor], params: list) -> list:
         """One engine call; outputs in the prompts' order."""
@@ -163,6 +175,19 @@ class VllmBackend:
             params += [options] * len(item.prompts)
         outs = iter(self._run(prompts, params))
         return [[[_sample(c) for c in next(outs).outputs] for _ in item.prompts] for item in items]
+
+
+def check_cpu_head_size(config) -> None:
+    """vLLM's CPU attention serves a few head sizes only; refuse others before the engine starts
+    (it would fail deep inside with a kernel error)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in supported:
+        raise ValueError(f"this model's attention heads have {head} dimensions; vLLM's CPU "
+                         f"attention supports {supported} only. Serve it with --backend "
+                         "transformers on a CPU, or with vLLM on a GPU")
 
 
 def prompt_rows(flat, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:

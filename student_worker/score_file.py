@@ -1,0 +1,176 @@
+"""distill-score INPUT.jsonl OUT_DIR --teacher HOST:PORT [--top-k 20] [--tokenizer DIR] ...
+
+Score a JSONL file against a running teacher and write the teacher's top-k log-probs as
+safetensors shards: the building block for caching teacher outputs offline (score once, train
+many times). One JSON object a line, either
+  {"token_ids": [1, 5, 9, ...], "score_from": 1}     score_from: first scored position (default 1)
+  {"text": "..."}                                     with --tokenizer: every position from 1
+  {"prompt": "...", "completion": "..."}              with --tokenizer: the completion's positions
+--tokenizer must be the teacher's (its fingerprint is checked against the teacher's Info).
+
+OUT_DIR/shard-00000.safetensors holds input lines [0, S), the next [S, 2S) and so on
+(S = --shard-sequences); a shard already on disk is skipped, so a stopped run continues where it
+was. Each shard, for its n sequences (concatenated; row i of a sequence's block is its position
+score_from + i):
+  line [n] int64, score_from [n] int32, token_offsets [n+1] int64, token_ids [T] int32,
+  row_offsets [n+1] int64, topk_ids [N, k] int32, topk_logprobs [N, k], token_logprobs [N],
+  tail_logprobs [N] (float32, or float16 with --dtype float16)
+and metadata: the teacher's model id, backend and tokenizer fingerprint, top_k. `read_shard`
+gives the sequences back one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from distill.fingerprint import tokenizer_fingerprint
+from distill.tls import add_tls_arguments
+from student_worker.teacher_client import TeacherClient, TeacherScores
+
+
+def read_sequences(path: Path, tokenizer=None) -> list[tuple[list[int], int]]:
+    """(token ids, score_from) of every line of a JSONL file."""
+    sequences = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "token_ids" in row:
+                sequences.append((list(row["token_ids"]), int(row.get("score_from", 1))))
+                continue
+            if tokenizer is None:
+                raise ValueError(f"{path}:{number}: a text line needs --tokenizer (or give token_ids)")
+            if "text" in row:
+                sequences.append((tokenizer(row["text"])["input_ids"], 1))
+            elif "prompt" in row and "completion" in row:
+                prompt = tokenizer(row["prompt"])["input_ids"]
+                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+                sequences.append((prompt + completion, max(len(prompt), 1)))
+            else:
+                raise ValueError(f"{path}:{number}: expected token_ids, text, or prompt and "
+                                 f"completion; got keys {sorted(row)}")
+    return sequences
+
+
+def shard_tensors(lines: list[int], sequences: list[tuple[list[int], int]],
+                  scores: list[TeacherScores], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One shard's arrays (see the module docstring)."""
+    offsets = lambda sizes: torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
+    return {
+        "line": torch.tensor(lines, dtype=torch.int64),
+        "score_from": torch.tensor([start for _, start in sequences], dtype=torch.int32),
+        "token_offsets": offsets([len(ids) for ids, _ in sequences]),
+        "token_ids": torch.tensor([t for ids, _ in sequences for t in ids], dtype=torch.int32),
+        "row_offsets": offsets([s.token_logprobs.numel() for s in scores]),
+        "topk_ids": torch.cat([s.topk_ids for s in scores]).to(torch.int32),
+        "topk_logprobs": torch.cat([s.topk_logprobs for s in scores]).to(dtype),
+        "token_logprobs": torch.cat([s.token_logprobs for s in scores]).to(dtype),
+        "tail_logprobs": torch.cat([s.tail_logprobs for s in scores]).to(dtype),
+    }
+
+
+def read_shard(path: str | os.PathLike):
+    """Yield (line, token_ids [T], score_from, TeacherScores) for every sequence of a shard."""
+    t = load_file(path)
+    for i, line in enumerate(t["line"].tolist()):
+        tokens = slice(*t["token_offsets"][i:i + 2].tolist())
+        rows = slice(*t["row_offsets"][i:i + 2].tolist())
+        yield line, t["token_ids"][tokens], int(t["score_from"][i]), TeacherScores(
+            t["topk_ids"][rows].long(), t["topk_logprobs"][rows].float(),
+            t["token_logprobs"][rows].float(), t["tail_logprobs"][rows].float(), None)
+
+
+def shard_metadata(path: str | os.PathLike) -> dict[str, str]:
+    with safe_open(path, "pt") as f:
+        return f.metadata()
+
+
+def score_file(client: TeacherClient, sequences: list[tuple[list[int], int]], out_dir: Path, *,
+               top_k: int, shard_sequences: int, batch_sequences: int, concurrency: int,
+               dtype: str, metadata: dict[str, str]) -> list[Path]:
+    """Score `sequences` into shards under `out_dir` (existing shards are kept); the shard paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+
+    def score(batch: list[tuple[list[int], int]]) -> list[TeacherScores]:
+        return client.score([ids for ids, _ in batch], [start for _, start in batch], top_k,
+                            dtype=dtype)
+
+    paths = []
+    # several requests in flight: the teacher merges them into full forward passes
+    with ThreadPoolExecutor(concurrency) as pool:
+        for number, first in enumerate(range(0, len(sequences), shard_sequences)):
+            path = out_dir / f"shard-{number:05d}.safetensors"
+            paths.append(path)
+            if path.exists():
+                continue
+            shard = sequences[first:first + shard_sequences]
+            batches = [shard[i:i + batch_sequences] for i in range(0, len(shard), batch_sequences)]
+            scores = [s for batch_scores in pool.map(score, batches) for s in batch_scores]
+            tensors = shard_tensors(list(range(first, first + len(shard))), shard, scores,
+                                    torch_dtype)
+            partial = path.with_suffix(".partial")       # a shard appears whole or not at all
+            save_file(tensors, partial, metadata=metadata)
+            partial.replace(path)
+            print(f"{path}: {len(shard)} sequences, {tensors['token_logprobs'].numel()} positions",
+                  file=sys.stderr)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distill-score", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("input", type=Path, help="JSONL file")
+    parser.add_argument("out_dir", type=Path, help="folder for the safetensors shards")
+    parser.add_argument("--teacher", default=os.environ.get("TEACHER_ADDRESS", "127.0.0.1:50051"),
+                        help="HOST:PORT, dns:///name:port or a comma-separated list "
+                             "(default: $TEACHER_ADDRESS)")
+    parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--tokenizer", help="the teacher's tokenizer (folder or hub id), for text lines")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                        help="log-probs on the wire and in the shards")
+    parser.add_argument("--shard-sequences", type=int, default=4096, help="sequences per shard")
+    parser.add_argument("--batch-sequences", type=int, default=32, help="sequences per request")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
+                        help="the tenant's bearer token (default: $TEACHER_API_KEY)")
+    add_tls_arguments(parser)
+    args = parser.parse_args(argv)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    with TeacherClient(args.teacher, timeout=args.timeout, api_key=args.api_key, tls=args.tls,
+                       tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
+        info = client.info()
+        if tokenizer is not None and tokenizer_fingerprint(tokenizer) != info.tokenizer_fingerprint:
+            parser.error(f"--tokenizer {args.tokenizer} is not the teacher's ({info.model_id}): "
+                         "the tokenizer fingerprints differ, so its token ids would mean other text")
+        try:
+            sequences = read_sequences(args.input, tokenizer)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+        metadata = dict(model_id=info.model_id, backend=info.backend, top_k=str(args.top_k),
+                        tokenizer_fingerprint=info.tokenizer_fingerprint, source=str(args.input))
+        paths = score_file(client, sequences, args.out_dir, top_k=args.top_k,
+                           shard_sequences=args.shard_sequences,
+                           batch_sequences=args.batch_sequences, concurrency=args.concurrency,
+                           dtype=args.dtype, metadata=metadata)
+    print(json.dumps({"sequences": len(sequences), "shards": [str(p) for p in paths]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

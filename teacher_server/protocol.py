@@ -12,21 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.tensors import PackError, pack, unpack
+from distill.results import VERIFY_MODE_NAMES
+from distill.tensors import PackError, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import ModelInfo
 from teacher_server.errors import InvalidRequest, NotSupported
-from teacher_server.generation import GeneratedSample, GenerateItem
-from teacher_server.scoring import ScoreItem, ScoreOutput
-from teacher_server.speculative import VerifyItem, VerifyOutput
+from teacher_server.generation import GenerateItem
+from teacher_server.scoring import ScoreItem
+from teacher_server.verify import VerifyItem
 
 DEFAULT_TOP_K = 20
 MAX_SAMPLES = 64   # per prompt: n samples cost n times the prompt's tokens in one batch
-_FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.DTYPE_FLOAT32,
                    pb.DTYPE_FLOAT16: pb.DTYPE_FLOAT16}
-_VERIFY_MODES = {pb.VERIFY_MODE_SPECULATIVE: "speculative", pb.VERIFY_MODE_TOPK: "topk",
-                 pb.VERIFY_MODE_GREEDY: "greedy"}
 PROB_SUM_TOLERANCE = 1e-3
 # Logits / temperature must stay finite in float32: a temperature of 1e-40 turns every logit into
 # ±inf, and then Score returns NaN and sampling fails.
@@ -175,23 +173,11 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreI
     return items
 
 
-def score_result(out: ScoreOutput, dtype: int) -> pb.ScoreResult:
-    result = pb.ScoreResult(
-        topk_ids=pack(out.topk_ids, "int32"),
-        topk_logprobs=pack(out.topk_logprobs, dtype),
-        token_logprobs=pack(out.token_logprobs, dtype),
-        tail_logprobs=pack(out.tail_logprobs, dtype),
-    )
-    if out.candidate_logprobs is not None:
-        result.candidate_logprobs.CopyFrom(pack(out.candidate_logprobs, dtype))
-    return result
-
-
 def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> list[VerifyItem]:
     """Validate a VerifyRequest into one VerifyItem per sequence; raise InvalidRequest."""
     if not request.sequences:
         raise InvalidRequest("the request has no sequences")
-    mode = _VERIFY_MODES.get(request.mode)
+    mode = VERIFY_MODE_NAMES.get(request.mode)
     if mode is None:
         what = "is not set" if request.mode == pb.VERIFY_MODE_UNSPECIFIED else f"{request.mode} is unknown"
         raise InvalidRequest(f"mode {what}: choose VERIFY_MODE_SPECULATIVE, VERIFY_MODE_TOPK or "
@@ -283,14 +269,6 @@ def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> 
     return rest_G1.expand(G, V).clone().scatter_(-1, ids, q)
 
 
-def verify_response(outputs: list[VerifyOutput], dtype: int) -> pb.VerifyResponse:
-    return pb.VerifyResponse(results=[
-        pb.VerifyResult(num_accepted=o.num_accepted, next_token=o.next_token,
-                        accept_probs=pack(o.accept_probs, "float32"),
-                        scores=score_result(o.scores, dtype))
-        for o in outputs])
-
-
 def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> GenerateItem:
     """Validate a GenerateRequest into one GenerateItem; raise InvalidRequest."""
     if not request.prompt_ids:
@@ -327,15 +305,6 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Gener
                 f"tokens; shorten the prompt or lower max_new_tokens")
         prompts.append(ids)
     return GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
-
-
-def generate_response(outputs: list[list[GeneratedSample]], dtype: int) -> pb.GenerateResponse:
-    """Samples grouped by prompt: prompt 0's n samples, then prompt 1's, ..."""
-    return pb.GenerateResponse(samples=[
-        pb.GenerateSample(prompt_index=i, token_ids=pack(s.token_ids, "int32"),
-                          token_logprobs=pack(s.logprobs, dtype),
-                          finish_reason=_FINISH_REASONS[s.finish_reason])
-        for i, samples in enumerate(outputs) for s in samples])
 
 
 def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,

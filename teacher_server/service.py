@@ -10,6 +10,7 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from distill.results import samples_to_proto, scores_to_proto, verify_to_proto
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server import protocol
@@ -140,7 +141,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         dtype = protocol.logprob_dtype(request.logprob_dtype)
         outputs = await self.batcher.submit(items, tenant, _deadline(context))
         self.metrics.tokens_scored.inc(sum(item.num_scored for item in items))
-        return pb.ScoreResponse(results=[protocol.score_result(o, dtype) for o in outputs])
+        return pb.ScoreResponse(results=[scores_to_proto(o, dtype) for o in outputs])
 
     @rpc("Verify")
     async def Verify(self, request: pb.VerifyRequest, context, tenant: Tenant) -> pb.VerifyResponse:
@@ -151,7 +152,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         outputs = await self.batcher.submit(items, tenant, _deadline(context))
         self.metrics.draft_tokens.inc(sum(item.draft.numel() for item in items))
         self.metrics.accepted_tokens.inc(sum(o.num_accepted for o in outputs))
-        return protocol.verify_response(outputs, dtype)
+        return pb.VerifyResponse(results=[verify_to_proto(o, dtype) for o in outputs])
 
     @rpc("Generate")
     async def Generate(self, request: pb.GenerateRequest, context,
@@ -163,7 +164,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         dtype = protocol.logprob_dtype(request.logprob_dtype)
         (outputs,) = await self.batcher.submit([item], tenant, _deadline(context))
         self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs for s in o))
-        return protocol.generate_response(outputs, dtype)
+        return samples_to_proto(outputs, dtype)
 
     @rpc("Info")
     async def Info(self, request: pb.InfoRequest, context, tenant: Tenant) -> pb.InfoResponse:

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from distill.fingerprint import tokenizer_fingerprint
+from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GeneratedSample, GenerateItem
-from teacher_server.scoring import ScoreItem, ScoreOutput
-from teacher_server.speculative import VerifyItem, VerifyOutput
+from teacher_server.generation import GenerateItem
+from teacher_server.scoring import ScoreItem
+from teacher_server.verify import VerifyItem
 
 
 @dataclass
@@ -58,11 +59,11 @@ def tokenizer_fields(tokenizer, generation_eos: int | list[int] | None) -> dict:
 class Backend(Protocol):
     info: ModelInfo
 
-    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Score and verify items in one forward pass (the batcher chose them to fit the token
         budget); a VerifyItem only when info.verify."""
 
-    def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
+    def generate(self, items: list[GenerateItem]) -> list[list[TeacherSample]]:
         """num_samples samples per item (only when info.generate)."""
 
 

@@ -1,0 +1,95 @@
+"""What one sequence of a Score request costs beyond its forward pass, per wire form.
+
+    python -m bench.request_overhead [--runs 7] [--sizes 128,1024] [--seq-len 16]
+
+On the tests' tiny model (2 layers, vocabulary 512: the forward pass is cheap), Score of B
+sequences of --seq-len tokens (k = 20) over gRPC on 127.0.0.1, minus the same forward pass and
+top-k in this process, divided by B: the server's and the client's work per sequence (validation,
+packing, queueing, result messages). Measured for the per-sequence form (one ScoreSequence and
+one ScoreResult message per sequence, what older clients send) and the packed form (one array
+per field for the whole request, what TeacherClient sends), interleaved, medians of --runs.
+Target: packed <= 20 us per sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from scripts.tiny_model import make_tiny_model
+from student_worker.teacher_client import TeacherClient, score_request, scores_from_response
+from teacher_server.backends.hf import TransformersBackend
+from teacher_server.process import TeacherProcess
+from teacher_server.scoring import ScoreItem
+
+TOP_K = 20
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--sizes", default="128,1024", help="sequences per request")
+    parser.add_argument("--seq-len", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_tiny_model(pathlib.Path(tmp) / "tiny", preset="tiny")
+        backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir),
+                                      AutoTokenizer.from_pretrained(model_dir), str(model_dir))
+        # one forward pass per request, and no waiting for batch-mates that will not come
+        server = TeacherProcess(model_dir, "--max-batch-tokens", str(max(sizes) * args.seq_len),
+                                "--max-wait-ms", "0", "--max-queued-tokens", str(1 << 24))
+        try:
+            server.wait_serving()
+            with TeacherClient(server.target) as client:
+                rows = [measure(client, backend, n, args.seq_len, args.runs) for n in sizes]
+        finally:
+            server.terminate()
+    print(f"tiny model (vocabulary 512), {args.seq_len} tokens per sequence, k={TOP_K}, "
+          f"1 torch thread each side; medians of {args.runs} runs\n")
+    print("| sequences | in process | per-sequence form | packed form | overhead / seq: per-sequence "
+          "| packed | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for n, local, per_seq, packed in rows:
+        over_seq, over_packed = (per_seq - local) / n * 1e6, (packed - local) / n * 1e6
+        print(f"| {n} | {local * 1e3:.1f} ms | {per_seq * 1e3:.1f} ms | {packed * 1e3:.1f} ms | "
+              f"{over_seq:.1f} us | {over_packed:.1f} us | {over_seq / max(over_packed, 1e-3):.1f}x |")
+
+
+def measure(client: TeacherClient, backend, n: int, seq_len: int, runs: int):
+    g = torch.Generator().manual_seed(n)
+    seqs = torch.randint(4, 512, (n, seq_len), generator=g)
+    items = [ScoreItem(s, 1, TOP_K, 1.0, None) for s in seqs]
+
+    def over_grpc(packed: bool):
+        request = score_request(seqs, 1, TOP_K, 1.0, None, "float32", packed=packed)
+        return scores_from_response(client.stub.Score(request, timeout=60), request)
+
+    forms = {"local": lambda: backend.score(items), "per_seq": lambda: over_grpc(False),
+             "packed": lambda: over_grpc(True)}
+    a, b = forms["per_seq"](), forms["packed"]()
+    assert all(torch.equal(x.topk_logprobs, y.topk_logprobs) for x, y in zip(a, b))
+    for fn in forms.values():
+        fn()  # warm
+    times = {name: [] for name in forms}
+    for _ in range(runs):
+        for name, fn in forms.items():
+            times[name].append(timed(fn))
+    return (n, *(statistics.median(times[name]) for name in forms))
+
+
+if __name__ == "__main__":
+    main()

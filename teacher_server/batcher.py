@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from teacher_server.errors import Expired, InvalidRequest, Overloaded, Unavailable
+from teacher_server.errors import Expired, Overloaded, Unavailable
 from teacher_server.metrics import Metrics
 from teacher_server.tenants import OPEN, Tenant
 
@@ -107,11 +107,7 @@ class Batcher:
                 f"the teacher's queue is full ({self._queued_tokens} tokens waiting, limit "
                 f"{self.max_queued_tokens}); retry later or send smaller requests",
                 retry_after_s=self._retry_hint(excess))
-        if tenant and tenant.max_queued_tokens:
-            if tokens > tenant.max_queued_tokens:
-                raise InvalidRequest(
-                    f"this request needs {tokens} tokens, more than tenant {name!r}'s "
-                    f"max_queued_tokens of {tenant.max_queued_tokens}; split it")
+        if tenant and tenant.max_queued_tokens:   # (a request over it was refused as invalid)
             excess = self._tenant_tokens[name] + tokens - tenant.max_queued_tokens
             if excess > 0:
                 raise Overloaded(

@@ -43,7 +43,6 @@ class TransformersBackend:
             model_id=model_id, backend="transformers", vocab_size=self.lm_head.out_features,
             max_context=min(max_context or model_context, model_context),
             model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            verify=True, generate=True,
             **tokenizer_fields(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
         )
         self.pad_id = max(self.info.pad, 0)

@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from vllm import LLM, SamplingParams
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
-from teacher_server.backends import ModelInfo, tokenizer_fields
+from teacher_server.backends import Features, ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GenerateItem
 from teacher_server.scoring import ScoreItem, tail_from_topk
@@ -61,9 +61,10 @@ class VllmBackend:
             model_id=model_id, backend="vllm", vocab_size=vocab_size,
             max_context=config.max_model_len,
             model_dtype=str(config.dtype).removeprefix("torch."),
-            max_top_k=min(max_top_k, vocab_size), verify=True, generate=True,
-            score_candidates=False, score_temperature=False, verify_speculative=False,
-            generate_temperature=False, **tokenizer_fields(tokenizer, generation_eos),
+            max_top_k=min(max_top_k, vocab_size), features=Features(
+                score_candidates=False, score_temperature=False, verify_speculative=False,
+                generate_temperature=False),
+            **tokenizer_fields(tokenizer, generation_eos),
         )
 
     @classmethod

@@ -76,7 +76,7 @@ def measure(client: TeacherClient, backend, n: int, seq_len: int, runs: int):
 
     def over_grpc(packed: bool):
         request = score_request(seqs, 1, TOP_K, 1.0, None, "float32", packed=packed)
-        return scores_from_response(client.stub.Score(request, timeout=60), request)
+        return scores_from_response(client.stub.Score(request, timeout=60))
 
     forms = {"local": lambda: backend.score(items), "per_seq": lambda: over_grpc(False),
              "packed": lambda: over_grpc(True)}

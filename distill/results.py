@@ -10,7 +10,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from distill.tensors import pack, unpack_torch
+import numpy as np
+
+from distill.tensors import pack, unpack, unpack_torch
 from distill.v1 import teacher_pb2 as pb
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
@@ -89,6 +91,30 @@ def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
         tail_logprobs=_float(result.tail_logprobs),
         candidate_logprobs=(_float(result.candidate_logprobs)
                             if result.HasField("candidate_logprobs") else None))
+
+
+def scores_to_packed(outputs: list[TeacherScores], dtype: int) -> tuple[pb.ScoreResult, pb.Tensor]:
+    """Many sequences' scores as one ScoreResult (their rows one after another) and the int32
+    [B + 1] row offsets: ScoreResponse's packed form."""
+    rows = np.fromiter((o.token_logprobs.shape[0] for o in outputs), np.int64, len(outputs))
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int32)
+    return scores_to_proto(TeacherScores.concat(outputs), dtype), pack(offsets)
+
+
+def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[TeacherScores]:
+    """The inverse of scores_to_packed: one TeacherScores (views) per sequence."""
+    whole = scores_from_proto(result)
+    bounds = unpack(offsets, name="offsets")
+    rows = whole.token_logprobs.shape[0]
+    if bounds.ndim != 1 or not bounds.size or bounds[0] != 0 or bounds[-1] != rows \
+            or (np.diff(bounds) < 0).any():
+        raise ValueError(f"the teacher's packed answer has row offsets {bounds.tolist()[:8]}... "
+                         f"that do not cut its {rows} rows into sequences")
+    sizes = np.diff(bounds).tolist()
+    split = [None if getattr(whole, f.name) is None else getattr(whole, f.name).split(sizes)
+             for f in fields(TeacherScores)]
+    split[-1] = split[-1] or [None] * len(sizes)
+    return [TeacherScores(*parts) for parts in zip(*split)]
 
 
 def verify_to_proto(outcome: VerifyOutcome, dtype: int) -> pb.VerifyResult:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
-                             samples_from_proto, scores_from_proto, verify_from_proto)
+                             samples_from_proto, scores_from_packed, scores_from_proto,
+                             verify_from_proto)
 from distill.tensors import pack, wire_dtype
 from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb
@@ -125,15 +126,47 @@ def _per_sequence(value, n: int, name: str) -> list:
 
 
 def score_request(sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int,
-                  temperature: float, candidates, dtype: str) -> pb.ScoreRequest:
+                  temperature: float, candidates, dtype: str, packed: bool = True) -> pb.ScoreRequest:
+    """A ScoreRequest in the packed form (one array per field for the whole request), or one
+    message per sequence when `packed` is False or the candidate blocks differ in width (the
+    packed form has one C for the request)."""
     request = pb.ScoreRequest(top_k=top_k, temperature=temperature, logprob_dtype=wire_dtype(dtype))
     starts = _per_sequence(score_from, len(sequences), "score_from")
     cands = _per_sequence(candidates, len(sequences), "candidates")
-    for seq, start, cand in zip(sequences, starts, cands):
+    cands = None if all(c is None for c in cands) else [np.asarray(c) if c is not None else c for c in cands]
+    if packed and (cands is None or (all(c is not None for c in cands)
+                                     and len({c.shape[1:] for c in cands}) == 1)):
+        ids, lengths = _packed_ids(sequences)
+        request.packed.token_ids.CopyFrom(pack(ids))
+        request.packed.lengths.CopyFrom(pack(lengths))
+        request.packed.score_from.CopyFrom(pack(np.asarray(starts, dtype=np.int32)))
+        if cands is not None:
+            request.packed.candidate_ids.CopyFrom(pack(np.concatenate(cands), "int32"))
+        return request
+    for seq, start, cand in zip(sequences, starts, cands or [None] * len(sequences)):
         item = request.sequences.add(token_ids=pack(_ids(seq)), score_from=int(start))
         if cand is not None:
-            item.candidate_ids.CopyFrom(pack(torch.as_tensor(cand), "int32"))
+            item.candidate_ids.CopyFrom(pack(cand, "int32"))
     return request
+
+
+def _packed_ids(sequences: Sequence[TokenSeq]) -> tuple[np.ndarray, np.ndarray]:
+    """Every sequence's ids one after another (int32) and their lengths (int32 [B])."""
+    if isinstance(sequences, (torch.Tensor, np.ndarray)) and sequences.ndim == 2:   # equal lengths
+        array = sequences.detach().cpu().numpy() if isinstance(sequences, torch.Tensor) else sequences
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"token sequences must be ints, got {array.dtype}")
+        return array.astype(np.int32).reshape(-1), np.full(array.shape[0], array.shape[1], np.int32)
+    parts = [_ids(seq) for seq in sequences]
+    lengths = np.fromiter(map(len, parts), np.int32, len(parts))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), lengths
+
+
+def scores_from_response(response: pb.ScoreResponse) -> list[TeacherScores]:
+    """One TeacherScores per sequence, from either form of the answer."""
+    if response.HasField("packed"):
+        return scores_from_packed(response.packed, response.offsets)
+    return [scores_from_proto(r) for r in response.results]
 
 
 def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs, mode: str,
@@ -215,7 +248,7 @@ class TeacherClient(_ClientBase):
         """
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = self.stub.Score(request, **self._call_kwargs(timeout))
-        return [scores_from_proto(r) for r in response.results]
+        return scores_from_response(response)
 
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 64,
@@ -277,7 +310,7 @@ class AsyncTeacherClient(_ClientBase):
         """See TeacherClient.score."""
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = await self.stub.Score(request, **self._call_kwargs(timeout))
-        return [scores_from_proto(r) for r in response.results]
+        return scores_from_response(response)
 
     async def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1,
                        temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,

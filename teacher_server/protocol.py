@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from distill.results import (VERIFY_MODE_NAMES, TeacherScores, samples_to_proto, scores_to_proto,
+from distill.results import (VERIFY_MODE_NAMES, samples_to_proto, scores_to_packed, scores_to_proto,
                              verify_to_proto)
-from distill.tensors import PackError, pack, unpack
+from distill.tensors import PackError, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import Features, ModelInfo
 from teacher_server.errors import InvalidRequest, NotSupported
@@ -291,11 +291,9 @@ def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature
             for seq, start, cand in zip(seqs, starts_list, cands)]
 
 
-def _packed_score_response(outputs: list[TeacherScores], dtype: int) -> pb.ScoreResponse:
-    rows = np.fromiter((o.token_logprobs.shape[0] for o in outputs), np.int64, len(outputs))
-    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int32)
-    return pb.ScoreResponse(packed=scores_to_proto(TeacherScores.concat(outputs), dtype),
-                            offsets=pack(offsets))
+def _packed_score_response(outputs: list, dtype: int) -> pb.ScoreResponse:
+    result, offsets = scores_to_packed(outputs, dtype)
+    return pb.ScoreResponse(packed=result, offsets=offsets)
 
 
 def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:

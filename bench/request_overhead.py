@@ -2,7 +2,7 @@
 
     python -m bench.request_overhead [--runs 7] [--sizes 128,1024] [--seq-len 16]
 
-On the tests' tiny model (2 layers, vocabulary 512: the forward pass is cheap), Score of B
+On a random model whose forward pass is negligible (1 layer, width 16, vocabulary 512), Score of B
 sequences of --seq-len tokens (k = 20) over gRPC on 127.0.0.1, minus the same forward pass and
 top-k in this process, divided by B: the server's and the client's work per sequence (validation,
 packing, queueing, result messages). Measured for the per-sequence form (one ScoreSequence and
@@ -46,7 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model(pathlib.Path(tmp) / "tiny", preset="tiny")
+        model_dir = make_tiny_model(pathlib.Path(tmp) / "tiny", preset="tiny", hidden_size=16,
+                                    intermediate_size=32, num_hidden_layers=1,
+                                    num_attention_heads=1, num_key_value_heads=1)
         backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir),
                                       AutoTokenizer.from_pretrained(model_dir), str(model_dir))
         # one forward pass per request, and no waiting for batch-mates that will not come
@@ -58,7 +60,7 @@ def main() -> None:
                 rows = [measure(client, backend, n, args.seq_len, args.runs) for n in sizes]
         finally:
             server.terminate()
-    print(f"tiny model (vocabulary 512), {args.seq_len} tokens per sequence, k={TOP_K}, "
+    print(f"1-layer model (width 16, vocabulary 512), {args.seq_len} tokens per sequence, k={TOP_K}, "
           f"1 torch thread each side; medians of {args.runs} runs\n")
     print("| sequences | in process | per-sequence form | packed form | overhead / seq: per-sequence "
           "| packed | ratio |")

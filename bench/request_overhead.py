@@ -9,11 +9,16 @@ packing, queueing, result messages). Measured for the per-sequence form (one Sco
 one ScoreResult message per sequence, what older clients send) and the packed form (one array
 per field for the whole request, what TeacherClient sends), interleaved, medians of --runs.
 Target: packed <= 20 us per sequence.
+
+Two measures: wall time, and CPU time (this process's plus the server process's, from
+/proc/PID/stat, minus the in-process side's), which a machine shared with other work inflates
+far less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import tempfile
@@ -31,10 +36,18 @@ from teacher_server.scoring import ScoreItem
 TOP_K = 20
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn, pid: int | None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and, when given, process `pid`)."""
+    cpu, other, start = time.process_time(), pid and server_cpu_s(pid), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, time.process_time() - cpu + ((server_cpu_s(pid) - other) if pid else 0.0)
 
 
 def main() -> None:
@@ -57,21 +70,24 @@ def main() -> None:
         try:
             server.wait_serving()
             with TeacherClient(server.target) as client:
-                rows = [measure(client, backend, n, args.seq_len, args.runs) for n in sizes]
+                rows = [measure(client, server.proc.pid, backend, n, args.seq_len, args.runs)
+                        for n in sizes]
         finally:
             server.terminate()
     print(f"1-layer model (width 16, vocabulary 512), {args.seq_len} tokens per sequence, k={TOP_K}, "
-          f"1 torch thread each side; medians of {args.runs} runs\n")
-    print("| sequences | in process | per-sequence form | packed form | overhead / seq: per-sequence "
-          "| packed | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for n, local, per_seq, packed in rows:
-        over_seq, over_packed = (per_seq - local) / n * 1e6, (packed - local) / n * 1e6
-        print(f"| {n} | {local * 1e3:.1f} ms | {per_seq * 1e3:.1f} ms | {packed * 1e3:.1f} ms | "
-              f"{over_seq:.1f} us | {over_packed:.1f} us | {over_seq / max(over_packed, 1e-3):.1f}x |")
+          f"1 torch thread each side; wall: medians of {args.runs} runs; CPU: means\n")
+    print("| sequences | measure | in process | per-sequence form | packed form | overhead / seq: "
+          "per-sequence | packed | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, measures in rows:
+        for what, (local, per_seq, packed) in measures.items():
+            over_seq, over_packed = (per_seq - local) / n * 1e6, (packed - local) / n * 1e6
+            print(f"| {n} | {what} | {local * 1e3:.1f} ms | {per_seq * 1e3:.1f} ms | "
+                  f"{packed * 1e3:.1f} ms | {over_seq:.1f} us | {over_packed:.1f} us | "
+                  f"{over_seq / max(over_packed, 1e-3):.1f}x |")
 
 
-def measure(client: TeacherClient, backend, n: int, seq_len: int, runs: int):
+def measure(client: TeacherClient, pid: int, backend, n: int, seq_len: int, runs: int):
     g = torch.Generator().manual_seed(n)
     seqs = torch.randint(4, 512, (n, seq_len), generator=g)
     items = [ScoreItem(s, 1, TOP_K, 1.0, None) for s in seqs]
@@ -80,17 +96,20 @@ def measure(client: TeacherClient, backend, n: int, seq_len: int, runs: int):
         request = score_request(seqs, 1, TOP_K, 1.0, None, "float32", packed=packed)
         return scores_from_response(client.stub.Score(request, timeout=60))
 
-    forms = {"local": lambda: backend.score(items), "per_seq": lambda: over_grpc(False),
-             "packed": lambda: over_grpc(True)}
-    a, b = forms["per_seq"](), forms["packed"]()
+    forms = {"local": (lambda: backend.score(items), None),
+             "per_seq": (lambda: over_grpc(False), pid), "packed": (lambda: over_grpc(True), pid)}
+    a, b = over_grpc(False), over_grpc(True)
     assert all(torch.equal(x.topk_logprobs, y.topk_logprobs) for x, y in zip(a, b))
-    for fn in forms.values():
+    for fn, _ in forms.values():
         fn()  # warm
-    times = {name: [] for name in forms}
+    walls, cpus = {name: [] for name in forms}, {name: [] for name in forms}
     for _ in range(runs):
-        for name, fn in forms.items():
-            times[name].append(timed(fn))
-    return (n, *(statistics.median(times[name]) for name in forms))
+        for name, (fn, proc) in forms.items():
+            wall, cpu = timed(fn, proc)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return n, {"wall": [statistics.median(walls[name]) for name in forms],
+               "CPU": [statistics.mean(cpus[name]) for name in forms]}
 
 
 if __name__ == "__main__":

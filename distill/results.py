@@ -43,8 +43,8 @@ class TeacherScores:
 
     @staticmethod
     def concat(parts: list["TeacherScores"]) -> "TeacherScores":
-        """The parts' rows one after another (candidates only when every part has them)."""
-        cat = lambda name: (None if any(getattr(p, name) is None for p in parts)
+        """The parts' rows one after another; they all have candidates or none has."""
+        cat = lambda name: (None if getattr(parts[0], name) is None
                             else torch.cat([getattr(p, name) for p in parts]))
         return TeacherScores(*(cat(f.name) for f in fields(TeacherScores)))
 

@@ -27,14 +27,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
 import numpy as np
 import torch
 
-from distill.tensors import pack, unpack_torch, wire_dtype
+from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
+                             samples_from_proto, scores_from_packed, scores_from_proto,
+                             verify_from_proto)
+from distill.tensors import pack, wire_dtype
 from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
@@ -43,41 +45,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Teacher"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 TokenSeq = Sequence[int] | torch.Tensor | np.ndarray
-
-
-@dataclass
-class TeacherScores:
-    """The teacher's log-probs at the N scored positions of one sequence (CPU tensors)."""
-
-    topk_ids: torch.Tensor                   # int64 [N, k]
-    topk_logprobs: torch.Tensor              # float32 [N, k]
-    token_logprobs: torch.Tensor             # float32 [N]
-    tail_logprobs: torch.Tensor              # float32 [N]
-    candidate_logprobs: torch.Tensor | None  # float32 [N, C]
-
-
-@dataclass
-class TeacherSample:
-    """One teacher continuation of a prompt (CPU tensors; the prompt is not repeated)."""
-
-    token_ids: torch.Tensor      # int64 [L]
-    logprobs: torch.Tensor       # float32 [L]: under softmax(logits / temperature), before top-p
-    finish_reason: str           # "stop" (the last token is a stop token) | "length"
-
-
-@dataclass
-class VerifyOutcome:
-    """The teacher's verdict on one draft of γ tokens (CPU tensors)."""
-
-    num_accepted: int            # keep draft[:num_accepted] ...
-    next_token: int              # ... then this: the correction, or the bonus when all were kept
-    accept_probs: torch.Tensor   # float32 [γ]: acceptance probability per draft position
-    scores: TeacherScores        # γ + 1 rows: Score of prefix + draft + [next_token] from P
-
-
-_FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
-_VERIFY_MODES = {"speculative": pb.VERIFY_MODE_SPECULATIVE, "topk": pb.VERIFY_MODE_TOPK,
-                 "greedy": pb.VERIFY_MODE_GREEDY}
 
 
 def resolve_target(target: str | Sequence[str]) -> str:
@@ -159,40 +126,61 @@ def _per_sequence(value, n: int, name: str) -> list:
 
 
 def score_request(sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int,
-                  temperature: float, candidates, dtype: str) -> pb.ScoreRequest:
+                  temperature: float, candidates, dtype: str, packed: bool = True) -> pb.ScoreRequest:
+    """A ScoreRequest in the packed form (one array per field for the whole request), or one
+    message per sequence when `packed` is False or the candidate blocks differ in width (the
+    packed form has one C for the request)."""
     request = pb.ScoreRequest(top_k=top_k, temperature=temperature, logprob_dtype=wire_dtype(dtype))
     starts = _per_sequence(score_from, len(sequences), "score_from")
     cands = _per_sequence(candidates, len(sequences), "candidates")
-    for seq, start, cand in zip(sequences, starts, cands):
+    cands = None if all(c is None for c in cands) else [np.asarray(c) if c is not None else c for c in cands]
+    if packed and (cands is None or (all(c is not None for c in cands)
+                                     and len({c.shape[1:] for c in cands}) == 1)):
+        ids, lengths = _packed_ids(sequences)
+        request.packed.token_ids.CopyFrom(pack(ids))
+        request.packed.lengths.CopyFrom(pack(lengths))
+        request.packed.score_from.CopyFrom(pack(np.asarray(starts, dtype=np.int32)))
+        if cands is not None:
+            request.packed.candidate_ids.CopyFrom(pack(np.concatenate(cands), "int32"))
+        return request
+    for seq, start, cand in zip(sequences, starts, cands or [None] * len(sequences)):
         item = request.sequences.add(token_ids=pack(_ids(seq)), score_from=int(start))
         if cand is not None:
-            item.candidate_ids.CopyFrom(pack(torch.as_tensor(cand), "int32"))
+            item.candidate_ids.CopyFrom(pack(cand, "int32"))
     return request
 
 
-def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
-    f32 = lambda t: unpack_torch(t).float()
-    return TeacherScores(
-        topk_ids=unpack_torch(result.topk_ids).long(),
-        topk_logprobs=f32(result.topk_logprobs),
-        token_logprobs=f32(result.token_logprobs),
-        tail_logprobs=f32(result.tail_logprobs),
-        candidate_logprobs=f32(result.candidate_logprobs) if result.HasField("candidate_logprobs") else None,
-    )
+def _packed_ids(sequences: Sequence[TokenSeq]) -> tuple[np.ndarray, np.ndarray]:
+    """Every sequence's ids one after another (int32) and their lengths (int32 [B])."""
+    if isinstance(sequences, (torch.Tensor, np.ndarray)) and sequences.ndim == 2:   # equal lengths
+        array = sequences.detach().cpu().numpy() if isinstance(sequences, torch.Tensor) else sequences
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"token sequences must be ints, got {array.dtype}")
+        return array.astype(np.int32).reshape(-1), np.full(array.shape[0], array.shape[1], np.int32)
+    parts = [_ids(seq) for seq in sequences]
+    lengths = np.fromiter(map(len, parts), np.int32, len(parts))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), lengths
+
+
+def scores_from_response(response: pb.ScoreResponse) -> list[TeacherScores]:
+    """One TeacherScores per sequence, from either form of the answer."""
+    if response.HasField("packed"):
+        return scores_from_packed(response.packed, response.offsets)
+    return [scores_from_proto(r) for r in response.results]
 
 
 def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs, mode: str,
                    top_k: int | None, temperature: float, seed: int | None, score_top_k: int | None,
                    dtype: str) -> pb.VerifyRequest:
     """See TeacherClient.verify."""
-    if mode not in _VERIFY_MODES:
-        raise ValueError(f"unknown verify mode {mode!r}; expected one of {sorted(_VERIFY_MODES)}")
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"unknown verify mode {mode!r}; expected one of {sorted(VERIFY_MODES)}")
     if mode == "topk" and top_k is None:
         raise ValueError('mode="topk" needs top_k (the K of "accept when in the teacher\'s top-K")')
     if len(drafts) != len(prefixes):
         raise ValueError(f"{len(drafts)} drafts for {len(prefixes)} prefixes")
     k = score_top_k if score_top_k is not None else (top_k if top_k is not None else 20)
-    request = pb.VerifyRequest(mode=_VERIFY_MODES[mode], temperature=temperature, seed=seed,
+    request = pb.VerifyRequest(mode=VERIFY_MODES[mode], temperature=temperature, seed=seed,
                                accept_top_k=top_k if mode == "topk" else 0, top_k=k,
                                logprob_dtype=wire_dtype(dtype))
     for prefix, draft, probs in zip(prefixes, drafts, _per_sequence(draft_probs, len(prefixes),
@@ -206,12 +194,6 @@ def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], dra
     return request
 
 
-def verify_from_proto(result: pb.VerifyResult) -> VerifyOutcome:
-    return VerifyOutcome(num_accepted=int(result.num_accepted), next_token=int(result.next_token),
-                         accept_probs=unpack_torch(result.accept_probs).float(),
-                         scores=scores_from_proto(result.scores))
-
-
 def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature: float, top_p: float,
                      max_new_tokens: int, stop_token_ids: Sequence[int] | None, seed: int | None,
                      dtype: str) -> pb.GenerateRequest:
@@ -220,17 +202,6 @@ def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature:
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         stop_token_ids=[int(t) for t in (stop_token_ids if stop_token_ids is not None else [])],
         seed=seed, logprob_dtype=wire_dtype(dtype))
-
-
-def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[list[TeacherSample]]:
-    """One list per prompt, its samples in the server's order."""
-    grouped: list[list[TeacherSample]] = [[] for _ in range(num_prompts)]
-    for sample in response.samples:
-        grouped[sample.prompt_index].append(TeacherSample(
-            token_ids=unpack_torch(sample.token_ids).long(),
-            logprobs=unpack_torch(sample.token_logprobs).float(),
-            finish_reason=_FINISH_REASONS.get(sample.finish_reason, "unspecified")))
-    return grouped
 
 
 class _ClientBase:
@@ -277,7 +248,7 @@ class TeacherClient(_ClientBase):
         """
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = self.stub.Score(request, **self._call_kwargs(timeout))
-        return [scores_from_proto(r) for r in response.results]
+        return scores_from_response(response)
 
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 64,
@@ -339,7 +310,7 @@ class AsyncTeacherClient(_ClientBase):
         """See TeacherClient.score."""
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = await self.stub.Score(request, **self._call_kwargs(timeout))
-        return [scores_from_proto(r) for r in response.results]
+        return scores_from_response(response)
 
     async def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1,
                        temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,

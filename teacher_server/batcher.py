@@ -27,10 +27,10 @@ import heapq
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from teacher_server.errors import Expired, InvalidRequest, Overloaded, Unavailable
+from teacher_server.errors import Expired, Overloaded, Unavailable
 from teacher_server.metrics import Metrics
 from teacher_server.tenants import OPEN, Tenant
 
@@ -43,16 +43,40 @@ class Item(Protocol):
     num_tokens: int
 
 
-@dataclass(order=True)
+class _Request:
+    """One submit call: its items' outputs, filled in as forward passes finish, and the one
+    future its caller waits on (a future per item would cost more than a short item's share
+    of the forward pass)."""
+
+    __slots__ = ("future", "outputs", "remaining")
+
+    def __init__(self, future: asyncio.Future, num_items: int):
+        self.future = future
+        self.outputs: list = [None] * num_items
+        self.remaining = num_items
+
+    def deliver(self, index: int, output) -> None:
+        if not self.future.done():
+            self.outputs[index] = output
+            self.remaining -= 1
+            if not self.remaining:
+                self.future.set_result(self.outputs)
+
+
+@dataclass(slots=True)
 class _Pending:
-    start: float                           # virtual start tag: serving order
-    order: int                             # ties: arrival order
-    item: Any = field(compare=False)
-    future: asyncio.Future = field(compare=False)
-    tenant: str = field(compare=False)
-    deadline: float | None = field(compare=False)   # time.monotonic() seconds
-    enqueued: float = field(compare=False, default_factory=time.monotonic)
-    settled: bool = field(compare=False, default=False)  # left the queue (taken or dropped)
+    """A queued item. The heap holds (start tag, arrival order, _Pending) tuples: serving order
+    is start-tag order, ties by arrival, compared in C."""
+
+    start: float                           # virtual start tag
+    item: Any
+    tokens: int                            # item.num_tokens, read once
+    request: _Request
+    index: int                             # the item's place in its request
+    tenant: str
+    deadline: float | None                 # time.monotonic() seconds
+    enqueued: float
+    settled: bool = False                  # left the queue (taken or dropped)
 
 
 class Batcher:
@@ -63,7 +87,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queued_tokens = max_queued_tokens
         self._metrics = metrics
-        self._heap: list[_Pending] = []
+        self._heap: list[tuple[float, int, _Pending]] = []
         self._queued_tokens = 0
         self._tenant_tokens: collections.Counter[str] = collections.Counter()
         self._last_finish: dict[str, float] = {}
@@ -100,18 +124,15 @@ class Batcher:
         if self._closed:
             raise Unavailable("the teacher is shutting down; retry on another replica")
         name, weight = (tenant.name, tenant.weight) if tenant else (OPEN, 1.0)
-        tokens = sum(item.num_tokens for item in items)
+        sizes = [item.num_tokens for item in items]
+        tokens = sum(sizes)
         excess = self._queued_tokens + tokens - self.max_queued_tokens
         if excess > 0:
             raise Overloaded(
                 f"the teacher's queue is full ({self._queued_tokens} tokens waiting, limit "
                 f"{self.max_queued_tokens}); retry later or send smaller requests",
                 retry_after_s=self._retry_hint(excess))
-        if tenant and tenant.max_queued_tokens:
-            if tokens > tenant.max_queued_tokens:
-                raise InvalidRequest(
-                    f"this request needs {tokens} tokens, more than tenant {name!r}'s "
-                    f"max_queued_tokens of {tenant.max_queued_tokens}; split it")
+        if tenant and tenant.max_queued_tokens:   # (a request over it was refused as invalid)
             excess = self._tenant_tokens[name] + tokens - tenant.max_queued_tokens
             if excess > 0:
                 raise Overloaded(
@@ -124,42 +145,46 @@ class Batcher:
         loop = asyncio.get_running_loop()
         start = max(self._clock, self._last_finish.get(name, 0.0))
         self._last_finish[name] = start + tokens / weight
-        pending = []
-        for item in items:
-            p = _Pending(start, next(self._order), item, loop.create_future(), name, deadline)
-            p.future.add_done_callback(lambda _, p=p: self._drop(p))
-            heapq.heappush(self._heap, p)
-            pending.append(p)
+        request, now = _Request(loop.create_future(), len(items)), time.monotonic()
+        pending = [_Pending(start, item, size, request, i, name, deadline, now)
+                   for i, (item, size) in enumerate(zip(items, sizes))]
+        for p in pending:
+            heapq.heappush(self._heap, (start, next(self._order), p))
+        # done before all were taken (one failed or expired, or the caller gave up): the rest
+        # need no forward pass
+        request.future.add_done_callback(lambda _: self._drop(pending))
         self._queued_tokens += tokens
         self._tenant_tokens[name] += tokens
         self._gauge(name)
         self._arrived.set()
         try:
-            return await asyncio.gather(*(p.future for p in pending))
+            return await request.future
         except BaseException:
-            for p in pending:       # one item failed or expired: the rest need no forward pass
-                p.future.cancel()
+            request.future.cancel()
             raise
 
     def _settle(self, p: _Pending) -> bool:
-        """Take `p` out of the queue's accounting, once."""
+        """Take `p` out of the queue's accounting, once (the caller updates the gauge)."""
         if p.settled:
             return False
         p.settled = True
-        self._queued_tokens -= p.item.num_tokens
-        self._tenant_tokens[p.tenant] -= p.item.num_tokens
-        self._gauge(p.tenant)
+        self._queued_tokens -= p.tokens
+        self._tenant_tokens[p.tenant] -= p.tokens
         return True
 
     def _gauge(self, tenant: str) -> None:
         if self._metrics is not None:
             self._metrics.queued_tokens.labels(tenant).set(self._tenant_tokens[tenant])
 
-    def _drop(self, p: _Pending) -> None:
-        """`p`'s future is done before it was taken: its caller gave up (cancelled, deadline)."""
-        if self._settle(p) and self._metrics is not None:
+    def _drop(self, pending: list[_Pending]) -> None:
+        """A request is done: those of its items not yet taken are dropped (its caller gave up,
+        its deadline passed, or another of its items failed)."""
+        dropped = [p for p in pending if self._settle(p)]
+        if dropped and self._metrics is not None:
+            self._gauge(dropped[0].tenant)
+            p = dropped[0]
             expired = p.deadline is not None and time.monotonic() >= p.deadline - _DEADLINE_SLACK_S
-            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc()
+            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc(len(dropped))
 
     async def _loop(self) -> None:
         while True:
@@ -173,7 +198,7 @@ class Batcher:
 
     async def _fill(self) -> None:
         """Under the budget: give others up to max_wait from the oldest arrival to fill it."""
-        oldest = min((p.enqueued for p in self._heap if not p.settled), default=time.monotonic())
+        oldest = min((p.enqueued for _, _, p in self._heap if not p.settled), default=time.monotonic())
         deadline = oldest + self.max_wait_s
         while self._queued_tokens < self.max_batch_tokens:
             remaining = deadline - time.monotonic()
@@ -190,27 +215,31 @@ class Batcher:
         caller is gone or whose deadline has passed."""
         taken, tokens, now = [], 0, time.monotonic()
         while self._heap:
-            head = self._heap[0]
-            if not head.settled and head.deadline is not None and now >= head.deadline:
-                head.future.set_exception(Expired("the request's deadline passed while it waited "
-                                                  "in the teacher's queue"))
-            if head.settled or head.future.done():
+            head = self._heap[0][2]
+            future = head.request.future
+            if not head.settled and head.deadline is not None and now >= head.deadline \
+                    and not future.done():
+                future.set_exception(Expired("the request's deadline passed while it waited "
+                                             "in the teacher's queue"))
+            if head.settled or future.done():
                 heapq.heappop(self._heap)
                 continue
-            if taken and tokens + head.item.num_tokens > self.max_batch_tokens:
+            if taken and tokens + head.tokens > self.max_batch_tokens:
                 break
             heapq.heappop(self._heap)
             self._settle(head)
             self._clock = head.start
             taken.append(head)
-            tokens += head.item.num_tokens
+            tokens += head.tokens
+        for tenant in {p.tenant for p in taken}:
+            self._gauge(tenant)
         return taken
 
     def _forward_groups(self, taken: list[_Pending]) -> list[list[_Pending]]:
         """Sort by length and cut into runs whose padded size fits the budget."""
         groups: list[list[_Pending]] = []
-        for p in sorted(taken, key=lambda p: p.item.num_tokens):
-            if groups and (len(groups[-1]) + 1) * p.item.num_tokens <= self.max_batch_tokens:
+        for p in sorted(taken, key=lambda p: p.tokens):
+            if groups and (len(groups[-1]) + 1) * p.tokens <= self.max_batch_tokens:
                 groups[-1].append(p)
             else:
                 groups.append([p])
@@ -227,22 +256,26 @@ class Batcher:
         except Exception as exc:  # one bad batch must not stop the loop
             log.exception("forward pass failed for %d sequences", len(group))
             for p in group:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+                if not p.request.future.done():
+                    p.request.future.set_exception(exc)
             return
         for p, out in zip(group, outputs):
-            if not p.future.done():
-                p.future.set_result(out)
+            p.request.deliver(p.index, out)
         elapsed = time.monotonic() - start
-        tokens = sum(p.item.num_tokens for p in group)
+        tokens = sum(p.tokens for p in group)
         rate = tokens / max(elapsed, 1e-6)
         self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * rate if self._tokens_per_s else rate
         if self._metrics is not None:
             m = self._metrics
             m.forward_latency.observe(elapsed)
             m.batch_sequences.observe(len(group))
-            m.batch_tokens.observe(len(group) * max(p.item.num_tokens for p in group))
+            m.batch_tokens.observe(len(group) * max(p.tokens for p in group))
             m.tokens_forward.inc(tokens)
+            by_tenant = collections.defaultdict(list)
             for p in group:
-                m.queue_wait.labels(p.tenant).observe(start - p.enqueued)
-                m.tenant_tokens.labels(p.tenant).inc(p.item.num_tokens)
+                by_tenant[p.tenant].append(p)
+            for tenant, pending in by_tenant.items():   # a label lookup per tenant, not per item
+                waited = m.queue_wait.labels(tenant)
+                for p in pending:
+                    waited.observe(start - p.enqueued)
+                m.tenant_tokens.labels(tenant).inc(sum(p.tokens for p in pending))

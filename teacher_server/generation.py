@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from distill.results import TeacherSample
+
 
 @dataclass
 class GenerateItem:
@@ -36,15 +38,6 @@ class GenerateItem:
         return self.temperature, self.top_p, self.max_new_tokens, tuple(self.stop_ids)
 
 
-@dataclass
-class GeneratedSample:
-    """One continuation (CPU tensors); the prompt is not repeated."""
-
-    token_ids: torch.Tensor     # int64 [L]
-    logprobs: torch.Tensor      # float32 [L]
-    finish_reason: str          # "stop" | "length"
-
-
 def token_logprobs(logits_steps: Sequence[torch.Tensor], tokens_BL: torch.Tensor,
                    temperature: float) -> torch.Tensor:
     """log softmax(logits / temperature) at each chosen token: [B, L] float32.
@@ -60,12 +53,12 @@ def token_logprobs(logits_steps: Sequence[torch.Tensor], tokens_BL: torch.Tensor
 
 
 def cut_at_stop(tokens_L: torch.Tensor, logprobs_L: torch.Tensor,
-                stop_ids: Sequence[int]) -> GeneratedSample:
+                stop_ids: Sequence[int]) -> TeacherSample:
     """Keep tokens up to and including the first stop token ("stop"); all of them when none
     occurs ("length": the decoder ran to max_new_tokens). Batched decoding pads a sample that
     stopped early until its batch-mates finish; this drops that padding."""
     hits = torch.isin(tokens_L, torch.tensor(list(stop_ids), dtype=tokens_L.dtype)).nonzero()
     if hits.numel():
         end = int(hits[0, 0]) + 1
-        return GeneratedSample(tokens_L[:end], logprobs_L[:end], "stop")
-    return GeneratedSample(tokens_L, logprobs_L, "length")
+        return TeacherSample(tokens_L[:end], logprobs_L[:end], "stop")
+    return TeacherSample(tokens_L, logprobs_L, "length")

@@ -1,32 +1,38 @@
-"""distill.v1 messages <-> validated work items and back. Every check of user input lives here.
+"""distill.v1 messages <-> validated work items and back. Every check of user input lives here:
+the per-request caps (the server's and the calling tenant's), what the backend serves, and each
+field. `parse_*(request, limits)` returns a `Parsed`: the items for the batcher and how to answer
+with their outputs.
 
-Messages name the sequence (and position) at fault, so a person can fix the request.
+Messages name the sequence (and position) at fault, so a person can fix the request. The packed
+form of Score is checked with whole-array operations: a request costs its tokens, not a Python
+loop per sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from distill.tensors import PackError, pack, unpack
+from distill.results import (VERIFY_MODE_NAMES, samples_to_proto, scores_to_packed, scores_to_proto,
+                             verify_to_proto)
+from distill.tensors import PackError, unpack
 from distill.v1 import teacher_pb2 as pb
-from teacher_server.backends import ModelInfo
+from teacher_server.backends import Features, ModelInfo
 from teacher_server.errors import InvalidRequest, NotSupported
-from teacher_server.generation import GeneratedSample, GenerateItem
-from teacher_server.scoring import ScoreItem, ScoreOutput
-from teacher_server.speculative import VerifyItem, VerifyOutput
+from teacher_server.generation import GenerateItem
+from teacher_server.scoring import ScoreItem
+from teacher_server.verify import VerifyItem
 
 DEFAULT_TOP_K = 20
 MAX_SAMPLES = 64   # per prompt: n samples cost n times the prompt's tokens in one batch
-_FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.DTYPE_FLOAT32,
                    pb.DTYPE_FLOAT16: pb.DTYPE_FLOAT16}
-_VERIFY_MODES = {pb.VERIFY_MODE_SPECULATIVE: "speculative", pb.VERIFY_MODE_TOPK: "topk",
-                 pb.VERIFY_MODE_GREEDY: "greedy"}
 PROB_SUM_TOLERANCE = 1e-3
 # Logits / temperature must stay finite in float32: a temperature of 1e-40 turns every logit into
 # ±inf, and then Score returns NaN and sampling fails.
@@ -43,11 +49,18 @@ class Limits:
     max_request_tokens: int = 1 << 20
     max_accept_top_k: int = 0     # K of VERIFY_MODE_TOPK (0: vocab_size)
     backend: str = "transformers"
-    # optional features of the backend; requests that need a missing one get UNIMPLEMENTED
-    score_candidates: bool = True
-    score_temperature: bool = True
-    verify_speculative: bool = True
-    generate_temperature: bool = True
+    features: Features = Features()   # requests that need a missing one get UNIMPLEMENTED
+    # the calling tenant's own caps on one request's tokens (0: none); see for_tenant
+    tenant: str = ""
+    tenant_max_queued_tokens: int = 0
+    tenant_tokens_per_minute: int = 0
+
+    def for_tenant(self, tenant) -> "Limits":
+        """These limits plus `tenant`'s: a request larger than its queue or its whole per-minute
+        quota could never be served, so it is refused as invalid, not as over a limit."""
+        return dataclasses.replace(self, tenant=tenant.name,
+                                   tenant_max_queued_tokens=tenant.max_queued_tokens,
+                                   tenant_tokens_per_minute=tenant.spec.tokens_per_minute)
 
 
 def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
@@ -57,23 +70,38 @@ def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
     top_k = min(max_top_k or backend_top_k, backend_top_k)
     context = min(max_context or info.max_context, info.max_context)
     return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
-                  max_request_tokens, backend_top_k, info.backend, info.score_candidates,
-                  info.score_temperature, info.verify_speculative, info.generate_temperature)
+                  max_request_tokens, backend_top_k, info.backend, info.features)
 
 
-def check_request_sequences(num_sequences: int, limits: Limits) -> None:
+@dataclass
+class Parsed:
+    """A validated request: work items for the batcher, and how to answer with their outputs."""
+
+    items: list
+    respond: Callable[[list], object]   # the items' outputs (same order) -> the response message
+    num_sequences: int                  # sequences asked for (Generate: prompts x samples)
+
+
+def _check_sequences(num_sequences: int, limits: Limits) -> None:
     """The per-request cap on sequences, checked before anything is unpacked."""
     if num_sequences > limits.max_request_sequences:
         raise InvalidRequest(f"the request has {num_sequences} sequences, over the limit of "
                              f"{limits.max_request_sequences} per request; split it")
 
 
-def check_request_tokens(items, limits: Limits) -> None:
-    """The per-request cap on tokens put through the model, checked on the parsed items."""
-    tokens = sum(item.num_tokens for item in items)
+def _check_tokens(tokens: int, limits: Limits) -> None:
+    """The per-request caps on tokens put through the model: the server's, then the tenant's."""
     if tokens > limits.max_request_tokens:
         raise InvalidRequest(f"the request puts {tokens} tokens through the model, over the limit "
                              f"of {limits.max_request_tokens} per request; split it")
+    if limits.tenant_max_queued_tokens and tokens > limits.tenant_max_queued_tokens:
+        raise InvalidRequest(f"this request needs {tokens} tokens, more than tenant "
+                             f"{limits.tenant!r}'s max_queued_tokens of "
+                             f"{limits.tenant_max_queued_tokens}; split it")
+    if limits.tenant_tokens_per_minute and tokens > limits.tenant_tokens_per_minute:
+        raise InvalidRequest(f"this request needs {tokens} tokens, more than tenant "
+                             f"{limits.tenant!r}'s whole tokens_per_minute quota of "
+                             f"{limits.tenant_tokens_per_minute}; split it into smaller requests")
 
 
 def _require(supported: bool, limits: Limits, what: str) -> None:
@@ -140,27 +168,32 @@ def _temperature(request, limits: Limits) -> float:
         raise InvalidRequest(f"temperature={temperature} must be a finite number > 0 (at least "
                              f"{MIN_TEMPERATURE:g}: dividing the logits by less can overflow them)")
     if temperature != 1.0:
-        _require(limits.score_temperature, limits, f"temperature={temperature:g} (only 1)")
+        _require(limits.features.score_temperature, limits, f"temperature={temperature:g} (only 1)")
     return float(temperature)
 
 
-def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreItem]:
-    """Validate a ScoreRequest into ScoreItems; raise InvalidRequest naming what is wrong."""
-    if not request.sequences:
+def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
+    """Validate a ScoreRequest (either form) into ScoreItems; raise InvalidRequest naming what
+    is wrong. A packed request is answered packed."""
+    packed = request.HasField("packed")
+    if packed and request.sequences:
+        raise InvalidRequest("the request has both `sequences` and `packed`; send one form")
+    if not packed and not request.sequences:
         raise InvalidRequest("the request has no sequences")
-    logprob_dtype(request.logprob_dtype)
+    dtype = logprob_dtype(request.logprob_dtype)
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
+    if packed:
+        items = _packed_score_items(request.packed, top_k, temperature, limits)
+        return Parsed(items, lambda outputs: _packed_score_response(outputs, dtype), len(items))
+    _check_sequences(len(request.sequences), limits)
     items = []
     for i, seq in enumerate(request.sequences):
         where = f"sequence {i}"
         ids = _token_ids(seq.token_ids, where, limits)
-        if not 1 <= seq.score_from <= ids.numel() - 1:
-            raise InvalidRequest(
-                f"{where}: score_from={seq.score_from} is out of range for {ids.numel()} tokens; "
-                f"it must be between 1 and {ids.numel() - 1} (position 0 has no context)")
+        _check_score_from(np.array([seq.score_from]), np.array([ids.numel()]), i)
         cands = None
         if seq.HasField("candidate_ids"):
-            _require(limits.score_candidates, limits, "candidate_ids")
+            _require(limits.features.score_candidates, limits, "candidate_ids")
             array = _unpack(seq.candidate_ids, f"{where} candidate_ids")
             n = ids.numel() - seq.score_from
             if seq.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 \
@@ -172,34 +205,114 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> list[ScoreI
             cands = torch.from_numpy(array.astype("int64"))
             _check_vocab(cands, f"{where} candidate_ids", limits)
         items.append(ScoreItem(ids, int(seq.score_from), top_k, temperature, cands))
-    return items
+    _check_tokens(sum(item.num_tokens for item in items), limits)
+    return Parsed(items, lambda outputs: pb.ScoreResponse(
+        results=[scores_to_proto(o, dtype) for o in outputs]), len(items))
 
 
-def score_result(out: ScoreOutput, dtype: int) -> pb.ScoreResult:
-    result = pb.ScoreResult(
-        topk_ids=pack(out.topk_ids, "int32"),
-        topk_logprobs=pack(out.topk_logprobs, dtype),
-        token_logprobs=pack(out.token_logprobs, dtype),
-        tail_logprobs=pack(out.tail_logprobs, dtype),
-    )
-    if out.candidate_logprobs is not None:
-        result.candidate_logprobs.CopyFrom(pack(out.candidate_logprobs, dtype))
-    return result
+def _check_score_from(score_from: np.ndarray, lengths: np.ndarray, first: int = 0) -> None:
+    """1 <= score_from[i] <= lengths[i] - 1 for every i (sequence `first` + i)."""
+    bad = np.flatnonzero((score_from < 1) | (score_from > lengths - 1))
+    if bad.size:
+        i = int(bad[0])
+        start, T = int(score_from[i]), int(lengths[i])
+        raise InvalidRequest(f"sequence {first + i}: score_from={start} is out of range for {T} "
+                             f"tokens; it must be between 1 and {T - 1} (position 0 has no context)")
 
 
-def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> list[VerifyItem]:
+def _index_array(tensor: pb.Tensor, where: str, size: int | None = None) -> np.ndarray:
+    """A 1-D DTYPE_INT32 array of lengths or positions, as int64 (sums cannot overflow)."""
+    array = _unpack(tensor, where)
+    if tensor.dtype != pb.DTYPE_INT32 or array.ndim != 1 or (size is not None and array.size != size):
+        want = "[B]" if size is None else f"[{size}] (one per sequence)"
+        raise InvalidRequest(f"{where} must be a DTYPE_INT32 tensor of shape {want}, got "
+                             f"{pb.DType.Name(tensor.dtype)} {list(array.shape)}")
+    return array.astype(np.int64)
+
+
+def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature: float,
+                        limits: Limits) -> list[ScoreItem]:
+    """The packed form's checks, each one array operation over the whole request; only the
+    cutting into per-sequence items (views of one id tensor) is per sequence."""
+    lengths = _index_array(packed.lengths, "packed.lengths")
+    if not lengths.size:
+        raise InvalidRequest("the request has no sequences (packed.lengths is empty)")
+    _check_sequences(lengths.size, limits)
+    starts = _index_array(packed.score_from, "packed.score_from", lengths.size)
+    short = np.flatnonzero(lengths < 2)
+    if short.size:
+        i = int(short[0])
+        raise InvalidRequest(f"sequence {i}: packed.lengths[{i}] = {lengths[i]}; a sequence to score "
+                             f"needs at least 2 tokens (position 0 has no context)")
+    long = np.flatnonzero(lengths > limits.max_context)
+    if long.size:
+        i = int(long[0])
+        raise InvalidRequest(f"sequence {i}: {lengths[i]} tokens exceed the teacher's context of "
+                             f"{limits.max_context} tokens; truncate or split it")
+    total = int(lengths.sum())
+    _check_tokens(total, limits)
+    ids = _unpack(packed.token_ids, "packed.token_ids")
+    if packed.token_ids.dtype != pb.DTYPE_INT32 or ids.ndim != 1 or ids.size != total:
+        raise InvalidRequest(f"packed.token_ids must be a DTYPE_INT32 tensor of shape [{total}] "
+                             f"(packed.lengths add up to {total}), got "
+                             f"{pb.DType.Name(packed.token_ids.dtype)} {list(ids.shape)}")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    bad = np.flatnonzero((ids < 0) | (ids >= limits.vocab_size))
+    if bad.size:
+        pos = int(bad[0])
+        i = int(np.searchsorted(offsets, pos, side="right")) - 1
+        raise InvalidRequest(f"sequence {i}: token id {ids[pos]} at position {pos - offsets[i]} is "
+                             f"outside the vocabulary [0, {limits.vocab_size})")
+    _check_score_from(starts, lengths)
+    scored = lengths - starts
+    seqs = torch.from_numpy(ids.astype(np.int64)).split(lengths.tolist())
+    starts_list = starts.tolist()
+    if not packed.HasField("candidate_ids"):
+        return [ScoreItem(seq, start, top_k, temperature, None)
+                for seq, start in zip(seqs, starts_list)]
+    _require(limits.features.score_candidates, limits, "candidate_ids")
+    rows = int(scored.sum())
+    array = _unpack(packed.candidate_ids, "packed.candidate_ids")
+    if packed.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 or array.shape[0] != rows \
+            or array.shape[1] < 1:
+        raise InvalidRequest(
+            f"packed.candidate_ids must be DTYPE_INT32 of shape [{rows}, C] with C >= 1 (one row "
+            f"per scored position of every sequence), got "
+            f"{pb.DType.Name(packed.candidate_ids.dtype)} {list(array.shape)}")
+    bad = np.argwhere((array < 0) | (array >= limits.vocab_size))
+    if bad.size:
+        row, col = bad[0].tolist()
+        row_offsets = np.concatenate([[0], np.cumsum(scored)])
+        i = int(np.searchsorted(row_offsets, row, side="right")) - 1
+        raise InvalidRequest(f"sequence {i} candidate_ids: token id {array[row, col]} at position "
+                             f"{[row - int(row_offsets[i]), col]} is outside the vocabulary "
+                             f"[0, {limits.vocab_size})")
+    cands = torch.from_numpy(array.astype(np.int64)).split(scored.tolist())
+    return [ScoreItem(seq, start, top_k, temperature, cand)
+            for seq, start, cand in zip(seqs, starts_list, cands)]
+
+
+def _packed_score_response(outputs: list, dtype: int) -> pb.ScoreResponse:
+    result, offsets = scores_to_packed(outputs, dtype)
+    return pb.ScoreResponse(packed=result, offsets=offsets)
+
+
+def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:
     """Validate a VerifyRequest into one VerifyItem per sequence; raise InvalidRequest."""
+    if not limits.features.verify:
+        raise NotSupported(f"the {limits.backend} backend does not serve Verify")
     if not request.sequences:
         raise InvalidRequest("the request has no sequences")
-    mode = _VERIFY_MODES.get(request.mode)
+    _check_sequences(len(request.sequences), limits)
+    mode = VERIFY_MODE_NAMES.get(request.mode)
     if mode is None:
         what = "is not set" if request.mode == pb.VERIFY_MODE_UNSPECIFIED else f"{request.mode} is unknown"
         raise InvalidRequest(f"mode {what}: choose VERIFY_MODE_SPECULATIVE, VERIFY_MODE_TOPK or "
                              f"VERIFY_MODE_GREEDY")
     if mode == "speculative":
-        _require(limits.verify_speculative, limits, "VERIFY_MODE_SPECULATIVE (VERIFY_MODE_TOPK "
+        _require(limits.features.verify_speculative, limits, "VERIFY_MODE_SPECULATIVE (VERIFY_MODE_TOPK "
                  "and VERIFY_MODE_GREEDY are exact here)")
-    logprob_dtype(request.logprob_dtype)
+    dtype = logprob_dtype(request.logprob_dtype)
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     max_k = limits.max_accept_top_k or limits.vocab_size
     if mode == "topk" and not 1 <= request.accept_top_k <= max_k:
@@ -229,7 +342,9 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> list[Veri
         # A stream per sequence: its answer depends on (seed, index), not on its batch-mates.
         seed = int(np.random.SeedSequence([base_seed, i]).generate_state(1, np.uint64)[0])
         items.append(VerifyItem(prefix, draft, q, mode, temperature, request.accept_top_k, top_k, seed))
-    return items
+    _check_tokens(sum(item.num_tokens for item in items), limits)
+    return Parsed(items, lambda outputs: pb.VerifyResponse(
+        results=[verify_to_proto(o, dtype) for o in outputs]), len(items))
 
 
 def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> torch.Tensor:
@@ -283,19 +398,14 @@ def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> 
     return rest_G1.expand(G, V).clone().scatter_(-1, ids, q)
 
 
-def verify_response(outputs: list[VerifyOutput], dtype: int) -> pb.VerifyResponse:
-    return pb.VerifyResponse(results=[
-        pb.VerifyResult(num_accepted=o.num_accepted, next_token=o.next_token,
-                        accept_probs=pack(o.accept_probs, "float32"),
-                        scores=score_result(o.scores, dtype))
-        for o in outputs])
-
-
-def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> GenerateItem:
+def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Parsed:
     """Validate a GenerateRequest into one GenerateItem; raise InvalidRequest."""
+    if not limits.features.generate:
+        raise NotSupported(f"the {limits.backend} backend does not serve Generate")
     if not request.prompt_ids:
         raise InvalidRequest("the request has no prompts")
-    logprob_dtype(request.logprob_dtype)
+    _check_sequences(len(request.prompt_ids) * max(request.num_samples, 1), limits)
+    dtype = logprob_dtype(request.logprob_dtype)
     num_samples = request.num_samples or 1
     if num_samples > MAX_SAMPLES:
         raise InvalidRequest(f"num_samples={num_samples} exceeds the limit of {MAX_SAMPLES} per "
@@ -306,7 +416,7 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Gener
                              f"else at least {MIN_TEMPERATURE:g}: dividing the logits by less can "
                              f"overflow them)")
     if temperature not in (0.0, 1.0):
-        _require(limits.generate_temperature, limits, f"temperature={temperature:g} (only 0 or 1)")
+        _require(limits.features.generate_temperature, limits, f"temperature={temperature:g} (only 0 or 1)")
     top_p = request.top_p if request.HasField("top_p") else 1.0
     if not 0 < top_p <= 1:       # also refuses nan
         raise InvalidRequest(f"top_p={top_p} is out of range: it must be in (0, 1]")
@@ -326,16 +436,10 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Gener
                 f"{ids.numel() + max_new} exceed the teacher's context of {limits.max_context} "
                 f"tokens; shorten the prompt or lower max_new_tokens")
         prompts.append(ids)
-    return GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
-
-
-def generate_response(outputs: list[list[GeneratedSample]], dtype: int) -> pb.GenerateResponse:
-    """Samples grouped by prompt: prompt 0's n samples, then prompt 1's, ..."""
-    return pb.GenerateResponse(samples=[
-        pb.GenerateSample(prompt_index=i, token_ids=pack(s.token_ids, "int32"),
-                          token_logprobs=pack(s.logprobs, dtype),
-                          finish_reason=_FINISH_REASONS[s.finish_reason])
-        for i, samples in enumerate(outputs) for s in samples])
+    item = GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
+    _check_tokens(item.num_tokens, limits)
+    return Parsed([item], lambda outputs: samples_to_proto(outputs[0], dtype),
+                  len(prompts) * num_samples)
 
 
 def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,
@@ -347,10 +451,6 @@ def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,
                                         eos_ids=info.eos_ids),
         max_context=limits.max_context, max_top_k=limits.max_top_k, max_draft_tokens=limits.max_draft_tokens,
         max_batch_tokens=max_batch_tokens, max_message_bytes=max_message_bytes,
-        features=pb.Features(score_candidates=info.score_candidates, verify=info.verify,
-                             generate=info.generate, float16_logprobs=True,
-                             score_temperature=info.score_temperature,
-                             verify_speculative=info.verify_speculative,
-                             generate_temperature=info.generate_temperature),
+        features=pb.Features(**dataclasses.asdict(info.features)),
         model_dtype=info.model_dtype, server_version=server_version,
     )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from distill.results import TeacherScores
+
 
 @dataclass
 class ScoreItem:
@@ -27,19 +29,8 @@ class ScoreItem:
         return self.num_tokens - self.score_from
 
 
-@dataclass
-class ScoreOutput:
-    """The teacher's view of the N scored positions of one ScoreItem (CPU tensors)."""
-
-    topk_ids: torch.Tensor                     # int32 [N, k]
-    topk_logprobs: torch.Tensor                # float32 [N, k]
-    token_logprobs: torch.Tensor               # float32 [N]
-    tail_logprobs: torch.Tensor                # float32 [N]
-    candidate_logprobs: torch.Tensor | None    # float32 [N, C]
-
-
 def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
-                 temperature: float = 1.0, candidates_NC: torch.Tensor | None = None) -> ScoreOutput:
+                 temperature: float = 1.0, candidates_NC: torch.Tensor | None = None) -> TeacherScores:
     """Top-k log-probs, the actual token's log-prob, the tail mass and candidate log-probs.
 
     With z = logits / temperature and logZ = logsumexp(z):
@@ -71,7 +62,7 @@ def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
         if underflow.numel():
             rows_MV = z_NV[underflow].scatter(-1, topk_ids_NK[underflow], float("-inf"))
             tail_N[underflow] = torch.logsumexp(rows_MV, dim=-1) - logz_N1[underflow, 0]
-    return ScoreOutput(
+    return TeacherScores(
         topk_ids=topk_ids_NK.to(torch.int32).cpu(),
         topk_logprobs=(topk_z_NK - logz_N1).cpu(),
         token_logprobs=(token_z_N - logz_N1[:, 0]).cpu(),

@@ -137,46 +137,31 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def _parse(self, parse, request, num_sequences: int) -> list:
-        """Validate a request into work items within the per-request caps: the sequence count
-        before anything is unpacked, the token count after."""
-        protocol.check_request_sequences(num_sequences, self.limits)
-        items = parse(request, self.limits)
-        items = items if isinstance(items, list) else [items]
-        protocol.check_request_tokens(items, self.limits)
-        _call_size.set((num_sequences, sum(item.num_tokens for item in items)))
-        return items
+    async def _serve(self, parse, request, context, tenant: Tenant) -> tuple[protocol.Parsed, list]:
+        """Validate (every check is the protocol's), queue, wait for the outputs."""
+        parsed = parse(request, self.limits.for_tenant(tenant))
+        _call_size.set((parsed.num_sequences, sum(item.num_tokens for item in parsed.items)))
+        return parsed, await self.batcher.submit(parsed.items, tenant, _deadline(context))
 
     @rpc("Score")
     async def Score(self, request: pb.ScoreRequest, context, tenant: Tenant) -> pb.ScoreResponse:
-        items = self._parse(protocol.parse_score_request, request, len(request.sequences))
-        dtype = protocol.logprob_dtype(request.logprob_dtype)
-        outputs = await self.batcher.submit(items, tenant, _deadline(context))
-        self.metrics.tokens_scored.inc(sum(item.num_scored for item in items))
-        return pb.ScoreResponse(results=[protocol.score_result(o, dtype) for o in outputs])
+        parsed, outputs = await self._serve(protocol.parse_score_request, request, context, tenant)
+        self.metrics.tokens_scored.inc(sum(item.num_scored for item in parsed.items))
+        return parsed.respond(outputs)
 
     @rpc("Verify")
     async def Verify(self, request: pb.VerifyRequest, context, tenant: Tenant) -> pb.VerifyResponse:
-        if not self.info.features.verify:
-            raise NotSupported(f"the {self.info.backend} backend does not serve Verify")
-        items = self._parse(protocol.parse_verify_request, request, len(request.sequences))
-        dtype = protocol.logprob_dtype(request.logprob_dtype)
-        outputs = await self.batcher.submit(items, tenant, _deadline(context))
-        self.metrics.draft_tokens.inc(sum(item.draft.numel() for item in items))
+        parsed, outputs = await self._serve(protocol.parse_verify_request, request, context, tenant)
+        self.metrics.draft_tokens.inc(sum(item.draft.numel() for item in parsed.items))
         self.metrics.accepted_tokens.inc(sum(o.num_accepted for o in outputs))
-        return protocol.verify_response(outputs, dtype)
+        return parsed.respond(outputs)
 
     @rpc("Generate")
     async def Generate(self, request: pb.GenerateRequest, context,
                        tenant: Tenant) -> pb.GenerateResponse:
-        if not self.info.features.generate:
-            raise NotSupported(f"the {self.info.backend} backend does not serve Generate")
-        [item] = self._parse(protocol.parse_generate_request, request,
-                             len(request.prompt_ids) * max(request.num_samples, 1))
-        dtype = protocol.logprob_dtype(request.logprob_dtype)
-        (outputs,) = await self.batcher.submit([item], tenant, _deadline(context))
-        self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs for s in o))
-        return protocol.generate_response(outputs, dtype)
+        parsed, outputs = await self._serve(protocol.parse_generate_request, request, context, tenant)
+        self.metrics.tokens_generated.inc(sum(s.token_ids.numel() for o in outputs[0] for s in o))
+        return parsed.respond(outputs)
 
     @rpc("Info")
     async def Info(self, request: pb.InfoRequest, context, tenant: Tenant) -> pb.InfoResponse:

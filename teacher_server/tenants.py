@@ -27,7 +27,7 @@ from typing import Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from teacher_server.errors import InvalidRequest, Overloaded, PermissionDenied, Unauthenticated
+from teacher_server.errors import Overloaded, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,8 @@ class Tenant:
     def charge(self, tokens: int) -> None:
         """Take `tokens` from the bucket, or raise Overloaded saying when they will be there."""
         rate = self.spec.tokens_per_minute
-        if not rate:
+        if not rate:    # (a request over the whole quota was refused as invalid: protocol.py)
             return
-        if tokens > rate:
-            raise InvalidRequest(
-                f"this request needs {tokens} tokens, more than tenant {self.name!r}'s whole "
-                f"tokens_per_minute quota of {rate}; split it into smaller requests")
         with self._lock:
             now = time.monotonic()
             self._level = min(rate, self._level + (now - self._stamp) * rate / 60)

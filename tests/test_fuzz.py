@@ -162,6 +162,27 @@ def score_requests(on: bool):
                                                          max_size=3), **common(on))
 
 
+@st.composite
+def packed_score_sequences(draw, on: bool):
+    """Valid sequences packed into one block of arrays; in a hostile request each array (the ids,
+    the lengths, the score_from, the candidates) is any tensor one time in four."""
+    seqs = draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=2, max_size=40),
+                         min_size=1, max_size=4))
+    lengths = [len(seq) for seq in seqs]
+    starts = [draw(st.integers(1, n - 1)) for n in lengths]
+    arrays = [np.array(sum(seqs, []), np.int32), np.array(lengths, np.int32), np.array(starts, np.int32)]
+    packed = pb.PackedScoreSequences(**{name: draw(pick(st.just(pack(array)), TENSORS, on)) for name, array
+                                        in zip(("token_ids", "lengths", "score_from"), arrays)})
+    if draw(st.booleans()):
+        valid = st.builds(rows_of, st.just(sum(lengths) - sum(starts)), st.integers(1, 8), UINT32).map(pack)
+        packed.candidate_ids.CopyFrom(draw(pick(valid, TENSORS, on)))
+    return packed
+
+
+def packed_score_requests(on: bool):
+    return st.builds(pb.ScoreRequest, packed=packed_score_sequences(on), **common(on))
+
+
 def verify_requests(on: bool):
     return st.builds(pb.VerifyRequest, sequences=st.lists(verify_sequences(on), min_size=int(not on),
                                                           max_size=3),
@@ -184,6 +205,7 @@ def generate_requests(on: bool):
 
 # half of the requests are hostile somewhere, half valid everywhere (those must reach the model)
 REQUESTS = {"Score": st.booleans().flatmap(score_requests),
+            "Score packed": st.booleans().flatmap(packed_score_requests),
             "Verify": st.booleans().flatmap(verify_requests),
             "Generate": st.booleans().flatmap(generate_requests),
             "Info": st.just(pb.InfoRequest())}
@@ -192,6 +214,8 @@ REQUESTS = {"Score": st.booleans().flatmap(score_requests),
 def results_expected(request) -> int:
     if isinstance(request, pb.GenerateRequest):
         return len(request.prompt_ids) * (request.num_samples or 1)
+    if isinstance(request, pb.ScoreRequest) and request.HasField("packed"):
+        return unpack(request.packed.lengths).size
     return len(getattr(request, "sequences", ()))
 
 
@@ -206,7 +230,10 @@ def outcome(call, rpc: str, request) -> str:
         assert err.details(), f"{rpc} answered {code} without a message"
         return code
     results = {"Score": "results", "Verify": "results", "Generate": "samples"}.get(rpc)
-    if results:
+    if isinstance(request, pb.ScoreRequest) and request.HasField("packed"):
+        assert not response.results
+        assert list(response.offsets.shape) == [results_expected(request) + 1]
+    elif results:
         assert len(getattr(response, results)) == results_expected(request)
     for array in float_arrays(response):
         assert not np.isnan(array).any(), f"{rpc} answered OK with NaN\nrequest: {request!r:.2000}"
@@ -230,6 +257,9 @@ IDS = pack(np.arange(1, 11, dtype=np.int32))
 DRAFT = pack(np.arange(3, dtype=np.int32))
 GOOD = {
     "Score": pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=IDS, score_from=3)], top_k=8),
+    "Score packed": pb.ScoreRequest(packed=pb.PackedScoreSequences(
+        token_ids=IDS, lengths=pack(np.array([4, 6], np.int32)),
+        score_from=pack(np.array([1, 3], np.int32))), top_k=8),
     "Verify": pb.VerifyRequest(sequences=[pb.VerifySequence(prefix_ids=IDS, draft_ids=DRAFT)],
                                mode=pb.VERIFY_MODE_GREEDY, top_k=4),
     "Generate": pb.GenerateRequest(prompt_ids=[pack(np.arange(1, 6, dtype=np.int32))], num_samples=2,
@@ -239,7 +269,7 @@ GOOD = {
 
 
 def answers(stub) -> dict[str, bytes]:
-    return {rpc: getattr(stub, rpc)(request, timeout=60).SerializeToString()
+    return {rpc: getattr(stub, rpc.split()[0])(request, timeout=60).SerializeToString()
             for rpc, request in GOOD.items()}
 
 
@@ -257,7 +287,7 @@ def test_fuzzed_requests(stub, before, rpc):
     @fuzz
     @given(request=REQUESTS[rpc])
     def run(request):
-        codes[outcome(getattr(stub, rpc), rpc, request)] += 1
+        codes[outcome(getattr(stub, rpc.split()[0]), rpc.split()[0], request)] += 1
 
     run()
     if rpc != "Info":   # the strategies do reach both the model and the checks
@@ -270,6 +300,10 @@ TENSOR_FIELDS = {   # an otherwise valid request around one tensor field
         token_ids=t, score_from=1)]),
     "Score candidate_ids": lambda t: pb.ScoreRequest(sequences=[pb.ScoreSequence(
         token_ids=IDS, score_from=1, candidate_ids=t)]),
+    "Score packed.token_ids": lambda t: _packed(token_ids=t),
+    "Score packed.lengths": lambda t: _packed(lengths=t),
+    "Score packed.score_from": lambda t: _packed(score_from=t),
+    "Score packed.candidate_ids": lambda t: _packed(candidate_ids=t),
     "Verify prefix_ids": lambda t: pb.VerifyRequest(sequences=[pb.VerifySequence(
         prefix_ids=t, draft_ids=DRAFT)], mode=pb.VERIFY_MODE_GREEDY),
     "Verify draft_ids": lambda t: pb.VerifyRequest(sequences=[pb.VerifySequence(
@@ -281,6 +315,15 @@ TENSOR_FIELDS = {   # an otherwise valid request around one tensor field
         draft_probs=pack(np.full((3, 2), 0.25, np.float32)))], mode=pb.VERIFY_MODE_SPECULATIVE),
     "Generate prompt_ids": lambda t: pb.GenerateRequest(prompt_ids=[t], max_new_tokens=2),
 }
+
+
+def _packed(**field) -> pb.ScoreRequest:
+    """GOOD's packed Score request with one field replaced."""
+    request = pb.ScoreRequest()
+    request.CopyFrom(GOOD["Score packed"])
+    for name, tensor in field.items():
+        getattr(request.packed, name).CopyFrom(tensor)
+    return request
 
 
 def test_fuzzed_tensor_fields(stub, before):
@@ -311,9 +354,10 @@ def test_random_bytes_as_requests(teacher, stub, before, rpc):
     """Bytes that parse as the rpc's request message (random, or a fuzzed request with bytes
     overwritten and its tail cut), sent as they are: the server parses them itself."""
     request_class = type(GOOD[rpc])
-    response_class = getattr(pb, f"{rpc}Response")
+    name = rpc.split()[0]
+    response_class = getattr(pb, f"{name}Response")
     channel = grpc.insecure_channel(teacher.target, options=[("grpc.max_send_message_length", 64 << 20)])
-    call = channel.unary_unary(f"/distill.v1.Teacher/{rpc}",
+    call = channel.unary_unary(f"/distill.v1.Teacher/{name}",
                                response_deserializer=response_class.FromString)
     codes = Counter()
 
@@ -327,7 +371,7 @@ def test_random_bytes_as_requests(teacher, stub, before, rpc):
             request = request_class.FromString(data)
         except DecodeError:
             assume(False)
-        codes[outcome(lambda _, timeout: call(data, timeout=timeout), rpc, request)] += 1
+        codes[outcome(lambda _, timeout: call(data, timeout=timeout), name, request)] += 1
 
     run()
     channel.close()

@@ -9,9 +9,10 @@ import torch
 
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
+from distill.results import TeacherScores, VerifyOutcome
 from teacher_server.backends import run_batch
-from teacher_server.scoring import ScoreItem, ScoreOutput
-from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
+from teacher_server.scoring import ScoreItem
+from teacher_server.verify import VerifyItem, verify_draft
 from tests.conftest import assert_refused, random_sequences
 from tests.test_generate import greedy_reference
 
@@ -111,8 +112,8 @@ def test_verify_items_share_the_score_forward_pass(tiny_model_dir, reference_mod
     verify = VerifyItem(torch.arange(5), torch.tensor([7, 8]), None, "greedy", 1.0, 0, 4, 0)
     out_score, out_verify = run_batch(backend, [score, verify])
     assert calls == [2]
-    assert isinstance(out_score, ScoreOutput) and out_score.topk_ids.shape == (7, 4)
-    assert isinstance(out_verify, VerifyOutput) and out_verify.scores.topk_ids.shape == (3, 4)
+    assert isinstance(out_score, TeacherScores) and out_score.topk_ids.shape == (7, 4)
+    assert isinstance(out_verify, VerifyOutcome) and out_verify.scores.topk_ids.shape == (3, 4)
     assert verify.num_tokens == 7 and verify.token_ids.tolist() == [0, 1, 2, 3, 4, 7, 8]
 
 

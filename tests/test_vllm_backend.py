@@ -140,7 +140,7 @@ def test_generate_stops_at_the_models_end_token(vclient, hf):
 
 @pytest.mark.parametrize("mode", ["greedy", "topk"])
 def test_verify_agrees_with_the_transformers_backend(vclient, hf, mode):
-    from teacher_server.speculative import VerifyItem
+    from teacher_server.verify import VerifyItem
 
     prefixes = random_sequences(3, [6, 15, 30], VOCAB, seed=4)
     drafts = [greedy_reference(hf.model, p, 5) for p in prefixes]

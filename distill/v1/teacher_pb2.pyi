@@ -58,17 +58,31 @@ class ScoreSequence(_message.Message):
     candidate_ids: Tensor
     def __init__(self, token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., score_from: _Optional[int] = ..., candidate_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class PackedScoreSequences(_message.Message):
+    __slots__ = ("token_ids", "lengths", "score_from", "candidate_ids")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FROM_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: Tensor
+    lengths: Tensor
+    score_from: Tensor
+    candidate_ids: Tensor
+    def __init__(self, token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Tensor, _Mapping]] = ..., score_from: _Optional[_Union[Tensor, _Mapping]] = ..., candidate_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
-    __slots__ = ("sequences", "top_k", "temperature", "logprob_dtype")
+    __slots__ = ("sequences", "top_k", "temperature", "logprob_dtype", "packed")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[ScoreSequence]
     top_k: int
     temperature: float
     logprob_dtype: DType
-    def __init__(self, sequences: _Optional[_Iterable[_Union[ScoreSequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., temperature: _Optional[float] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    packed: PackedScoreSequences
+    def __init__(self, sequences: _Optional[_Iterable[_Union[ScoreSequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., temperature: _Optional[float] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ..., packed: _Optional[_Union[PackedScoreSequences, _Mapping]] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
     __slots__ = ("topk_ids", "topk_logprobs", "token_logprobs", "tail_logprobs", "candidate_logprobs")
@@ -85,10 +99,14 @@ class ScoreResult(_message.Message):
     def __init__(self, topk_ids: _Optional[_Union[Tensor, _Mapping]] = ..., topk_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., token_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., tail_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., candidate_logprobs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed", "offsets")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ...) -> None: ...
+    packed: ScoreResult
+    offsets: Tensor
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., packed: _Optional[_Union[ScoreResult, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class VerifySequence(_message.Message):
     __slots__ = ("prefix_ids", "draft_ids", "draft_probs", "draft_topk_ids")

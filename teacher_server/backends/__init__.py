@@ -6,10 +6,25 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from distill.fingerprint import tokenizer_fingerprint
+from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GeneratedSample, GenerateItem
-from teacher_server.scoring import ScoreItem, ScoreOutput
-from teacher_server.speculative import VerifyItem, VerifyOutput
+from teacher_server.generation import GenerateItem
+from teacher_server.scoring import ScoreItem
+from teacher_server.verify import VerifyItem
+
+
+@dataclass(frozen=True)
+class Features:
+    """Optional capabilities of a backend: the proto's Features message (its comments say what
+    each means), as Info reports it and as request validation checks it."""
+
+    score_candidates: bool = True
+    verify: bool = True
+    generate: bool = True
+    float16_logprobs: bool = True
+    score_temperature: bool = True
+    verify_speculative: bool = True
+    generate_temperature: bool = True
 
 
 @dataclass
@@ -29,13 +44,7 @@ class ModelInfo:
     unk: int = -1
     eos_ids: list[int] = field(default_factory=list)
     max_top_k: int = 0         # largest top_k the backend can serve (0: the vocabulary size)
-    # optional features (see the proto's Features message)
-    score_candidates: bool = True
-    score_temperature: bool = True
-    verify: bool = False
-    verify_speculative: bool = True
-    generate: bool = False
-    generate_temperature: bool = True
+    features: Features = field(default_factory=lambda: Features())
 
 
 def special_token_id(tokenizer, name: str) -> int:
@@ -58,12 +67,12 @@ def tokenizer_fields(tokenizer, generation_eos: int | list[int] | None) -> dict:
 class Backend(Protocol):
     info: ModelInfo
 
-    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Score and verify items in one forward pass (the batcher chose them to fit the token
-        budget); a VerifyItem only when info.verify."""
+        budget); a VerifyItem only when info.features.verify."""
 
-    def generate(self, items: list[GenerateItem]) -> list[list[GeneratedSample]]:
-        """num_samples samples per item (only when info.generate)."""
+    def generate(self, items: list[GenerateItem]) -> list[list[TeacherSample]]:
+        """num_samples samples per item (only when info.features.generate)."""
 
 
 def run_batch(backend: Backend, items: list) -> list:

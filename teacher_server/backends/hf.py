@@ -8,11 +8,12 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GeneratedSample, GenerateItem, cut_at_stop, token_logprobs
-from teacher_server.scoring import ScoreItem, ScoreOutput, score_logits
-from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
+from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
+from teacher_server.scoring import ScoreItem, score_logits
+from teacher_server.verify import VerifyItem, verify_draft
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ class TransformersBackend:
             model_id=model_id, backend="transformers", vocab_size=self.lm_head.out_features,
             max_context=min(max_context or model_context, model_context),
             model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            verify=True, generate=True,
             **tokenizer_fields(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
         )
         self.pad_id = max(self.info.pad, 0)
@@ -97,7 +97,7 @@ class TransformersBackend:
         return out.last_hidden_state
 
     @torch.inference_mode()
-    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """One decoder pass over every item's tokens. Verify items first settle their drafts
         (see `_verdicts`); then every item is a block of hidden rows with target tokens, and
         blocks asking for the same (k, temperature, candidates?) share LM-head chunks."""
@@ -127,12 +127,13 @@ class TransformersBackend:
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
                     None if cand_NC is None else cand_NC[sl]))
-            merged = _concat(parts)
+            merged = TeacherScores.concat(parts)
             offset = 0
             for i, rows, _ in group:
                 n = rows.shape[0]
-                scores = _slice(merged, offset, offset + n, cands_of(i))
-                outputs[i] = VerifyOutput(*verdicts[i], scores) if i in verdicts else scores
+                cands = cands_of(i)
+                scores = merged.rows(offset, offset + n, None if cands is None else cands.shape[1])
+                outputs[i] = VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores
                 offset += n
         return outputs
 
@@ -160,14 +161,14 @@ class TransformersBackend:
         return verdicts
 
     @torch.inference_mode()
-    def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
+    def generate(self, items: list[GenerateItem]) -> list[list[list[TeacherSample]]]:
         """Unseeded items with equal options share one `model.generate` call; a seeded item runs
         alone on a forked, seeded RNG, so its samples depend on its seed only (not on its
         batch-mates) and the server's global RNG stream is left as it was."""
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(item.options if item.seed is None else i, []).append(i)
-        outputs: list[list[GeneratedSample] | None] = [None] * len(items)
+        outputs: list[list[TeacherSample] | None] = [None] * len(items)
         for group in groups.values():
             batch = [items[i] for i in group]
             if batch[0].seed is None:
@@ -181,7 +182,7 @@ class TransformersBackend:
                 outputs[i] = samples
         return outputs
 
-    def _generate(self, batch: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
+    def _generate(self, batch: list[GenerateItem]) -> list[list[list[TeacherSample]]]:
         """One `model.generate` call for items sharing options: every prompt repeated
         num_samples times, left-padded (new tokens are appended on the right, so the prompts'
         last tokens must line up) with an attention mask that hides the padding."""
@@ -223,14 +224,3 @@ def _cat_ragged(cands: list[torch.Tensor]) -> torch.Tensor:
     width = max(c.shape[1] for c in cands)
     return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in cands])
 
-
-def _concat(parts: list[ScoreOutput]) -> ScoreOutput:
-    cat = lambda name: (None if getattr(parts[0], name) is None
-                        else torch.cat([getattr(p, name) for p in parts]))
-    return ScoreOutput(*(cat(name) for name in ScoreOutput.__dataclass_fields__))
-
-
-def _slice(out: ScoreOutput, start: int, stop: int, cands: torch.Tensor | None) -> ScoreOutput:
-    cand = None if cands is None else out.candidate_logprobs[start:stop, :cands.shape[1]]
-    return ScoreOutput(out.topk_ids[start:stop], out.topk_logprobs[start:stop],
-                       out.token_logprobs[start:stop], out.tail_logprobs[start:stop], cand)

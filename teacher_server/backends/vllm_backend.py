@@ -38,12 +38,13 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from vllm import LLM, SamplingParams
 from vllm.platforms import current_platform
 
-from teacher_server.backends import ModelInfo, tokenizer_fields
+from distill.results import TeacherSample, TeacherScores, VerifyOutcome
+from teacher_server.backends import Features, ModelInfo, tokenizer_fields
 from teacher_server.backends.vllm_args import engine_kwargs
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GeneratedSample, GenerateItem
-from teacher_server.scoring import ScoreItem, ScoreOutput, tail_from_topk
-from teacher_server.speculative import VerifyItem, VerifyOutput, verify_draft
+from teacher_server.generation import GenerateItem
+from teacher_server.scoring import ScoreItem, tail_from_topk
+from teacher_server.verify import VerifyItem, verify_draft
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ class VllmBackend:
             model_id=model_id, backend="vllm", vocab_size=vocab_size,
             max_context=config.max_model_len,
             model_dtype=str(config.dtype).removeprefix("torch."),
-            max_top_k=min(max_top_k, vocab_size), verify=True, generate=True,
-            score_candidates=False, score_temperature=False, verify_speculative=False,
-            generate_temperature=False, **tokenizer_fields(tokenizer, generation_eos),
+            max_top_k=min(max_top_k, vocab_size), features=Features(
+                score_candidates=False, score_temperature=False, verify_speculative=False,
+                generate_temperature=False),
+            **tokenizer_fields(tokenizer, generation_eos),
         )
 
     @classmethod
@@ -100,7 +102,7 @@ class VllmBackend:
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts
         return SamplingParams(detokenize=False, flat_logprobs=True, **options)
 
-    def score(self, items: list[ScoreItem | VerifyItem]) -> list[ScoreOutput | VerifyOutput]:
+    def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Verify items are decided first (`_verdicts`); then every item is scored in one call,
         a Verify item as prefix + draft + [next token] from the first draft position."""
         verdicts = self._verdicts({i: item for i, item in enumerate(items)
@@ -116,10 +118,10 @@ class VllmBackend:
         for i, (item, out) in enumerate(zip(to_score, outs)):
             ids_NK1, logprobs_NK1 = prompt_rows(out.prompt_logprobs, item.top_k, item.score_from)
             logprobs_NK = torch.from_numpy(logprobs_NK1[:, 1:])
-            scores = ScoreOutput(torch.from_numpy(ids_NK1[:, 1:]), logprobs_NK,
+            scores = TeacherScores(torch.from_numpy(ids_NK1[:, 1:]), logprobs_NK,
                                  torch.from_numpy(logprobs_NK1[:, 0]),
                                  tail_from_topk(logprobs_NK, self.info.vocab_size), None)
-            outputs.append(VerifyOutput(*verdicts[i], scores) if i in verdicts else scores)
+            outputs.append(VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores)
         return outputs
 
     def _verdicts(self, items: dict[int, VerifyItem]) -> dict[int, tuple[int, int, torch.Tensor]]:
@@ -161,7 +163,7 @@ class VllmBackend:
                 verdicts[i] = (n, out.outputs[0].token_ids[0], accept_G)
         return verdicts
 
-    def generate(self, items: list[GenerateItem]) -> list[list[list[GeneratedSample]]]:
+    def generate(self, items: list[GenerateItem]) -> list[list[list[TeacherSample]]]:
         """All prompts of all items in one call; a seeded item's samples depend on its seed only
         (vLLM seeds each request, and sample j of n with seed + j)."""
         prompts, params = [], []
@@ -223,11 +225,11 @@ def _draw(item: VerifyItem) -> dict:
     return dict(temperature=1.0, seed=_vllm_seed(item.seed))
 
 
-def _sample(completion) -> GeneratedSample:
-    """One vLLM completion as a GeneratedSample: with logprobs=0 each position holds just the
+def _sample(completion) -> TeacherSample:
+    """One vLLM completion as a TeacherSample: with logprobs=0 each position holds just the
     sampled token's log-prob (of the raw logits: temperature 1, as the contract has it for
     temperatures 0 and 1)."""
     finish = "stop" if completion.finish_reason == "stop" else "length"
-    return GeneratedSample(torch.tensor(list(completion.token_ids), dtype=torch.long),
+    return TeacherSample(torch.tensor(list(completion.token_ids), dtype=torch.long),
                            torch.tensor(np.array(completion.logprobs.logprobs, dtype=np.float32)),
                            finish)

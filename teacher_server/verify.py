@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from teacher_server.scoring import ScoreOutput
+from distill.results import VERIFY_MODES
 
-MODES = ("speculative", "topk", "greedy")
+MODES = tuple(VERIFY_MODES)
 
 
 @dataclass
@@ -38,14 +38,6 @@ class VerifyItem:
     @property
     def num_tokens(self) -> int:
         return self.prefix.numel() + self.draft.numel()
-
-
-@dataclass
-class VerifyOutput:
-    num_accepted: int
-    next_token: int               # the correction, or the bonus token when all G were accepted
-    accept_probs: torch.Tensor    # float32 [G]
-    scores: ScoreOutput           # G + 1 rows: Score of prefix + draft + [next_token] from P
 
 
 def verify_draft(p_GV1: torch.Tensor, q_GV: torch.Tensor | None, draft_G: torch.Tensor, mode: str,

@@ -1,0 +1,148 @@
+"""What the teacher answers, as tensors: one type per kind of result, built by the server from its
+backend's outputs and by the client from the wire, and the converters between them and the protos.
+
+The enum tables are written once, name -> wire value; the reverse maps are derived from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+import numpy as np
+
+from distill.tensors import pack, unpack, unpack_torch
+from distill.v1 import teacher_pb2 as pb
+
+FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+FINISH_REASON_NAMES = {v: k for k, v in FINISH_REASONS.items()}
+VERIFY_MODES = {"speculative": pb.VERIFY_MODE_SPECULATIVE, "topk": pb.VERIFY_MODE_TOPK,
+                "greedy": pb.VERIFY_MODE_GREEDY}
+VERIFY_MODE_NAMES = {v: k for k, v in VERIFY_MODES.items()}
+
+
+@dataclass
+class TeacherScores:
+    """The teacher's view of the N scored positions of one sequence (CPU tensors); row i is
+    position score_from + i."""
+
+    topk_ids: torch.Tensor                   # integer [N, k], most likely first (int64 once decoded)
+    topk_logprobs: torch.Tensor              # float32 [N, k]
+    token_logprobs: torch.Tensor             # float32 [N]: the token actually in the sequence
+    tail_logprobs: torch.Tensor              # float32 [N]: log of the mass outside the top-k
+    candidate_logprobs: torch.Tensor | None  # float32 [N, C], or None when none were asked for
+
+    def rows(self, start: int, stop: int, num_candidates: int | None = None) -> "TeacherScores":
+        """Rows start .. stop-1 (views), candidates cut to their first `num_candidates` columns."""
+        cands = self.candidate_logprobs
+        if cands is not None:
+            cands = cands[start:stop, :num_candidates]
+        return TeacherScores(self.topk_ids[start:stop], self.topk_logprobs[start:stop],
+                             self.token_logprobs[start:stop], self.tail_logprobs[start:stop], cands)
+
+    @staticmethod
+    def concat(parts: list["TeacherScores"]) -> "TeacherScores":
+        """The parts' rows one after another; they all have candidates or none has."""
+        cat = lambda name: (None if getattr(parts[0], name) is None
+                            else torch.cat([getattr(p, name) for p in parts]))
+        return TeacherScores(*(cat(f.name) for f in fields(TeacherScores)))
+
+
+@dataclass
+class VerifyOutcome:
+    """The teacher's verdict on one draft of G tokens (CPU tensors)."""
+
+    num_accepted: int            # keep draft[:num_accepted] ...
+    next_token: int              # ... then this: the correction, or the bonus when all were kept
+    accept_probs: torch.Tensor   # float32 [G]: acceptance probability per draft position
+    scores: TeacherScores        # G + 1 rows: Score of prefix + draft + [next_token] from P
+
+
+@dataclass
+class TeacherSample:
+    """One teacher continuation of a prompt (CPU tensors; the prompt is not repeated)."""
+
+    token_ids: torch.Tensor      # int64 [L]
+    logprobs: torch.Tensor       # float32 [L]: under softmax(logits / temperature), before top-p
+    finish_reason: str           # "stop" (the last token is a stop token) | "length"
+
+
+def _float(tensor: pb.Tensor) -> torch.Tensor:
+    return unpack_torch(tensor).float()
+
+
+def scores_to_proto(scores: TeacherScores, dtype: int) -> pb.ScoreResult:
+    """`dtype`: the wire DType of the log-probs."""
+    result = pb.ScoreResult(topk_ids=pack(scores.topk_ids, "int32"),
+                            topk_logprobs=pack(scores.topk_logprobs, dtype),
+                            token_logprobs=pack(scores.token_logprobs, dtype),
+                            tail_logprobs=pack(scores.tail_logprobs, dtype))
+    if scores.candidate_logprobs is not None:
+        result.candidate_logprobs.CopyFrom(pack(scores.candidate_logprobs, dtype))
+    return result
+
+
+def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
+    return TeacherScores(
+        topk_ids=unpack_torch(result.topk_ids).long(),
+        topk_logprobs=_float(result.topk_logprobs),
+        token_logprobs=_float(result.token_logprobs),
+        tail_logprobs=_float(result.tail_logprobs),
+        candidate_logprobs=(_float(result.candidate_logprobs)
+                            if result.HasField("candidate_logprobs") else None))
+
+
+def scores_to_packed(outputs: list[TeacherScores], dtype: int) -> tuple[pb.ScoreResult, pb.Tensor]:
+    """Many sequences' scores as one ScoreResult (their rows one after another) and the int32
+    [B + 1] row offsets: ScoreResponse's packed form."""
+    rows = np.fromiter((o.token_logprobs.shape[0] for o in outputs), np.int64, len(outputs))
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int32)
+    return scores_to_proto(TeacherScores.concat(outputs), dtype), pack(offsets)
+
+
+def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[TeacherScores]:
+    """The inverse of scores_to_packed: one TeacherScores (views) per sequence."""
+    whole = scores_from_proto(result)
+    bounds = unpack(offsets, name="offsets")
+    rows = whole.token_logprobs.shape[0]
+    if bounds.ndim != 1 or not bounds.size or bounds[0] != 0 or bounds[-1] != rows \
+            or (np.diff(bounds) < 0).any():
+        raise ValueError(f"the teacher's packed answer has row offsets {bounds.tolist()[:8]}... "
+                         f"that do not cut its {rows} rows into sequences")
+    sizes = np.diff(bounds).tolist()
+    split = [None if getattr(whole, f.name) is None else getattr(whole, f.name).split(sizes)
+             for f in fields(TeacherScores)]
+    split[-1] = split[-1] or [None] * len(sizes)
+    return [TeacherScores(*parts) for parts in zip(*split)]
+
+
+def verify_to_proto(outcome: VerifyOutcome, dtype: int) -> pb.VerifyResult:
+    return pb.VerifyResult(num_accepted=outcome.num_accepted, next_token=outcome.next_token,
+                           accept_probs=pack(outcome.accept_probs, "float32"),
+                           scores=scores_to_proto(outcome.scores, dtype))
+
+
+def verify_from_proto(result: pb.VerifyResult) -> VerifyOutcome:
+    return VerifyOutcome(num_accepted=int(result.num_accepted), next_token=int(result.next_token),
+                         accept_probs=_float(result.accept_probs),
+                         scores=scores_from_proto(result.scores))
+
+
+def samples_to_proto(samples: list[list[TeacherSample]], dtype: int) -> pb.GenerateResponse:
+    """samples[i]: prompt i's samples. On the wire they are grouped by prompt, in that order."""
+    return pb.GenerateResponse(samples=[
+        pb.GenerateSample(prompt_index=i, token_ids=pack(s.token_ids, "int32"),
+                          token_logprobs=pack(s.logprobs, dtype),
+                          finish_reason=FINISH_REASONS[s.finish_reason])
+        for i, per_prompt in enumerate(samples) for s in per_prompt])
+
+
+def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[list[TeacherSample]]:
+    """One list per prompt, its samples in the server's order."""
+    grouped: list[list[TeacherSample]] = [[] for _ in range(num_prompts)]
+    for sample in response.samples:
+        grouped[sample.prompt_index].append(TeacherSample(
+            token_ids=unpack_torch(sample.token_ids).long(), logprobs=_float(sample.token_logprobs),
+            finish_reason=FINISH_REASON_NAMES.get(sample.finish_reason, "unspecified")))
+    return grouped

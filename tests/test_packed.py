@@ -1,0 +1,113 @@
+"""Score's packed form (one array per field for the whole request) against the per-sequence form,
+and its refusals, on the real server."""
+
+import numpy as np
+import pytest
+import torch
+
+from distill.results import TeacherScores, scores_from_packed, scores_to_packed
+from distill.tensors import pack
+from distill.v1 import teacher_pb2 as pb
+from student_worker.teacher_client import score_request, scores_from_response
+from tests.conftest import assert_refused
+
+VOCAB, CONTEXT = 512, 256
+
+
+def ragged(seed: int, n: int):
+    g = np.random.default_rng(seed)
+    seqs = [g.integers(0, VOCAB, g.integers(2, 40)) for _ in range(n)]
+    starts = [int(g.integers(1, len(s))) for s in seqs]
+    return seqs, starts
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("with_candidates", [False, True])
+def test_packed_answers_equal_the_per_sequence_form(stub, dtype, with_candidates):
+    seqs, starts = ragged(0, 23)
+    g = np.random.default_rng(1)
+    cands = [g.integers(0, VOCAB, (len(s) - f, 3)) for s, f in zip(seqs, starts)] if with_candidates else None
+    packed = score_request(seqs, starts, 7, 0.8, cands, dtype, packed=True)
+    per_seq = score_request(seqs, starts, 7, 0.8, cands, dtype, packed=False)
+    assert packed.HasField("packed") and not packed.sequences
+    assert len(per_seq.sequences) == 23 and not per_seq.HasField("packed")
+    response = stub.Score(packed, timeout=60)
+    assert not response.results and list(response.offsets.shape) == [24]
+    a, b = scores_from_response(response), scores_from_response(stub.Score(per_seq, timeout=60))
+    assert len(a) == len(b) == 23
+    for x, y, s, f in zip(a, b, seqs, starts):
+        assert x.topk_ids.shape == (len(s) - f, 7)
+        for name in ("topk_ids", "topk_logprobs", "token_logprobs", "tail_logprobs", "candidate_logprobs"):
+            u, v = getattr(x, name), getattr(y, name)
+            assert (u is None and v is None and not with_candidates) or torch.equal(u, v), name
+
+
+def test_the_client_sends_packed_and_falls_back_for_ragged_candidates():
+    seqs, starts = ragged(2, 3)
+    cands = [np.zeros((len(s) - f, c), np.int32) for s, f, c in zip(seqs, starts, (1, 2, 2))]
+    assert score_request(seqs, starts, 5, 1.0, None, "float32").HasField("packed")
+    fallback = score_request(seqs, starts, 5, 1.0, cands, "float32")
+    assert not fallback.HasField("packed") and len(fallback.sequences) == 3
+
+
+def test_the_client_refuses_offsets_that_do_not_cut_the_rows():
+    rows = torch.zeros(5, 2)
+    scores = TeacherScores(rows.int(), rows, rows[:, 0], rows[:, 0], None)
+    result, offsets = scores_to_packed([scores.rows(0, 2), scores.rows(2, 5)], pb.DTYPE_FLOAT32)
+    assert [s.token_logprobs.shape[0] for s in scores_from_packed(result, offsets)] == [2, 3]
+    for bad in ([0, 3, 2, 5], [0, 2, 6], [1, 5]):
+        with pytest.raises(ValueError, match="do not cut"):
+            scores_from_packed(result, pack(np.array(bad, np.int32)))
+
+
+def packed(ids, lengths, score_from, **kw) -> pb.ScoreRequest:
+    return pb.ScoreRequest(packed=pb.PackedScoreSequences(
+        token_ids=pack(np.asarray(ids, np.int32)), lengths=pack(np.asarray(lengths, np.int32)),
+        score_from=pack(np.asarray(score_from, np.int32)), **kw))
+
+
+IDS = list(range(10, 20))   # two sequences: 4 + 6 tokens
+CASES = {
+    "lengths do not add up": (packed(IDS, [4, 5], [1, 1]),
+                              "packed.token_ids must be a DTYPE_INT32 tensor of shape [9] "
+                              "(packed.lengths add up to 9), got DTYPE_INT32 [10]"),
+    "a sequence too short": (packed(IDS, [1, 9], [1, 1]),
+                             "sequence 0: packed.lengths[0] = 1; a sequence to score needs at least 2"),
+    "a negative length": (packed(IDS, [12, -2], [1, 1]), "sequence 1: packed.lengths[1] = -2"),
+    "a sequence too long": (packed(np.ones(CONTEXT + 3), [2, CONTEXT + 1], [1, 1]),
+                            f"sequence 1: {CONTEXT + 1} tokens exceed the teacher's context"),
+    "no sequences": (packed([], [], []), "no sequences"),
+    "score_from count": (packed(IDS, [4, 6], [1]), "packed.score_from must be a DTYPE_INT32 tensor "
+                                                  "of shape [2] (one per sequence), got DTYPE_INT32 [1]"),
+    "score_from past the end": (packed(IDS, [4, 6], [1, 6]),
+                                "sequence 1: score_from=6 is out of range for 6 tokens"),
+    "score_from zero": (packed(IDS, [4, 6], [0, 1]), "sequence 0: score_from=0 is out of range"),
+    "float lengths": (pb.ScoreRequest(packed=pb.PackedScoreSequences(
+        token_ids=pack(np.array(IDS, np.int32)), lengths=pack(np.array([4, 6], np.float32)),
+        score_from=pack(np.array([1, 1], np.int32)))), "packed.lengths must be a DTYPE_INT32 tensor"),
+    "2-D token ids": (pb.ScoreRequest(packed=pb.PackedScoreSequences(
+        token_ids=pack(np.ones((2, 5), np.int32)), lengths=pack(np.array([4, 6], np.int32)),
+        score_from=pack(np.array([1, 1], np.int32)))), "packed.token_ids must be a DTYPE_INT32 tensor"),
+    "id outside the vocabulary": (packed(IDS[:7] + [VOCAB] + IDS[8:], [4, 6], [1, 1]),
+                                  f"sequence 1: token id {VOCAB} at position 3 is outside the vocabulary"),
+    "bytes do not match": (pb.ScoreRequest(packed=pb.PackedScoreSequences(
+        token_ids=pb.Tensor(dtype=pb.DTYPE_INT32, shape=[10], data=b"\0" * 12),
+        lengths=pack(np.array([4, 6], np.int32)), score_from=pack(np.array([1, 1], np.int32)))),
+        "packed.token_ids: 12 bytes do not match shape [10]"),
+    "candidate rows": (packed(IDS, [4, 6], [1, 1], candidate_ids=pack(np.zeros((7, 2), np.int32))),
+                       "packed.candidate_ids must be DTYPE_INT32 of shape [8, C]"),
+    "candidate outside the vocabulary": (
+        packed(IDS, [4, 6], [1, 1], candidate_ids=pack(np.eye(8, 2, -4, np.int32) * VOCAB)),
+        f"sequence 1 candidate_ids: token id {VOCAB} at position [1, 0]"),
+    "both forms": (pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=pack(np.arange(3, dtype=np.int32)),
+                                                                score_from=1)],
+                                   packed=packed(IDS, [4, 6], [1, 1]).packed), "both `sequences` and `packed`"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_packed_requests_are_refused(stub, name):
+    request, message = CASES[name]
+    assert_refused(stub.Score, request, message)
+    good = stub.Score(packed(IDS, [4, 6], [1, 2]), timeout=30)
+    assert list(good.offsets.shape) == [3] and list(good.packed.topk_ids.shape) == [7, 20]

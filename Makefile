@@ -27,17 +27,18 @@ $(VENV)/.installed: pyproject.toml
 
 # QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds
 demo: setup
-	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) $(PY) examples/demo.py
+	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) $(PY) -m examples.demo
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/score_overhead.py
-	$(PY) bench/worker_overlap.py
-	$(PY) bench/speculative.py
-	$(PY) bench/load.py
-	$(PY) bench/vllm_overhead.py
+	$(PY) -m bench.score_overhead
+	$(PY) -m bench.worker_overlap
+	$(PY) -m bench.speculative
+	$(PY) -m bench.load
+	$(PY) -m bench.vllm_overhead
+	$(PY) -m bench.request_overhead
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -1,10 +1,10 @@
 """Load on a teacher server: many concurrent clients per tenant, bounded in count and time.
 
-    python bench/load.py                                  # own server (tiny model), 16 clients, 30 s
-    python bench/load.py --duration 60 --mix score:8,verify:1,generate:1 --seq-len 128
-    python bench/load.py --target HOST:PORT [--pid PID]   # a running server; --pid samples its memory
-    python bench/load.py --soak                           # 10 minutes, RSS and fds every 10 s
-    python bench/load.py --tenants 3 --clients-per-tenant 4 --weights 1,2,4
+    python -m bench.load                                  # own server (tiny model), 16 clients, 30 s
+    python -m bench.load --duration 60 --mix score:8,verify:1,generate:1 --seq-len 128
+    python -m bench.load --target HOST:PORT [--pid PID]   # a running server; --pid samples its memory
+    python -m bench.load --soak                           # 10 minutes, RSS and fds every 10 s
+    python -m bench.load --tenants 3 --clients-per-tenant 4 --weights 1,2,4
 
 Prints throughput (requests/s and tokens/s, where tokens are the positions the teacher returned
 log-probs for: Score rows, Verify rows, Generate's new tokens), p50/p99 latency and calls by
@@ -37,14 +37,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import grpc
+import numpy as np
+import yaml
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from student_worker.teacher_client import DEFAULT_MAX_MESSAGE_BYTES, AsyncTeacherClient  # noqa: E402
+from student_worker.teacher_client import DEFAULT_MAX_MESSAGE_BYTES, AsyncTeacherClient
 
 RPCS = ("score", "verify", "generate")
 

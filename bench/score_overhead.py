@@ -1,6 +1,6 @@
 """What serving Score over gRPC costs, measured side by side in one run.
 
-    python bench/score_overhead.py [--runs 5] [--threads 1] [--device cuda]
+    python -m bench.score_overhead [--runs 5] [--threads 1] [--device cuda]
 
 Prints three ratios (medians of --runs repetitions, interleaved so both sides see the same machine):
 1. Score over gRPC on 127.0.0.1 / the same forward + top-k in process   (target <= 1.10)
@@ -19,25 +19,21 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import sys
 import tempfile
 import threading
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import torch  # noqa: E402
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from distill.tensors import pack, unpack_torch  # noqa: E402
-from distill.v1 import teacher_pb2 as pb  # noqa: E402
-from scripts.tiny_model import make_tiny_model  # noqa: E402
-from student_worker.teacher_client import TeacherClient  # noqa: E402
-from teacher_server.backends.hf import TransformersBackend  # noqa: E402
-from teacher_server.process import TeacherProcess  # noqa: E402
-from teacher_server.scoring import ScoreItem  # noqa: E402
+from distill.tensors import pack, unpack_torch
+from distill.v1 import teacher_pb2 as pb
+from scripts.tiny_model import make_tiny_model
+from student_worker.teacher_client import TeacherClient
+from teacher_server.backends.hf import TransformersBackend
+from teacher_server.process import TeacherProcess
+from teacher_server.scoring import ScoreItem
 
 TOP_K, SEQS, SEQ_LEN = 64, 8, 512
 

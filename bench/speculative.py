@@ -1,6 +1,6 @@
 """Speculative decoding on the demo's teacher and student, before and after distillation.
 
-    python bench/speculative.py [--steps 200] [--gamma 4]
+    python -m bench.speculative [--steps 200] [--gamma 4]
 
 1. Trains the initial demo student (sft until 45% sampled dev accuracy) and a gkd-distilled copy
    (--steps more steps against the teacher server), as the demo does.
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import tempfile
 import time
 
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from student_worker.config import load_config
+from student_worker.speculative import acceptance, speculative_generate
+from student_worker.speculative.baseline import teacher_decode
+from student_worker.tasks import TASKS
+from student_worker.teacher_client import TeacherClient
+from student_worker.trainer import train
+from teacher_server.process import TeacherProcess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from student_worker.config import load_config  # noqa: E402
-from student_worker.speculative import acceptance, speculative_generate, teacher_decode  # noqa: E402
-from student_worker.tasks import TASKS  # noqa: E402
-from student_worker.teacher_client import TeacherClient  # noqa: E402
-from student_worker.trainer import train  # noqa: E402
-from teacher_server.process import TeacherProcess  # noqa: E402
-
 TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"
 
 
@@ -59,7 +57,6 @@ def main() -> None:
                 f"student.path={initial}", "optim.lr=1e-3", f"train.steps={args.steps}"]),
                 tmp / "gkd", progress=False)
             client = TeacherClient(server.target)
-            call = lambda method, *a, **kw: getattr(client, method)(*a, **kw)
             tokenizer = AutoTokenizer.from_pretrained(TEACHER_DIR)
             prompts = [tokenizer(e["prompt"]).input_ids for e in TASKS["digsum"].examples("test", 128)]
             rows = []
@@ -67,7 +64,7 @@ def main() -> None:
                 model = AutoModelForCausalLM.from_pretrained(path).eval()
                 torch.manual_seed(0)
                 start = time.perf_counter()
-                results = speculative_generate(model, call, prompts, gamma=args.gamma, max_new_tokens=10,
+                results = speculative_generate(model, client, prompts, gamma=args.gamma, max_new_tokens=10,
                                                mode="speculative", eos_ids=[tokenizer.eos_token_id],
                                                pad_id=tokenizer.pad_token_id, score_top_k=1, seed=0)
                 spec_s = time.perf_counter() - start

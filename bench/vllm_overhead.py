@@ -1,6 +1,6 @@
 """What serving Score on the vllm backend costs, measured side by side in one run.
 
-    python bench/vllm_overhead.py [--runs 3] [--top-k 20,64]
+    python -m bench.vllm_overhead [--runs 3] [--top-k 20,64]
 
 Needs vLLM (`make setup` installs the CPU build on Linux x86_64). A random-weight Llama (the
 `bench` preset of scripts/tiny_model.py: hidden 256, 4 layers, vocabulary 32,000, float32),
@@ -33,9 +33,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ENV = dict(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
 os.environ.update(ENV)          # before vLLM is imported: the in-process engine is set up alike

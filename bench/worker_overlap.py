@@ -1,6 +1,6 @@
 """How much teacher time the worker hides by scoring the next batch during the current update.
 
-    python bench/worker_overlap.py [--steps 12]
+    python -m bench.worker_overlap [--steps 12]
 
 The teacher (a ~20M-parameter model, one CPU thread, its own process) is slower than the student's
 update (a small model, one thread in this process). The same gkd run is made twice against the
@@ -15,18 +15,14 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from scripts.tiny_model import make_tiny_model  # noqa: E402
-from student_worker.config import load_config  # noqa: E402
-from student_worker.trainer import train  # noqa: E402
-from teacher_server.process import TeacherProcess  # noqa: E402
+from scripts.tiny_model import make_tiny_model
+from student_worker.config import load_config
+from student_worker.trainer import train
+from teacher_server.process import TeacherProcess
 
 VOCAB = 32000
 

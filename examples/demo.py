@@ -24,25 +24,22 @@ import multiprocessing
 import os
 import pathlib
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import torch
+import transformers
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from student_worker.checkpoint import checkpoint_dir
+from student_worker.config import load_config
+from student_worker.evaluate import evaluate
+from student_worker.tasks import TASKS
+from student_worker.trainer import train
+from teacher_server.process import TeacherProcess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from student_worker.checkpoint import checkpoint_dir  # noqa: E402
-from student_worker.config import load_config  # noqa: E402
-from student_worker.evaluate import evaluate  # noqa: E402
-from student_worker.tasks import TASKS  # noqa: E402
-from student_worker.trainer import train  # noqa: E402
-from teacher_server.process import TeacherProcess  # noqa: E402
-
 TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"
 TASK = "digsum"
 

@@ -1,6 +1,6 @@
 """Train the demo's models on the digsum task with this project's own student worker (sft).
 
-    .venv/bin/python examples/train_demo_teacher.py [--only teacher|student]   # ~4 min on 2 cores
+    .venv/bin/python -m examples.train_demo_teacher [--only teacher|student]   # ~4 min on 2 cores
 
 Writes examples/demo-teacher/ (Hugging Face folder, safetensors, ~0.5 MB) with accuracy.json (its
 test-split accuracy, which a test re-checks), and examples/demo-student/: the student's config
@@ -15,21 +15,18 @@ import argparse
 import json
 import pathlib
 import shutil
-import sys
 import tempfile
 
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from student_worker.config import load_config
+from student_worker.evaluate import evaluate
+from student_worker.tasks import TASKS
+from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
+from student_worker.trainer import train
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
-
-from student_worker.config import load_config  # noqa: E402
-from student_worker.evaluate import evaluate  # noqa: E402
-from student_worker.tasks import TASKS  # noqa: E402
-from student_worker.tasks.digsum import tokenizer as digsum_tokenizer  # noqa: E402
-from student_worker.trainer import train  # noqa: E402
-
 TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"
 # teacher: 2 layers of width 64 (0.1M parameters); student: 1 layer of width 32 (14k)
 TEACHER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -58,8 +58,8 @@ class SamplingConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["sft", "seqkd", "kd", "gkd", "skd", "rlkd"] = "gkd"
-    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"] = "jsd"
+    name: str = Field("gkd", description="a registered method (student_worker.methods.METHODS)")
+    divergence: str = Field("jsd", description="a name in student_worker.divergences.DIVERGENCES")
     beta: float = Field(0.5, ge=0, le=1, description="JSD(beta): 0 forward KL, 1 reverse KL")
     alpha: float = Field(0.1, ge=0, le=1, description="skew of skew_kl / skew_reverse_kl")
     student_fraction: float = Field(
@@ -70,6 +70,27 @@ class MethodConfig(_Section):
     kl_coef: float = Field(1.0, ge=0, description="rlkd: weight of the per-token reverse KL to the teacher")
     use_reward: bool = Field(True, description="rlkd: add the task's reward (needs a task verifier)")
     reduction: Literal["token", "sequence"] = "token"
+
+    @field_validator("name")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        from student_worker.methods import METHODS   # here: methods imports this module
+
+        return _one_of(name, METHODS, "student_worker.methods.register_method adds one")
+
+    @field_validator("divergence")
+    @classmethod
+    def _known_divergence(cls, name: str) -> str:
+        from student_worker.divergences import DIVERGENCES
+
+        return _one_of(name, DIVERGENCES, "student_worker/divergences.py holds them")
+
+
+def _one_of(name: str, registry: dict, how_to_add: str) -> str:
+    if name not in registry:
+        raise ValueError(f"Input should be one of {', '.join(map(repr, sorted(registry)))} "
+                         f"(got {name!r}; {how_to_add})")
+    return name
 
 
 class OptimConfig(_Section):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from student_worker.config import DataConfig
+from student_worker.seeding import derive_seed
 from student_worker.tasks import TASKS, Task
 
 
@@ -79,4 +80,4 @@ class PromptData:
     @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> list[int]:
         return torch.randperm(len(self.examples),
-                              generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)).tolist()
+                              generator=torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))).tolist()

@@ -8,6 +8,7 @@ import torch
 
 from student_worker.sampling import sample
 from student_worker.tasks import Task
+from student_worker.tokens import pad_id_of
 
 
 @dataclass
@@ -21,14 +22,14 @@ class Accuracy:
 def evaluate(model, tokenizer, task: Task, split: str = "test", num_prompts: int = 256,
              samples_per_prompt: int = 8, diversity_prompts: int = 32, max_new_tokens: int = 16,
              seed: int = 0, batch_size: int = 512) -> Accuracy:
-    """Score `num_prompts` prompts of `split` with the task's exact scorer.
+    """Check the answers to `num_prompts` prompts of `split` with the task's exact check.
 
     Sampling is seeded (and the caller's RNG state restored), so two models are compared on the
     same draws and evaluation does not disturb training's random stream.
     """
     examples = task.examples(split, num_prompts)
     eos = [tokenizer.eos_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_id_of(tokenizer, eos)
     was_training = model.training
     model.eval()
 
@@ -40,7 +41,7 @@ def evaluate(model, tokenizer, task: Task, split: str = "test", num_prompts: int
             outs = sample(model, ids, max_new_tokens=max_new_tokens, temperature=temperature,
                           eos_ids=eos, pad_id=pad)
             answers += [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-        return [(a, task.score(p, a)) for p, a in zip(prompts, answers)]
+        return [(a, task.check(p, a)) for p, a in zip(prompts, answers)]
 
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from student_worker.tokens import pad
+
 
 @dataclass
 class Rollout:
@@ -20,7 +22,7 @@ class Rollout:
     completion_ids: list[list[int]]
     source: str                                    # "student", "data", "teacher" or "interleaved"
     sampled_logprobs: list[torch.Tensor] | None = None  # the student's, at sampling time
-    rewards: torch.Tensor | None = None            # [B], from the task's scorer
+    rewards: torch.Tensor | None = None            # [B], from the task's check
     teacher_scores: list | None = None             # TeacherScores per sequence, when the rollout
                                                    # already holds them (skd: from Verify)
     acceptance: float | None = None                # skd: fraction of drafts the teacher kept
@@ -48,13 +50,9 @@ class TokenBatch:
 
 def token_batch(rollout: Rollout, pad_id: int) -> TokenBatch:
     seqs = rollout.sequences
-    T = max(len(s) for s in seqs)
-    input_ids_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attention_BT = torch.zeros_like(input_ids_BT)
-    mask_BS = torch.zeros((len(seqs), T - 1), dtype=torch.bool)
+    input_ids_BT, attention_BT = pad(seqs, pad_id, side="right")
+    mask_BS = torch.zeros((len(seqs), input_ids_BT.shape[1] - 1), dtype=torch.bool)
     for row, (seq, plen) in enumerate(zip(seqs, rollout.prompt_lens)):
-        input_ids_BT[row, :len(seq)] = torch.tensor(seq)
-        attention_BT[row, :len(seq)] = 1
         mask_BS[row, plen - 1:len(seq) - 1] = True
     return TokenBatch(input_ids_BT, attention_BT, input_ids_BT[:, 1:], mask_BS)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from student_worker.tokens import cut_at_eos, pad
+
 
 @dataclass
 class Completion:
@@ -24,12 +26,8 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     which is what a batched KV-cache decode needs. return_probs adds each step's full
     distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats)."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids_BP = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask_BP = torch.zeros_like(input_ids_BP)
-    for row, p in enumerate(prompts):
-        input_ids_BP[row, width - len(p):] = torch.tensor(p)
-        mask_BP[row, width - len(p):] = 1
+    input_ids_BP, mask_BP = pad(prompts, pad_id, side="left")
+    width = input_ids_BP.shape[1]
     greedy = temperature == 0
     # A config of our own: `generate` would otherwise fill unset options from the checkpoint's
     # generation_config.json (top_k=50, repetition penalties, ...) and sample another policy than
@@ -44,13 +42,10 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     logits_BLV = torch.stack(out.logits, dim=1).float().cpu()
     logprobs_BLV = torch.log_softmax(logits_BLV / (temperature or 1.0), -1)
     logprobs_BL = logprobs_BLV.gather(-1, new_BL[..., None])[..., 0]
-    eos = torch.tensor(eos_ids)
     completions = []
     for row in range(len(prompts)):
-        tokens = new_BL[row]
-        stops = torch.isin(tokens, eos).nonzero()
-        length = int(stops[0]) + 1 if stops.numel() else tokens.numel()
-        completions.append(Completion(tokens[:length].tolist(), logprobs_BL[row, :length],
-                                      bool(stops.numel()),
-                                      logprobs_BLV[row, :length].exp() if return_probs else None))
+        tokens, finished = cut_at_eos(new_BL[row].tolist(), eos_ids)
+        n = len(tokens)
+        completions.append(Completion(tokens, logprobs_BL[row, :n], finished,
+                                      logprobs_BLV[row, :n].exp() if return_probs else None))
     return completions

@@ -7,33 +7,87 @@ the teacher is back; past `patience_s` it gives up with TeacherUnreachable.
 
 from __future__ import annotations
 
+import functools
+import random
 import time
+from typing import Callable, Concatenate, ParamSpec, Protocol, Sequence, TypeVar
 
 import grpc
 from tqdm import tqdm
 
 from distill.fingerprint import tokenizer_fingerprint
+from distill.results import TeacherSample, TeacherScores, VerifyOutcome
+from distill.v1 import teacher_pb2 as pb
 from student_worker.teacher_client import TeacherClient
 
 # down, slow, or over our tenant's quota: all pass; anything else is a bug to report
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED)
 
+TokenSeq = Sequence[int]
+
+
+class Teacher(Protocol):
+    """What completion sources and losses ask of the teacher: TeacherClient's four calls (see it
+    for the arguments). A TeacherClient is one; so is a PatientTeacher wrapping one."""
+
+    def info(self, timeout: float | None = None) -> pb.InfoResponse: ...
+
+    def score(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
+              temperature: float = 1.0, candidates=None, dtype: str = "float32",
+              timeout: float | None = None) -> list[TeacherScores]: ...
+
+    def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
+                 top_p: float = 1.0, max_new_tokens: int = 64,
+                 stop_token_ids: Sequence[int] | None = None, seed: int | None = None,
+                 dtype: str = "float32", timeout: float | None = None) -> list[list[TeacherSample]]: ...
+
+    def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs=None,
+               mode: str = "speculative", top_k: int | None = None, temperature: float = 1.0,
+               seed: int | None = None, score_top_k: int | None = None, dtype: str = "float32",
+               timeout: float | None = None) -> list[VerifyOutcome]: ...
+
 
 class TeacherUnreachable(RuntimeError):
     pass
 
 
-class PatientTeacher:
-    def __init__(self, client: TeacherClient, patience_s: float, max_backoff_s: float = 15.0):
-        self.client, self.patience_s, self.max_backoff_s = client, patience_s, max_backoff_s
-        self.outage_seconds = 0.0   # total time spent waiting for an unreachable teacher
+P, R = ParamSpec("P"), TypeVar("R")
 
-    def __call__(self, method: str, *args, **kwargs):
+
+def _patient(call: Callable[Concatenate[TeacherClient, P], R]) -> Callable[Concatenate[PatientTeacher, P], R]:
+    """The client's method `call` with its signature, retried through outages."""
+    @functools.wraps(call)
+    def patient(self: PatientTeacher, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.retry(lambda: call(self.client, *args, **kwargs))
+
+    return patient
+
+
+class PatientTeacher:
+    """A Teacher that waits out outages: info / score / generate / verify as on TeacherClient.
+
+    announce: print the retry messages (rank 0 only: N workers would print N copies).
+    """
+
+    def __init__(self, client: TeacherClient, patience_s: float, max_backoff_s: float = 15.0,
+                 announce: bool = True):
+        self.client, self.patience_s, self.max_backoff_s = client, patience_s, max_backoff_s
+        self.announce = announce
+        self.outage_seconds = 0.0   # total time spent waiting for an unreachable teacher
+        self._jitter = random.Random()   # seeded from the OS: each worker waits its own time
+
+    info = _patient(TeacherClient.info)
+    score = _patient(TeacherClient.score)
+    generate = _patient(TeacherClient.generate)
+    verify = _patient(TeacherClient.verify)
+
+    def retry(self, attempt: Callable[[], R]) -> R:
+        """attempt() until it succeeds, a non-transient error, or patience_s has passed."""
         started, backoff = time.monotonic(), 0.5
         while True:
             try:
-                return getattr(self.client, method)(*args, **kwargs)
+                return attempt()
             except grpc.RpcError as err:
                 if err.code() not in _TRANSIENT:
                     raise
@@ -46,10 +100,12 @@ class PatientTeacher:
                 # a teacher over quota says when to come back (gRPC's retry pushback)
                 hint = dict(err.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
                 pause = max(backoff, int(hint) / 1000 if hint and int(hint) > 0 else 0)
-                pause = min(pause, self.patience_s - waited)
-                state = "busy" if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
-                tqdm.write(f"teacher {self.client.target} {state} ({err.code().name}: {err.details()}); "
-                           f"retrying in {pause:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
+                # jitter: workers that lost the teacher together must not all retry together
+                pause = min(pause * self._jitter.uniform(1.0, 1.5), self.patience_s - waited)
+                if self.announce:
+                    state = "busy" if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
+                    tqdm.write(f"teacher {self.client.target} {state} ({err.code().name}: {err.details()}); "
+                               f"retrying in {pause:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
                 time.sleep(pause)  # backoff between attempts, not a wait for a condition
                 self.outage_seconds += pause
                 backoff = min(backoff * 2, self.max_backoff_s)

@@ -31,12 +31,13 @@ from student_worker import checkpoint
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
 from student_worker.evaluate import evaluate
-from student_worker.methods import (Context, compute_loss, make_rollout, needs_teacher,
-                                    needs_teacher_scores, score_top_k)
+from student_worker.methods import Context, Method, get_method
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
+from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
+from student_worker.tokens import pad_id_of
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -62,10 +63,6 @@ def _lr_lambda(cfg: RunConfig):
         return 1.0
 
     return factor
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step) * 1_009 + rank
 
 
 class _MetricsLog:
@@ -108,6 +105,7 @@ class Run:
     tokenizer: object
     model: torch.nn.Module          # the student itself (sampling, saving)
     ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training)
+    method: Method
     teacher: PatientTeacher | None
     info: object | None             # the teacher's Info
     data: PromptData
@@ -131,10 +129,11 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
-    teacher, info = _connect_teacher(cfg, tokenizer, model)
+    method = get_method(cfg)
+    teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
     if cfg.train.eval_every and data.task is None:
-        raise SystemExit("train.eval_every needs a built-in task as data.source (its scorer)")
+        raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -142,10 +141,9 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
     eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id, data.task, teacher)
-    return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, teacher, info, data,
-               optimizer, scheduler, ctx, step)
+    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
+    return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
+               data, optimizer, scheduler, ctx, step)
 
 
 @dataclass
@@ -161,14 +159,12 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
     lag + 1 batches are kept in flight: each is sampled now and scored by the teacher on a
     background thread, so with lag > 0 scoring overlaps the updates of earlier batches.
     """
-    cfg = run.cfg
-    wants_scores = needs_teacher_scores(cfg)
-    top_k = score_top_k(cfg) if wants_scores else 0
+    cfg, method = run.cfg, run.method
 
     def score(rollout):
         start = time.monotonic()
-        scores = run.teacher("score", rollout.sequences, rollout.prompt_lens, top_k=top_k,
-                             dtype=cfg.teacher.logprob_dtype)
+        scores = run.teacher.score(rollout.sequences, rollout.prompt_lens, top_k=method.score_top_k(cfg),
+                                   dtype=cfg.teacher.logprob_dtype)
         return scores, time.monotonic() - start
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
@@ -179,9 +175,10 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
             start = time.monotonic()
             while len(pipeline) <= cfg.train.lag and next_step < cfg.train.steps:
                 # sampling at a step depends only on (seed, step, rank): resumes replay it exactly
-                torch.manual_seed(_step_seed(cfg.train.seed, next_step, run.rank))
-                rollout = make_rollout(run.data.batch(next_step), run.ctx, next_step)
-                pipeline.append((rollout, pool.submit(score, rollout) if wants_scores else None))
+                torch.manual_seed(derive_seed(cfg.train.seed, "sample", next_step, run.rank))
+                rollout = method.source.rollout(run.data.batch(next_step), run.ctx, next_step)
+                pending = pool.submit(score, rollout) if method.needs_scores(rollout) else None
+                pipeline.append((rollout, pending))
                 next_step += 1
             rollout, pending = pipeline.popleft()
             waiting = time.monotonic()
@@ -198,7 +195,9 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
     teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
                if scores else None)
-    loss, logs = compute_loss(run.cfg, student_logprobs_BSV, batch, teacher, rollout)
+    loss, logs = run.method.loss(run.cfg.method, student_logprobs_BSV, batch, teacher, rollout)
+    if rollout.acceptance is not None:
+        logs["acceptance_rate"] = rollout.acceptance
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = run.cfg.optim.grad_clip
@@ -297,19 +296,20 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
     return AutoModelForCausalLM.from_pretrained(ckpt or cfg.student.path, dtype=dtype).to(device)
 
 
-def _connect_teacher(cfg: RunConfig, tokenizer, model):
+def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):
     """The patient teacher client and its Info, after checking the student can train against it.
-    (None, None) for a method that needs no teacher and has none configured."""
+    (None, None) for a method that needs no teacher and has none configured. announce: print
+    the retry messages of a teacher outage (one rank does)."""
     if cfg.teacher is None:
-        if needs_teacher(cfg):
+        if method.needs_teacher:
             raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target")
         return None, None
     t = cfg.teacher
     client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, tls=t.tls,
                            tls_ca=t.tls_ca, tls_cert=t.tls_cert, tls_key=t.tls_key)
-    teacher = PatientTeacher(client, t.patience_s)
+    teacher = PatientTeacher(client, t.patience_s, announce=announce)
     try:
-        info = teacher("info")
+        info = teacher.info()
     except TeacherUnreachable as exc:
         raise SystemExit(f"cannot start: {exc}") from exc
     check_tokenizer(info, tokenizer, cfg.student.path)

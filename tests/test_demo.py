@@ -23,8 +23,8 @@ task = TASKS["digsum"]
     ("37=", "907163470", False),         # 9 digits
     ("37=", "9071634a", False), ("37=", "", False), ("=", "00000000", False),
 ])
-def test_scorer(prompt, answer, ok):
-    assert task.score(prompt, answer) == float(ok)
+def test_check(prompt, answer, ok):
+    assert task.check(prompt, answer) == float(ok)
 
 
 def test_splits_are_distinct_and_reproducible():
@@ -32,7 +32,7 @@ def test_splits_are_distinct_and_reproducible():
     answers = [{e["completion"] for e in split} for split in (train, dev, test)]
     assert not (answers[0] & answers[1]) and not (answers[0] & answers[2]) and not (answers[1] & answers[2])
     assert task.examples("test", 50) == test[:50]
-    assert all(task.score(e["prompt"], e["completion"]) == 1.0 for e in train[:500])
+    assert all(task.check(e["prompt"], e["completion"]) == 1.0 for e in train[:500])
 
 
 def test_tokenizer_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 def test_teacher_throughput_runs_on_the_cpu():
     out = subprocess.run(
-        [sys.executable, "bench/gpu/teacher_throughput.py", "--preset", "tiny", "--device", "cpu",
+        [sys.executable, "-m", "bench.gpu.teacher_throughput", "--preset", "tiny", "--device", "cpu",
          "--clients", "2", "--batch-tokens", "256", "--seq-len", "128", "--seconds", "2"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

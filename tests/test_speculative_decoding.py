@@ -9,13 +9,9 @@ from student_worker.speculative import acceptance, speculative_generate
 from tests.conftest import random_sequences
 
 
-def _call(client):
-    return lambda method, *a, **kw: getattr(client, method)(*a, **kw)
-
-
 def test_greedy_with_the_teacher_as_draft_reproduces_teacher_greedy(client, reference_model):
     prompts = random_sequences(3, [4, 7, 2], 100, seed=11)
-    results = speculative_generate(reference_model, _call(client), prompts, gamma=3, max_new_tokens=10,
+    results = speculative_generate(reference_model, client, prompts, gamma=3, max_new_tokens=10,
                                    mode="greedy", temperature=1.0, eos_ids=[2], pad_id=0, score_top_k=8)
     for prompt, r in zip(prompts, results):
         with torch.no_grad():
@@ -39,7 +35,7 @@ def test_a_different_draft_is_corrected_and_counted(client, tiny_model_dir, tmp_
 
     other = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "draft", seed=5))
     prompts = random_sequences(4, [5], 100, seed=12)
-    results = speculative_generate(other, _call(client), prompts, gamma=4, max_new_tokens=12, mode="topk",
+    results = speculative_generate(other, client, prompts, gamma=4, max_new_tokens=12, mode="topk",
                                    accept_top_k=3, temperature=1.0, eos_ids=[2], pad_id=0, seed=0)
     for r in results:
         assert 1 <= len(r.completion) <= 12 and r.teacher.topk_ids.shape[0] == len(r.completion)

@@ -48,7 +48,12 @@ def fixed_eval(cfg, model_dir, client, metric):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = PromptData(cfg.data, tokenizer).examples
     rollout = Rollout([e.prompt_ids for e in examples], [e.completion_ids for e in examples], "data")
-    batch = token_batch(rollout, tokenizer.pad_token_id)
+    return measure(rollout, model_dir, client, metric)
+
+
+def measure(rollout, model_dir, client, metric):
+    """`metric` ("nll" or a divergence to the teacher) of the model on the rollout's completions."""
+    batch = token_batch(rollout, AutoTokenizer.from_pretrained(model_dir).pad_token_id)
     scores = client.score(rollout.sequences, rollout.prompt_lens, top_k=16)
     teacher = teacher_batch(scores, rollout, batch.targets_BS.shape[1])
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -109,6 +114,29 @@ def test_seqkd_best_of_n_with_a_task_verifier(teacher, student_dir, tmp_path):
     train(cfg, tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["source"] for x in lines] == ["teacher", "teacher"]
+
+
+def test_a_new_method_is_one_row(teacher, client, student_dir, data_file, tmp_path):
+    """Teacher samples + reverse KL to the teacher's top-k: registered in one line, then trained by
+    name against the real server; its loss on the teacher's (greedy) samples goes down."""
+    from student_worker.methods import METHODS, Method, TeacherSamples, TopKDivergence, register_method
+
+    method = register_method(Method("teacher-rkl", TeacherSamples(), TopKDivergence("reverse_kl")))
+    try:
+        cfg = config(student_dir, teacher.target, data_file, "method.name=teacher-rkl",
+                     "sampling.temperature=0")
+        assert method.needs_teacher and method.score_top_k(cfg) == 16
+        tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        examples = PromptData(cfg.data, tokenizer).examples
+        samples = client.generate([e.prompt_ids for e in examples], temperature=0, max_new_tokens=6)
+        greedy = Rollout([e.prompt_ids for e in examples], [s[0].token_ids.tolist() for s in samples], "teacher")
+        before = measure(greedy, student_dir, client, "reverse_kl")
+        after = measure(greedy, train(cfg, tmp_path), client, "reverse_kl")
+    finally:
+        del METHODS["teacher-rkl"]
+    assert after < before, (before, after)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {x["source"] for x in lines} == {"teacher"} and all("divergence" in x for x in lines)
 
 
 def test_prompts_from_a_datasets_folder(teacher, student_dir, tmp_path):

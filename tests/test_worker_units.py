@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from student_worker.config import load_config, parse_override
 from student_worker.rollout import Rollout, teacher_batch, token_batch
-from student_worker.teacher_client import TeacherScores
+from distill.results import TeacherScores
 
 REQUIRED = ["student.path=s", "teacher.target=t:1", "data.source=reverse"]
 
@@ -85,3 +85,33 @@ def test_config_file_reads_the_environment(tmp_path, monkeypatch):
     assert load_config(path, None, REQUIRED[:1] + REQUIRED[2:]).teacher.target == "teacher-box:6000"
     with pytest.raises(ValueError, match=r"refers to \$\{NOPE_NOT_SET\}"):
         expand_env("${NOPE_NOT_SET}")
+
+
+def test_what_a_method_needs_follows_from_its_parts():
+    from student_worker.methods import METHODS
+
+    cfg = load_config(None, "gkd", [*REQUIRED, "teacher.top_k=7"])
+    assert [name for name, m in sorted(METHODS.items()) if not m.needs_teacher] == ["sft"]
+    assert METHODS["rlkd"].score_top_k(cfg) == 1 and METHODS["gkd"].score_top_k(cfg) == 7
+    assert METHODS["gkd"].needs_scores(Rollout([[1]], [[2]], "student"))
+    # skd's rollouts already hold Verify's log-probs: no second call
+    assert not METHODS["skd"].needs_scores(Rollout([[1]], [[2]], "interleaved", teacher_scores=[None]))
+    assert not METHODS["seqkd"].needs_scores(Rollout([[1]], [[2]], "teacher"))
+
+
+def test_patient_teacher_announces_retries_on_rank_0_only(capsys):
+    import socket
+
+    from student_worker.teacher import PatientTeacher, TeacherUnreachable
+    from student_worker.teacher_client import TeacherClient
+
+    with socket.socket() as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with TeacherClient(f"127.0.0.1:{port}", timeout=0.2) as client:
+        for announce in (False, True):
+            teacher = PatientTeacher(client, patience_s=1.0, announce=announce)
+            with pytest.raises(TeacherUnreachable, match="unreachable for"):
+                teacher.score([[1, 2, 3]], 1)
+            assert teacher.outage_seconds > 0
+            assert ("retrying in" in capsys.readouterr().out) == announce

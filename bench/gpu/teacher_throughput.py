@@ -1,8 +1,8 @@
 """Teacher throughput on a GPU: an 8B-parameter Llama-shaped model (random weights, bfloat16)
 served by the transformers backend, scored by several concurrent gRPC clients.
 
-    python bench/gpu/teacher_throughput.py                      # GPU: 8B, bf16, 4 clients
-    python bench/gpu/teacher_throughput.py --preset tiny --seconds 3   # CPU smoke run (tests)
+    python -m bench.gpu.teacher_throughput                      # GPU: 8B, bf16, 4 clients
+    python -m bench.gpu.teacher_throughput --preset tiny --seconds 3   # CPU smoke run (tests)
 
 (vLLM cannot be carried to the GPU machine, so this measures the transformers backend.)
 Steps: measure the device's matrix-multiply rate (the ceiling, bf16 on GPU, float32 on CPU);
@@ -17,15 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import pathlib
-import sys
 import threading
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch
 
 # Llama 3 8B's shape: 8.0B parameters
 PRESETS = {

@@ -1,7 +1,7 @@
-"""Built-in tasks: a generator of (prompt, completion) examples plus an exact scorer.
+"""Built-in tasks: a generator of (prompt, completion) examples plus an exact check.
 
-A task is referenced by name in `data.source`; its scorer is the verifier that seqkd's best-of-n
-and rlkd's reward use.
+A task is referenced by name in `data.source`; its check is the verifier that seqkd's best-of-n
+keeps answers by, rlkd's reward, and evaluation's accuracy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class Task(Protocol):
     def examples(self, split: str, n: int) -> list[dict]:
         """n examples {"prompt": str, "completion": str} of a split (train/dev/test)."""
 
-    def score(self, prompt: str, completion: str) -> float:
+    def check(self, prompt: str, completion: str) -> float:
         """1.0 when the completion is correct for the prompt, else 0.0."""
 
 
@@ -40,7 +40,7 @@ class ReverseTask:
             out.append({"prompt": f"rev {word}=", "completion": word[::-1]})
         return out
 
-    def score(self, prompt: str, completion: str) -> float:
+    def check(self, prompt: str, completion: str) -> float:
         word = prompt.removeprefix("rev ").removesuffix("=")
         return float(completion.strip() == word[::-1])
 

@@ -52,7 +52,7 @@ class DigsumTask:
                 out.append({"prompt": f"{sum(map(int, digits))}=", "completion": digits})
         return out
 
-    def score(self, prompt: str, completion: str) -> float:
+    def check(self, prompt: str, completion: str) -> float:
         target = prompt.removesuffix("=")
         answer = completion.strip()
         ok = (target.isdigit() and len(answer) == LENGTH and answer.isdigit()

@@ -1,0 +1,33 @@
+"""Token-list helpers shared by sampling, speculative decoding, the target grid and evaluation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
+    """The tokenizer's pad id; models without one pad with EOS (padding is masked out anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] long ids and attention mask (1 on real tokens). side "right": sequences start at
+    column 0 (training); "left": they all end at the last column (a batched KV-cache decode)."""
+    width = max(len(s) for s in seqs)
+    ids_BT = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros_like(ids_BT)
+    for row, seq in enumerate(seqs):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids_BT[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask_BT[row, cols] = 1
+    return ids_BT, mask_BT
+
+
+def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The tokens up to and including the first EOS, and whether there was one."""
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return list(tokens[:i + 1]), True
+    return list(tokens), False

@@ -60,8 +60,9 @@ step "images"
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_28_x86_64 --dest "$LOCAL" "torch==2.13.0+cpu"
 cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$LOCAL/ca-certificates.crt"
+# (this machine's index, if it names one, else pip's default; the host network, as everywhere here)
 build=(docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE"
-       --build-arg "PIP_INDEX_URL=${PIP_INDEX_URL:-https://pypi.org/simple}"
+       ${PIP_INDEX_URL:+--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL"}
        --build-arg PIP_CERT=/tmp/local/ca-certificates.crt)
 start=$SECONDS
 "${build[@]}" -f docker/worker.Dockerfile -t distill-worker:deploy-test \

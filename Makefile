@@ -45,3 +45,9 @@ protos: setup
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+# the images built and the compose `cpu` profile run for real, then torn down (scripts/deploy_test.sh;
+# as root: it installs and starts Docker if need be)
+.PHONY: deploy-test
+deploy-test: setup
+	scripts/deploy_test.sh

@@ -68,12 +68,28 @@ def dockerfile(kind: str) -> list[tuple[str, str]]:
             if line and not line.startswith("#")]
 
 
-def dockerfile_env(kind: str) -> dict[str, str]:
+def dockerfile_args(kind: str) -> dict[str, str]:
+    """The build arguments a Dockerfile declares, with their defaults ('' for none)."""
+    return dict((args.split("=", 1) + [""])[:2] for instruction, args in dockerfile(kind)
+                if instruction == "ARG")
+
+
+def dockerfile_env(kind: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
+    """The image's ENV, ${ARG}s replaced by build_args or else their defaults."""
+    values = {**dockerfile_args(kind), **(build_args or {})}
     env = {}
     for instruction, args in dockerfile(kind):
         if instruction == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(args))
+            for pair in shlex.split(args):
+                key, value = pair.split("=", 1)
+                env[key] = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m[1], m[0]), value)
     return env
+
+
+def copy_sources(kind: str) -> list[str]:
+    """What a Dockerfile's COPY instructions take from the build context (not from a stage)."""
+    return [source for instruction, args in dockerfile(kind) if instruction == "COPY"
+            and not args.startswith("--from=") for source in args.split()[:-1]]
 
 
 def exec_form(kind: str, instruction: str) -> list[str]:
@@ -108,6 +124,7 @@ def test_compose_topology(services):
     for name in ("teacher-cpu", "worker-cpu"):
         assert services[name]["profiles"] == ["cpu"] and "deploy" not in services[name]
     assert services["teacher-cpu"]["environment"]["TEACHER_BACKEND"] == "transformers"
+    assert services["teacher-cpu"]["build"]["dockerfile"] == "docker/teacher.Dockerfile"
     assert services["prometheus"]["profiles"] == ["monitoring"]
     mounts = {(v["source"], v["target"]) for s in ("teacher", "worker") for v in services[s]["volumes"]}
     assert {("checkpoints", "/runs"), ("model-cache", "/home/teacher/.cache/huggingface"),
@@ -142,15 +159,41 @@ def _teacher_settings(env: dict[str, str]) -> ServerSettings:
         return ServerSettings(_cli_parse_args=[])
 
 
-@pytest.mark.parametrize("service,image", [("teacher", "teacher"), ("teacher-cpu", "worker")])
-def test_teacher_services_run_the_server_with_settings_that_parse(services, service, image):
-    entrypoint = services[service]["entrypoint"] or exec_form(image, "ENTRYPOINT")
+@pytest.mark.parametrize("service", ["teacher", "teacher-cpu"])
+def test_teacher_services_run_the_server_with_settings_that_parse(services, service):
+    entrypoint = services[service]["entrypoint"] or exec_form("teacher", "ENTRYPOINT")
     assert entrypoint == ["python", "-m", "teacher_server"] and not services[service]["command"]
-    settings = _teacher_settings({**dockerfile_env(image), **services[service]["environment"]})
+    built_env = dockerfile_env("teacher", services[service]["build"].get("args"))
+    settings = _teacher_settings({**built_env, **services[service]["environment"]})
     assert settings.host == "0.0.0.0" and settings.port == 50051 and settings.http_port == 8080
     # the default model ships in the image, at the same path under /app as here
     assert (ROOT / settings.model / "config.json").exists()
     assert services[service]["healthcheck"]["test"] == ["CMD", "python", "-m", "teacher_server.probe"]
+
+
+def test_build_args_are_ones_the_dockerfiles_declare(services):
+    """Docker ignores an unknown build argument with a mere warning: a typo would build the GPU
+    teacher where a CPU one was meant."""
+    for name, service in services.items():
+        if "build" in service:
+            kind = Path(service["build"]["dockerfile"]).name.removesuffix(".Dockerfile")
+            assert set(service["build"].get("args", {})) <= set(dockerfile_args(kind)), name
+
+
+def test_the_deploy_test_override_runs_the_cpu_profile_on_the_host_network(tmp_path):
+    """docker/compose.deploy-test.yml (make deploy-test): no bridge network, no published port,
+    the workers at the teacher's port on 127.0.0.1."""
+    override = ROOT / "docker" / "compose.deploy-test.yml"
+    env = {**os.environ, "DEPLOY_TEST_PORT": "50999", "DEPLOY_TEST_HTTP_PORT": "50998"}
+    done = subprocess.run([_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "-f",
+                           str(override), "--profile", "cpu", "config", "--format", "json"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)["services"]
+    for name in ("teacher-cpu", "worker-cpu"):
+        assert merged[name]["network_mode"] == "host" and not merged[name].get("ports"), name
+    assert merged["teacher-cpu"]["environment"]["TEACHER_PORT"] == "50999"
+    assert merged["worker-cpu"]["environment"]["TEACHER_ADDRESS"] == "127.0.0.1:50999"
 
 
 def test_worker_services_run_the_entrypoint_on_a_config_that_loads(services, monkeypatch):
@@ -177,15 +220,19 @@ def test_dockerfiles_pass_hadolint():
 @pytest.mark.parametrize("kind", DOCKERFILES)
 def test_dockerfile_rules(kind):
     steps = dockerfile(kind)
-    [base] = [args for instruction, args in steps if instruction == "FROM"]
-    # pinned: an exact version tag (x.y.z) or a digest, never latest or a bare major
+    # the base is a build argument whose default is pinned: an exact version tag (x.y.z) or a
+    # digest, never latest or a bare major; the other stages start from earlier ones
+    base = dockerfile_args(kind)["BASE_IMAGE"]
     assert re.search(r":\S*\d+\.\d+\.\d+|@sha256:[0-9a-f]{64}", base), base
+    stages = ["${BASE_IMAGE}"]
+    for instruction, args in steps:
+        if instruction == "FROM":
+            image, *alias = args.split()
+            assert image in stages, args
+            stages += alias[1:]
     users = [args for instruction, args in steps if instruction == "USER"]
     assert users and users[-1] not in ("root", "0"), "the container must not run as root"
-    for instruction, args in steps:
-        if instruction == "COPY":
-            *sources, _ = args.split()
-            assert all((ROOT / s).exists() for s in sources), args
+    assert all((ROOT / source).exists() for source in copy_sources(kind))
     if kind == "teacher":
         assert exec_form(kind, "HEALTHCHECK") == ["python", "-m", "teacher_server.probe"]
         assert dockerfile_env(kind)["TEACHER_BACKEND"] == "vllm"
@@ -197,8 +244,7 @@ def test_dockerignore_keeps_the_environment_out_and_the_sources_in():
     assert {".venv", ".git", "demo-output"} <= set(patterns)
     ignored = lambda path: any(fnmatch.fnmatch(part, pattern.removeprefix("**/"))
                                for pattern in patterns for part in (path, *Path(path).parts))
-    copied = [source for kind in DOCKERFILES for instruction, args in dockerfile(kind)
-              if instruction == "COPY" for source in args.split()[:-1]]
+    copied = [source for kind in DOCKERFILES for source in copy_sources(kind)]
     assert copied and not [source for source in copied if ignored(source)]
 
 
@@ -273,7 +319,7 @@ def test_worker_entrypoint_trains_against_a_teacher_by_dns_name(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         assert server.terminate() == 0
-    [run] = tmp_path.iterdir()
-    assert run.name == os.uname().nodename
-    state = torch.load(run / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+    # the run is worker-1, held by its lock while the job ran
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["worker-1", "worker-1.lock"]
+    state = torch.load(tmp_path / "worker-1" / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 2

@@ -79,7 +79,8 @@ def main() -> None:
         optim="adamw_torch", lmbda=1.0, beta=spec["beta"], temperature=spec["temperature"],
         max_new_tokens=spec["max_new_tokens"], seed=spec["seed"], use_cpu=True,
         train_sampling_strategy="sequential", dataloader_num_workers=0, report_to="none",
-        save_strategy="no", logging_steps=50, disable_tqdm=True)
+        save_strategy="no", logging_steps=50, disable_tqdm=True,
+        bf16=False)   # TRL defaults to bf16 autocast; ours trains in float32 (and bf16 is slow on most CPUs)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, data_collator=collate,
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          callbacks=[StepClock()])

@@ -42,7 +42,7 @@ class TeacherProcess:
     """`python -m teacher_server` as a child process on 127.0.0.1 with free ports (1 torch thread)."""
 
     def __init__(self, model_dir, *args: str, env: dict | None = None,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None, start_timeout: float = 120):
         cmd = [sys.executable, "-m", "teacher_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--num-threads", "1",
                *args]
@@ -65,7 +65,7 @@ class TeacherProcess:
             listening.set()   # the output ended: the server exited (bad flag, ...); no need to wait
 
         threading.Thread(target=pump, daemon=True).start()
-        if not listening.wait(120) or not hasattr(self, "grpc_port"):
+        if not listening.wait(start_timeout) or not hasattr(self, "grpc_port"):
             self.proc.kill()
             raise RuntimeError("teacher did not start:\n" + "".join(self.lines))
         self.target = f"127.0.0.1:{self.grpc_port}"

@@ -51,26 +51,28 @@ WORDS = ["ocean", "library", "friendship", "volcano", "umbrella", "democracy", "
          "hospital", "festival", "compass", "poem", "engine", "oxygen", "village", "microscope",
          "holiday", "neighbor", "teacher", "garden", "mountain", "newspaper", "airport", "language",
          "photograph", "breakfast", "computer", "weekend"]
-NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+PAIRS = list(itertools.product(range(1, 21), repeat=2))
 
-# (category, how many to draw, every prompt the templates can make)
+# (how many to draw, every prompt the templates can make) per topic. The wording keeps the
+# teacher's greedy answers short (median about 12 tokens; "Answer in one sentence." and "separated by
+# commas" cut SmolLM2-135M-Instruct's rambling most): the demo trains on completions of <= 48 tokens.
+SENTENCE = "Answer in one sentence."
 TOPICS = {
     "facts": (100, [*(f"What is the capital of {c}?" for c in COUNTRIES),
-                    *(f"On which continent is {c}?" for c in COUNTRIES),
-                    *(f"How many legs does a {a} have?" for a in ANIMALS),
-                    *(f"What color is {thing}?" for thing in COLOURED),
-                    *(f"What is the opposite of \"{w}\"?" for w in OPPOSITES)]),
-    "arithmetic": (110, [*(f"What is {a} + {b}?" for a, b in itertools.product(range(1, 21), repeat=2)),
-                         *(f"What is {a} - {b}?" for a, b in itertools.product(range(1, 21), repeat=2)
-                           if a > b),
-                         *(f"What is {a} times {b}?" for a, b in itertools.product(range(2, 11), repeat=2))]),
+                    *(f"Which continent is {c} in? Answer in one word." for c in COUNTRIES),
+                    *(f"How many legs does a {a} have? {SENTENCE}" for a in ANIMALS),
+                    *(f"What color is {thing}? {SENTENCE}" for thing in COLOURED),
+                    *(f"Give the opposite of the word \"{w}\"." for w in OPPOSITES)]),
+    "arithmetic": (140, [*(f"What is {a} + {b}? {SENTENCE}" for a, b in PAIRS),
+                         *(f"What is {a} - {b}? {SENTENCE}" for a, b in PAIRS if a > b),
+                         *(f"What is {a} times {b}? {SENTENCE}" for a, b in PAIRS if a <= 10 and b <= 10)]),
     "rewriting": (100, [*(f"Rewrite in the past tense: {s}" for s in SENTENCES),
                         *(f"Rewrite as a question: {s}" for s in SENTENCES),
                         *(f"Rewrite in the negative: {s}" for s in SENTENCES),
                         *(f"Rewrite in the future tense: {s}" for s in SENTENCES)]),
-    "lists": (90, [f"Name {NUMBER_WORDS[n]} {c}." for c in CATEGORIES for n in NUMBER_WORDS]),
+    "lists": (60, [f"List {n} {c}, separated by commas." for c in CATEGORIES for n in ("two", "three")]),
     "definitions": (100, [*(f"Define \"{w}\" in one sentence." for w in WORDS),
-                          *(f"What is a {w}? Answer in one sentence." for w in WORDS)]),
+                          *(f"What is a {w}? {SENTENCE}" for w in WORDS)]),
 }
 
 

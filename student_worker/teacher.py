@@ -15,7 +15,7 @@ from typing import Callable, Concatenate, ParamSpec, Protocol, Sequence, TypeVar
 import grpc
 from tqdm import tqdm
 
-from distill.fingerprint import tokenizer_fingerprint
+from distill.fingerprint import TokenizerMismatch, compare_tokenizers
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from distill.v1 import teacher_pb2 as pb
 from student_worker.teacher_client import TeacherClient
@@ -112,10 +112,11 @@ class PatientTeacher:
 
 
 def check_tokenizer(info, tokenizer, student_path: str) -> None:
-    """Refuse to train when the student's tokenizer is not the teacher's."""
-    mine = tokenizer_fingerprint(tokenizer)
-    if mine != info.tokenizer_fingerprint:
-        raise SystemExit(
-            f"tokenizer mismatch: the student {student_path!r} has tokenizer fingerprint {mine[:16]}…, "
-            f"the teacher {info.model_id!r} has {info.tokenizer_fingerprint[:16]}…; token ids would "
-            "mean different things. Use a student that shares the teacher's tokenizer.")
+    """Refuse to train when the student's tokenizer is not the teacher's; warn when only the
+    special tokens differ (distill.fingerprint.compare_tokenizers)."""
+    try:
+        warning = compare_tokenizers(tokenizer, student_path, info)
+    except TokenizerMismatch as err:
+        raise SystemExit(str(err)) from None
+    if warning:
+        tqdm.write(f"warning: {warning}")

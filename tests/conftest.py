@@ -17,6 +17,19 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_model_dir():
+    """SmolLM2-135M-Instruct as a float32 Hugging Face folder: `make setup` fetches and converts
+    it once (scripts/fetch_model.py); here it is only looked up, or made if missing."""
+    from scripts.fetch_model import DownloadError, fetch
+
+    try:
+        return fetch("smollm2-135m-instruct")
+    except DownloadError as err:
+        pytest.skip(f"SmolLM2-135M-Instruct is not in the cache and could not be fetched "
+                    f"(offline?): {err}")
+
+
+@pytest.fixture(scope="session")
 def reference_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

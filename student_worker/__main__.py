@@ -2,7 +2,7 @@
 
 One worker on one CPU or GPU. Many workers: `torchrun --nproc-per-node N -m student_worker ...`
 (several machines: add `--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT`).
-Overrides set any config key listed below, as `section.key=value` or `--section.key value`:
+Overrides set any config key listed above, as `section.key=value` or `--section.key value`:
 `optim.lr=3e-5 method.divergence=reverse_kl train.steps=200`. Later layers win: field defaults <
 the --config file < the --preset < overrides. `--print-config` shows the result and exits.
 """

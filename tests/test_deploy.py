@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from student_worker.config import load_config
 from teacher_server import probe

@@ -12,7 +12,6 @@ import logging
 import sys
 
 import torch.distributed as dist
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from distill.logs import setup_logging
 from student_worker.config import PRESETS, as_flags, check_unknown, config_arguments, resolve
@@ -50,10 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output_dir:
         parser.error("--output-dir is required to train")
     setup_logging(args.log_level, args.log_format)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from student_worker.trainer import train   # after logging is set: it imports the model libraries
 
+    if args.log_format == "json":   # progress bars are not log lines (transformers' loading/saving bars)
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
     with logging_redirect_tqdm():   # log lines above the progress bar, not through it
-        train(cfg, args.output_dir, resume=args.resume, allow_config_change=args.allow_config_change)
+        # JSON logs: no bar (torch imported tqdm before TQDM_DISABLE was set, so say it here)
+        train(cfg, args.output_dir, resume=args.resume, allow_config_change=args.allow_config_change,
+              progress=args.log_format == "text")
     if dist.is_initialized():   # a clean exit for every rank (gloo's threads end before teardown)
         dist.destroy_process_group()
 

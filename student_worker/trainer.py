@@ -283,7 +283,7 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
             log.trackers.close()
         if run.teacher is not None:
             run.teacher.client.close()
-    if run.is_main and progress and teacher_time:
+    if run.is_main and teacher_time:
         logger.info("teacher time hidden by overlap: %.0f%% (%.1f s waited of %.1f s)",
                  100 * (1 - teacher_wait / teacher_time), teacher_wait, teacher_time)
     return checkpoint.checkpoint_dir(run.output_dir, run.step)

@@ -110,3 +110,4 @@ def test_worker_logs_json_lines(student, tmp_path):
     retries = [r for r in records if r["logger"] == "student_worker.teacher"]
     assert retries and all(r["level"] == "WARNING" and "retrying in" in r["message"] for r in retries)
     assert retries[0]["target"] == f"127.0.0.1:{port}" and "retry_in_s" in retries[0] and "time" in retries[0]
+    assert "it/s" not in done.stderr   # no progress bars (the student's loading) between the lines

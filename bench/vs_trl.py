@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def cpu_clock_per_update(ends: list[float]):
 def run_ours(cfg, run_dir: pathlib.Path, server: TeacherProcess) -> dict:
     before, server_cpu = server_counters(server.http), process_cpu_s(server.proc.pid)
     cpu_ends: list[float] = []
+    shutil.rmtree(run_dir, ignore_errors=True)   # starts over: a worker refuses a folder holding a run
     with cpu_clock_per_update(cpu_ends):
         final = train(cfg, run_dir, progress=False)
     after, server_cpu = server_counters(server.http), process_cpu_s(server.proc.pid) - server_cpu

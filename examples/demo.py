@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -126,6 +127,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
     _worker_init()
     args.out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:   # the demo starts over: a worker refuses a folder that holds another run
+        shutil.rmtree(args.out / f"seed{seed}", ignore_errors=True)
     started = time.monotonic()
     results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "eval_every": p["eval_every"],
                "quick": args.quick,

@@ -59,7 +59,7 @@ def train_teacher() -> None:
         final = train(cfg, pathlib.Path(tmp) / "run")
         if TEACHER_DIR.exists():
             shutil.rmtree(TEACHER_DIR)
-        shutil.copytree(final, TEACHER_DIR, ignore=shutil.ignore_patterns("trainer_state.pt"))
+        shutil.copytree(final, TEACHER_DIR, ignore=shutil.ignore_patterns("trainer_state.*"))
     model = AutoModelForCausalLM.from_pretrained(TEACHER_DIR)
     acc = evaluate(model, digsum_tokenizer(), TASKS["digsum"], "test", num_prompts=512,
                    max_new_tokens=10)

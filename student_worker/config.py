@@ -1,19 +1,34 @@
 """The worker's configuration: one typed section per component, composed into RunConfig.
 
-Read from a YAML file, a named preset, and `section.key=value` overrides, in that order:
+Layers, each later one winning key by key:
+
+    field defaults  <  the YAML file (--config)  <  the preset (--preset)  <  section.key=value overrides
+
+The command line beats the file: `--config quickstart.yaml --preset skd` trains skd (a preset sets
+only the `method` keys it names; the file's other keys stay). An override is converted to its
+field's declared type (`student.path=007` stays the text "007", `data.split=on` stays "on",
+`optim.lr=3e-5` is a float); lists and tuples take JSON or commas (`train.report_to=tensorboard,wandb`).
+`${VAR}` and `${VAR:-default}` in the file's values are read from the environment after the YAML
+is parsed, as text, so a token `12345` or a value holding `: ` stays what it is.
 
     python -m student_worker --config run.yaml --preset gkd optim.lr=3e-5 method.beta=0.5
+
+The overrides are parsed by pydantic-settings' command-line source, which also writes `--help`
+(every key with its type, default and description) from the models below.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import CliSettingsSource
 
 
 class _Section(BaseModel):
@@ -110,7 +125,8 @@ class TrainConfig(_Section):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
     stop_after: int = Field(0, ge=0, description="leave after N steps of this run with a checkpoint, "
                                                  "as a preempted job would (0: run to the end)")
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="the same as tensorboard in train.report_to (kept "
+                                                 "for old configs)")
     eval_every: int = Field(0, ge=0, description="evaluate on the task every N steps (0: never); "
                                                  "needs a built-in task as data.source")
     eval_split: str = "dev"
@@ -120,6 +136,16 @@ class TrainConfig(_Section):
                               "student's drafts (DistillSpec's metric; 0: off, needs a teacher)")
     stop_at_accuracy: float = Field(
         0.0, ge=0, le=1, description="stop once the sampled eval accuracy reaches this (0: off)")
+    keep_last: int = Field(0, ge=0, description="checkpoints kept on disk, the newest (0: all)")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers that receive metrics.jsonl's numbers "
+                                          "(student_worker/tracking.py)")
+
+    @model_validator(mode="after")
+    def _tensorboard_is_a_tracker(self) -> TrainConfig:
+        if self.tensorboard and "tensorboard" not in self.report_to:
+            self.report_to = [*self.report_to, "tensorboard"]
+        return self
 
 
 class RunConfig(_Section):
@@ -156,43 +182,98 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_override(text: str) -> dict:
-    """'optim.lr=3e-5' -> {'optim': {'lr': 3e-05}} (the value is read as YAML)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
-    node: Any = yaml.safe_load(value) if value else None
-    for part in reversed(key.split(".")):
-        node = {part: node}
-    return node
-
-
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def expand_env(text: str) -> str:
-    """${NAME} and ${NAME:-default} in a config file take their value from the environment, so
-    one file serves every deployment (teacher addresses, tokens)."""
+def resolve_env(node: Any, where: str = "") -> Any:
+    """${NAME} and ${NAME:-default} inside the string values of a parsed config take their text
+    from the environment, so one file serves every deployment (teacher addresses, tokens)."""
+    if isinstance(node, dict):
+        return {key: resolve_env(value, f"{where}.{key}" if where else str(key)) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve_env(value, where) for value in node]
+    if not isinstance(node, str):
+        return node
+
     def value(match: re.Match) -> str:
         name, default = match[1], match[2]
         if name in os.environ:
             return os.environ[name]
         if default is None:
-            raise ValueError(f"the config refers to ${{{name}}}, which is not set in the environment")
+            raise ValueError(f"{where}: the config refers to ${{{name}}}, which is not set in the environment")
         return default
 
-    return _ENV.sub(value, text)
+    return _ENV.sub(value, node)
 
 
-def load_config(path: str | Path | None = None, preset: str | None = None,
-                overrides: list[str] = ()) -> RunConfig:
-    data: dict = {}
+def read_yaml(path: str | Path) -> dict:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file is a mapping of sections (student:, teacher:, ...)")
+    return resolve_env(data)
+
+
+def config_arguments(parser: argparse.ArgumentParser) -> CliSettingsSource:
+    """Add a --section.key option for every config field to parser, and return the source that
+    reads their values back (source(parsed_args=namespace)() -> nested dict, values as given)."""
+    return CliSettingsSource(RunConfig, root_parser=parser)
+
+
+def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Every leaf key, 'section.key'."""
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = [t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+               if isinstance(t, type) and issubclass(t, BaseModel)]
+        keys += config_keys(sub[0], f"{prefix}{name}.") if sub else [prefix + name]
+    return keys
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")
+
+
+def as_flags(argv: list[str]) -> list[str]:
+    """The documented `section.key=value` form, given to the parser as `--section.key=value`."""
+    return [f"--{arg}" if _OVERRIDE.match(arg) else arg for arg in argv]
+
+
+def check_unknown(extra: list[str]) -> None:
+    """Arguments the parser did not take: a clear error, naming the nearest config keys."""
+    if not extra:
+        return
+    key = extra[0].lstrip("-").split("=", 1)[0]
+    near = difflib.get_close_matches(key, config_keys(), n=3)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise ValueError(f"unknown config key or argument {key!r}{hint} "
+                     "(python -m student_worker --help lists every key)")
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['optim.lr=3e-5', 'student.path=007'] -> {'optim': {'lr': '3e-5'}, 'student': {'path': '007'}}:
+    values stay as given; validation converts each to its field's type."""
+    parser = _RaisingParser(allow_abbrev=False, add_help=False)
+    source = config_arguments(parser)
+    namespace, extra = parser.parse_known_args(as_flags(list(overrides)))
+    check_unknown(extra)
+    return source(parsed_args=namespace)()
+
+
+def resolve(path: str | Path | None, preset: str | None, overrides: dict) -> RunConfig:
+    """The layers in their order (see the module's docstring)."""
+    data = read_yaml(path) if path else {}
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         data = _merge(data, PRESETS[preset])
-    if path:
-        data = _merge(data, yaml.safe_load(expand_env(Path(path).read_text())) or {})
-    for text in overrides:
-        data = _merge(data, parse_override(text))
-    return RunConfig.model_validate(data)
+    return RunConfig.model_validate(_merge(data, overrides))
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    return resolve(path, preset, parse_overrides(overrides))
+

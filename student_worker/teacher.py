@@ -1,19 +1,19 @@
 """Calling the teacher patiently: a worker outlives teacher restarts.
 
 gRPC's retry policy (in the client) covers short blips within one call. When the teacher is down
-for longer, this layer waits with exponential backoff, says so on the console, and carries on when
+for longer, this layer waits with exponential backoff, says so in the log (`student_worker.teacher`, WARNING), and carries on when
 the teacher is back; past `patience_s` it gives up with TeacherUnreachable.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import time
 from typing import Callable, Concatenate, ParamSpec, Protocol, Sequence, TypeVar
 
 import grpc
-from tqdm import tqdm
 
 from distill.fingerprint import TokenizerMismatch, compare_tokenizers
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
@@ -25,6 +25,7 @@ _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 TokenSeq = Sequence[int]
+log = logging.getLogger(__name__)
 
 
 class Teacher(Protocol):
@@ -67,7 +68,7 @@ def _patient(call: Callable[Concatenate[TeacherClient, P], R]) -> Callable[Conca
 class PatientTeacher:
     """A Teacher that waits out outages: info / score / generate / verify as on TeacherClient.
 
-    announce: print the retry messages (rank 0 only: N workers would print N copies).
+    announce: log the retry messages (rank 0 only: N workers would write N copies).
     """
 
     def __init__(self, client: TeacherClient, patience_s: float, max_backoff_s: float = 15.0,
@@ -104,8 +105,10 @@ class PatientTeacher:
                 pause = min(pause * self._jitter.uniform(1.0, 1.5), self.patience_s - waited)
                 if self.announce:
                     state = "busy" if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
-                    tqdm.write(f"teacher {self.client.target} {state} ({err.code().name}: {err.details()}); "
-                               f"retrying in {pause:.1f} s (waited {waited:.0f} of {self.patience_s:g} s)")
+                    log.warning("teacher %s %s (%s: %s); retrying in %.1f s (waited %.0f of %g s)",
+                                self.client.target, state, err.code().name, err.details(), pause, waited,
+                                self.patience_s, extra=dict(target=self.client.target, status=err.code().name,
+                                                            retry_in_s=round(pause, 1), waited_s=round(waited)))
                 time.sleep(pause)  # backoff between attempts, not a wait for a condition
                 self.outage_seconds += pause
                 backoff = min(backoff * 2, self.max_backoff_s)

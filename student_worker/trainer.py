@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import math
 import os
 import time
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from student_worker import checkpoint
+from student_worker import checkpoint, run_record
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
 from student_worker.evaluate import evaluate
@@ -38,6 +39,9 @@ from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
 from student_worker.tokens import pad_id_of
+from student_worker.tracking import Trackers
+
+logger = logging.getLogger(__name__)
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -66,31 +70,22 @@ def _lr_lambda(cfg: RunConfig):
 
 
 class _MetricsLog:
-    """DIR/metrics.jsonl (+ TensorBoard); on resume, lines past the checkpoint are dropped."""
+    """DIR/metrics.jsonl (+ the trackers of train.report_to); on resume, lines past the checkpoint
+    are dropped."""
 
-    def __init__(self, output_dir: Path, start_step: int, tensorboard: bool):
+    def __init__(self, output_dir: Path, start_step: int, trackers: Trackers):
         self.path = output_dir / "metrics.jsonl"
         kept = []
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= start_step]
         self.path.write_text("".join(line + "\n" for line in kept))
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise SystemExit("train.tensorboard=true needs the tensorboard package "
-                                 "(pip install tensorboard)") from exc
-            self.writer = SummaryWriter(output_dir / "tensorboard")
+        self.trackers = trackers
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(key, value, record["step"])
+        self.trackers.log(record)
 
 
 @dataclass
@@ -119,18 +114,23 @@ class Run:
         return self.rank == 0
 
 
-def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
-    """Distributed init, student (or its latest checkpoint), teacher checks, data, optimizer."""
+def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_config_change: bool = False) -> Run:
+    """Distributed init, student (or its latest checkpoint), teacher checks, data, optimizer.
+    The run folder is checked first and records the configuration and the teacher's Info
+    (student_worker/run_record.py)."""
     rank, world, device = _init_distributed()
     if cfg.student.num_threads:
         torch.set_num_threads(cfg.student.num_threads)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    run_record.check_output_dir(output_dir, cfg, resume, allow_config_change)
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
+    if rank == 0:
+        run_record.write(output_dir, cfg, info)
     data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
@@ -228,12 +228,14 @@ def evaluate_run(run: Run) -> dict:
     return out
 
 
-def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress: bool = True,
+          allow_config_change: bool = False) -> Path:
     """Run cfg.train.steps steps (from the latest checkpoint when resume); return the final
-    checkpoint folder. progress=False hides the bar (for a caller that shows its own)."""
-    run = setup(cfg, output_dir, resume)
+    checkpoint folder. progress=False hides the bar (for a caller that shows its own).
+    allow_config_change: resume although cfg differs from the run's recorded config.yaml."""
+    run = setup(cfg, output_dir, resume, allow_config_change)
     t = cfg.train
-    log = _MetricsLog(run.output_dir, run.step, t.tensorboard) if run.is_main else None
+    log = _MetricsLog(run.output_dir, run.step, Trackers(run.output_dir, cfg)) if run.is_main else None
     if t.eval_every and run.step == 0 and run.is_main:
         log.write({"step": 0, **evaluate_run(run)})
     bar = tqdm(total=t.steps, initial=run.step, desc=cfg.method.name, dynamic_ncols=True,
@@ -277,11 +279,13 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
                          "continue with --resume once the teacher is back.") from exc
     finally:
         bar.close()
+        if log is not None:
+            log.trackers.close()
         if run.teacher is not None:
             run.teacher.client.close()
-    if run.is_main and progress and teacher_time:
-        print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
-              f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")
+    if run.is_main and teacher_time:
+        logger.info("teacher time hidden by overlap: %.0f%% (%.1f s waited of %.1f s)",
+                 100 * (1 - teacher_wait / teacher_time), teacher_wait, teacher_time)
     return checkpoint.checkpoint_dir(run.output_dir, run.step)
 
 
@@ -335,5 +339,6 @@ def _save(run: Run) -> None:
     if run.is_main:
         checkpoint.save(run.output_dir, run.step, run.model, run.tokenizer, run.optimizer, run.scheduler,
                         rank_digests=digests)
+        checkpoint.rotate(run.output_dir, run.cfg.train.keep_last)
     if run.world > 1:
         dist.barrier()

@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory):
 def vllm_teacher(model_dir, tmp_path_factory):
     server = TeacherProcess(model_dir, "--backend", "vllm", "--dtype", "float32",
                             "--max-top-k", str(MAX_TOP_K), "--vllm-enforce-eager",
-                            "--max-message-mb", "4", env=vllm_env(tmp_path_factory.mktemp("vllm-cache")))
+                            "--max-message-mb", "4", env=vllm_env(tmp_path_factory.mktemp("vllm-cache")), start_timeout=300)
     server.wait_serving(timeout=300)
     yield server
     assert server.terminate() == 0, server.log()

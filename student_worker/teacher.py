@@ -122,4 +122,4 @@ def check_tokenizer(info, tokenizer, student_path: str) -> None:
     except TokenizerMismatch as err:
         raise SystemExit(str(err)) from None
     if warning:
-        tqdm.write(f"warning: {warning}")
+        log.warning("%s", warning)

@@ -83,14 +83,16 @@ def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathl
     return train(cfg, out / f"seed{seed}" / "initial", progress=False)
 
 
-def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict) -> dict:
-    """One method from the seed's initial student; returns its test accuracy, curve and costs.
+def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict,
+               method: tuple[str, list[str]] | None = None) -> dict:
+    """One method (METHODS[name], or `method` = (preset, overrides) for a variant under that name)
+    from the seed's initial student; returns its test accuracy, curve and costs.
 
     The student kept is the checkpoint with the best sampled dev accuracy (checked every
     eval_every steps), the same rule for every method: on-policy losses spike now and then (a
     rare odd sample), and a spike just before the last step must not decide the number.
     """
-    preset, extra = METHODS[name]
+    preset, extra = method or METHODS[name]
     cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
         f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",

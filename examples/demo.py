@@ -151,7 +151,8 @@ def main() -> None:
                "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "sampled_correct": [],
                                "teacher_tokens": 0, "wall_seconds": 0.0, "curves": [], "best_steps": []}
                            for m in METHODS}}
-    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1")
+    # a generous start timeout: on a busy shared CPU importing torch alone can take minutes
+    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1", start_timeout=600)
     try:
         server.wait_serving()
         acc = test_accuracy(TEACHER_DIR, p)

@@ -98,3 +98,14 @@ def test_quickstart_config_with_torchrun(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2, 3, 4]
     assert lines[-1]["samples"] == 128 and "dev_acceptance" in lines[-1]
+
+
+def test_one_answer_digsum_keeps_one_reference_per_sum_and_digsum_held_out_splits():
+    one = TASKS["digsum-one-answer"]
+    train = one.examples("train", 3000)
+    by_prompt = {}
+    for e in train:
+        assert by_prompt.setdefault(e["prompt"], e["completion"]) == e["completion"]
+        assert one.check(e["prompt"], e["completion"]) == 1.0
+    assert [e["prompt"] for e in train] == [e["prompt"] for e in task.examples("train", 3000)]
+    assert one.examples("test", 100) == task.examples("test", 100) and one.examples("dev", 10) == task.examples("dev", 10)

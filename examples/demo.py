@@ -272,6 +272,9 @@ def results_table(r: dict) -> str:
         verdict = ("On-policy training pays here." if h["on_policy_wins"] else
                    "On-policy training does not beat off-policy training here: the interval does not "
                    "exclude 0 or lies below it.")
+        if len(r["seeds"]) == 1:   # then the intervals cannot see how much a new seed would move things
+            verdict += (" One seed: the intervals cover the test prompts only, not seed-to-seed variation; "
+                        "claims need SEEDS with at least 5 seeds not used for tuning.")
         lines += ["", f"**Headline**: {h['text']}. {verdict}"]
     return "\n".join(lines + [""])
 

@@ -299,7 +299,7 @@ def plot(r: dict, path: pathlib.Path) -> None:
     curves.set_xlabel("gradient step")
     curves.set_ylabel("dev accuracy, sampled at temperature 1")
     curves.set_title(f"digsum dev curves, {len(r['seeds'])} seed(s): mean line, min-max band")
-    curves.legend(loc="lower right", ncol=3, fontsize="small")
+    curves.legend(loc="best", ncol=3, fontsize="small", framealpha=0.6)
     curves.grid(alpha=0.3)
 
     rows = [c for c in r["comparisons"] if c["method"] in ON_POLICY] or r["comparisons"]

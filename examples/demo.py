@@ -11,8 +11,13 @@ What happens, all on 127.0.0.1 through the real parts:
    a target, so that every seed starts from a comparable student.
 3. Per seed and method, the student worker trains a copy of that initial student for the same
    number of steps against the teacher server, evaluating on the dev split as it goes.
-4. Every final student is scored on the test split: greedy and sampled (temperature 1) accuracy,
+4. Every final student is scored on the same 2,500 test prompts (one accuracy's standard error
+   is under 1 point): greedy and sampled (temperature 1, the same evaluation seed for all) accuracy,
    and diversity (distinct correct answers per prompt over 8 samples).
+5. Every method is compared with every baseline as a paired difference (same seeds, so the same
+   initial students; same test prompts), with a 95% interval from a bootstrap over seeds and test
+   prompts (student_worker.stats). The text calls a difference a win only when its interval
+   excludes 0, and a tie otherwise.
 Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png.
 """
 
@@ -36,6 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from student_worker.checkpoint import checkpoint_dir
 from student_worker.config import load_config
 from student_worker.evaluate import evaluate
+from student_worker.stats import Interval, describe, paired_bootstrap
 from student_worker.tasks import TASKS
 from student_worker.trainer import train
 from teacher_server.process import TeacherProcess
@@ -56,8 +62,10 @@ METHODS = {
     # speculative KD: interleaved drafts; gkd's divergence, so only the data source differs
     "skd": ("skd", ["method.divergence=jsd", "method.beta=0.5", "method.draft_tokens=8", "method.skd_top_k=8"]),
 }
-FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=512)
-QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=256)
+ON_POLICY = ("gkd", "onpolicy-rkl", "skd")   # trained on the student's own samples; the rest are off-policy
+# 2,500 test prompts: one sampled accuracy near 0.7 has a standard error of 0.9 points
+FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=2500)
+QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=2500)
 PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 
@@ -76,14 +84,16 @@ def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathl
     return train(cfg, out / f"seed{seed}" / "initial", progress=False)
 
 
-def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict) -> dict:
-    """One method from the seed's initial student; returns its test accuracy, curve and costs.
+def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathlib.Path, p: dict,
+               method: tuple[str, list[str]] | None = None) -> dict:
+    """One method (METHODS[name], or `method` = (preset, overrides) for a variant under that name)
+    from the seed's initial student; returns its test accuracy, curve and costs.
 
     The student kept is the checkpoint with the best sampled dev accuracy (checked every
     eval_every steps), the same rule for every method: on-policy losses spike now and then (a
     rare odd sample), and a spike just before the last step must not decide the number.
     """
-    preset, extra = METHODS[name]
+    preset, extra = method or METHODS[name]
     cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
         f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",
@@ -96,14 +106,21 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     curve = [(x["step"], x["dev_sampled"]) for x in lines if "dev_sampled" in x]
     best_step = max(curve[1:], key=lambda point: point[1])[0]   # step 0 is the initial student
     acc = test_accuracy(checkpoint_dir(run_dir, best_step), p)
-    return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": vars(acc), "curve": curve,
+    return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": _scores(acc), "curve": curve,
             "best_step": best_step,
             "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if name != "sft" else 0}
 
 
 def prepare_seed(out: pathlib.Path, target: str, seed: int, p: dict) -> dict:
     init = initial_student(out, target, seed, p)
-    return {"seed": seed, "init": str(init), "accuracy": vars(test_accuracy(init, p))}
+    return {"seed": seed, "init": str(init), "accuracy": _scores(test_accuracy(init, p))}
+
+
+def _scores(acc) -> dict:
+    """The means, and per test prompt whether the sampled answer was right, as a '0'/'1' string
+    (compact in results.json; what the paired bootstrap resamples)."""
+    return {"greedy": acc.greedy, "sampled": acc.sampled, "diversity": acc.diversity,
+            "sampled_correct": "".join(str(int(ok)) for ok in acc.sampled_correct)}
 
 
 def test_accuracy(model_dir: pathlib.Path, p: dict):
@@ -131,11 +148,14 @@ def main() -> None:
         shutil.rmtree(args.out / f"seed{seed}", ignore_errors=True)
     started = time.monotonic()
     results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "eval_every": p["eval_every"],
-               "quick": args.quick,
-               "initial": {"greedy": [], "sampled": [], "diversity": []},
-               "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "teacher_tokens": 0,
-                               "wall_seconds": 0.0, "curves": [], "best_steps": []} for m in METHODS}}
-    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1")
+               "quick": args.quick, "test_prompts": p["test_prompts"],
+               "interval": "95% percentile bootstrap, paired: resample seeds, then each seed's test prompts",
+               "initial": {"greedy": [], "sampled": [], "diversity": [], "sampled_correct": []},
+               "methods": {m: {"greedy": [], "sampled": [], "diversity": [], "sampled_correct": [],
+                               "teacher_tokens": 0, "wall_seconds": 0.0, "curves": [], "best_steps": []}
+                           for m in METHODS}}
+    # a generous start timeout: on a busy shared CPU importing torch alone can take minutes
+    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1", start_timeout=600)
     try:
         server.wait_serving()
         acc = test_accuracy(TEACHER_DIR, p)
@@ -161,16 +181,17 @@ def main() -> None:
     finally:
         server.terminate()
     for seed in seeds:   # in seed order, whatever order the runs finished in
-        for key in ("greedy", "sampled", "diversity"):
+        for key in ("greedy", "sampled", "diversity", "sampled_correct"):
             results["initial"][key].append(inits[seed]["accuracy"][key])
         for name in METHODS:
             r, entry = finished[seed, name], results["methods"][name]
-            for key in ("greedy", "sampled", "diversity"):
+            for key in ("greedy", "sampled", "diversity", "sampled_correct"):
                 entry[key].append(r["accuracy"][key])
             entry["teacher_tokens"] += r["teacher_tokens"]
             entry["wall_seconds"] += r["wall_seconds"]
             entry["curves"].append(r["curve"])
             entry["best_steps"].append(r["best_step"])
+    add_intervals(results)
     results["total_seconds"] = time.monotonic() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)
@@ -180,37 +201,85 @@ def main() -> None:
     print(f"wrote {args.out}/results.json, results.md, accuracy.png in {results['total_seconds']:.0f} s")
 
 
-def _cell(values: list[float], digits: int = 3) -> str:
-    each = " / ".join(f"{v:.{digits}f}" for v in values)
-    return f"**{statistics.mean(values):.{digits}f}** ({each})" if len(values) > 1 else f"{values[0]:.{digits}f}"
+def _correct_SN(model: dict) -> list[list[int]]:
+    return [[int(c) for c in row] for row in model["sampled_correct"]]
+
+
+def add_intervals(r: dict) -> None:
+    """Each model's sampled accuracy with its interval, every method against every baseline (the
+    initial student and each method listed before it) as a paired difference, and the headline:
+    the best on-policy method against the best off-policy one, the kd_jsd control included."""
+    models = {"initial": r["initial"], **r["methods"]}
+    for m in models.values():
+        m["sampled_interval"] = paired_bootstrap(_correct_SN(m)).as_dict()
+    names = list(models)
+    r["comparisons"] = [
+        {"method": a, "baseline": b, **paired_bootstrap(_correct_SN(models[a]), _correct_SN(models[b])).as_dict()}
+        for i, a in enumerate(names) for b in names[:i]]
+    on = [n for n in r["methods"] if n in ON_POLICY]
+    off = [n for n in r["methods"] if n not in ON_POLICY]
+    if on and off:
+        best_on = max(on, key=lambda n: r["methods"][n]["sampled_interval"]["mean"])
+        best_off = max(off, key=lambda n: r["methods"][n]["sampled_interval"]["mean"])
+        d = paired_bootstrap(_correct_SN(models[best_on]), _correct_SN(models[best_off]))
+        r["headline"] = {"on_policy": best_on, "off_policy": best_off, **d.as_dict(),
+                         "on_policy_wins": d.low > 0,
+                         "text": describe(f"the best on-policy method ({best_on})",
+                                          f"the best off-policy method ({best_off})", d)}
+
+
+def _comparison(r: dict, a: str, b: str) -> dict:
+    return next(c for c in r["comparisons"] if (c["method"], c["baseline"]) == (a, b))
+
+
+def _ci(c: dict) -> str:
+    text = f"{100 * c['mean']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+    return f"**{text}**" if c["low"] > 0 or c["high"] < 0 else text
 
 
 def results_table(r: dict) -> str:
     seeds = ", ".join(map(str, r["seeds"]))
+    n_prompts = r["test_prompts"]
     lines = [
         f"## digsum: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
         "",
-        f"Test-split accuracy; mean over seeds in bold, then each seed ({seeds}). Sampled = temperature 1. "
-        "Diversity = distinct correct answers per prompt in 8 samples. Each method's student is its "
-        f"checkpoint with the best sampled dev accuracy (checked every {r['eval_every']} steps, same rule "
-        "for all).",
+        f"Test split, {n_prompts:,} prompts, seeds {seeds}. Sampled = temperature 1, with 95% interval "
+        "(bootstrap over seeds and prompts); greedy and diversity: mean over seeds. Diversity = distinct "
+        "correct answers per prompt in 8 samples. Each method's student is its checkpoint with the best "
+        f"sampled dev accuracy (checked every {r['eval_every']} steps, same rule for all).",
         "",
-        "| model | sampled | greedy | diversity | teacher tokens | wall s |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| teacher | {r['teacher']['sampled']:.3f} | {r['teacher']['greedy']:.3f} | {r['teacher']['diversity']:.2f} | | |",
-        f"| initial student | {_cell(r['initial']['sampled'])} | {_cell(r['initial']['greedy'])} | "
-        f"{_cell(r['initial']['diversity'], 2)} | | |",
+        "| model | sampled [95% CI] | sampled per seed | greedy | diversity | teacher tokens | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| teacher | {r['teacher']['sampled']:.3f} | | {r['teacher']['greedy']:.3f} | "
+        f"{r['teacher']['diversity']:.2f} | | |",
     ]
-    for name, m in r["methods"].items():
-        lines.append(f"| {name} | {_cell(m['sampled'])} | {_cell(m['greedy'])} | {_cell(m['diversity'], 2)} | "
-                     f"{m['teacher_tokens']:,} | {m['wall_seconds']:.0f} |")
-    gkd = statistics.mean(r["methods"]["gkd"]["sampled"])
-    margins = {n: gkd - statistics.mean(r["methods"][n]["sampled"]) for n in ("sft", "seqkd", "kd")}
-    lines += ["", "gkd minus baseline, sampled accuracy (points): " +
-              ", ".join(f"{n} {100 * d:+.1f}" for n, d in margins.items()),
-              f"control kd_jsd (gkd's divergence on data completions, no student sampling): "
-              f"{100 * (gkd - statistics.mean(r['methods']['kd_jsd']['sampled'])):+.1f} points behind gkd", ""]
-    return "\n".join(lines)
+    models = {"initial student": r["initial"], **r["methods"]}
+    for name, m in models.items():
+        i = m["sampled_interval"]
+        lines.append(f"| {name} | {i['mean']:.3f} [{i['low']:.3f}, {i['high']:.3f}] | "
+                     f"{' / '.join(f'{v:.3f}' for v in m['sampled'])} | {statistics.mean(m['greedy']):.3f} | "
+                     f"{statistics.mean(m['diversity']):.2f} | {m.get('teacher_tokens', 0):,} | "
+                     f"{m.get('wall_seconds', 0):.0f} |")
+    keys = ["initial"] + list(r["methods"])
+    lines += ["", "Row minus column, sampled accuracy in points, paired (same seeds, same prompts), "
+              "95% CI; **bold** where the interval excludes 0, otherwise the two tie.", "",
+              "| method | " + " | ".join(keys[:-1]) + " |", "| --- " * len(keys) + "|"]
+    for i, a in enumerate(keys[1:], start=1):
+        cells = [_ci(_comparison(r, a, b)) for b in keys[:i]] + [""] * (len(keys) - 1 - i)
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    on = [n for n in r["methods"] if n in ON_POLICY]
+    off = [n for n in r["methods"] if n not in ON_POLICY]
+    lines += [""] + [f"- {describe(a, b, Interval.from_dict(_comparison(r, a, b)))}" for a in on for b in off]
+    if "headline" in r:
+        h = r["headline"]
+        verdict = ("On-policy training pays here." if h["on_policy_wins"] else
+                   "On-policy training does not beat off-policy training here: the interval does not "
+                   "exclude 0 or lies below it.")
+        if len(r["seeds"]) == 1:   # then the intervals cannot see how much a new seed would move things
+            verdict += (" One seed: the intervals cover the test prompts only, not seed-to-seed variation; "
+                        "claims need SEEDS with at least 5 seeds not used for tuning.")
+        lines += ["", f"**Headline**: {h['text']}. {verdict}"]
+    return "\n".join(lines + [""])
 
 
 def plot(r: dict, path: pathlib.Path) -> None:
@@ -219,22 +288,35 @@ def plot(r: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (curves, diffs) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.1, 1]})
     for name, m in r["methods"].items():
         steps = [s for s, _ in m["curves"][0]]
         values = [[v for _, v in curve] for curve in m["curves"]]
         per_step = list(zip(*values))
         mean = [statistics.mean(v) for v in per_step]
-        line, = ax.plot(steps, mean, label=name, linewidth=2 if name == "gkd" else 1.2)
+        line, = curves.plot(steps, mean, label=name, linewidth=2 if name in ON_POLICY else 1.2)
         if len(values) > 1:
-            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step],
-                            color=line.get_color(), alpha=0.15)
-    ax.axhline(r["teacher"]["sampled"], color="black", linestyle="--", linewidth=1, label="teacher")
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel("dev accuracy, sampled at temperature 1")
-    ax.set_title(f"digsum, {len(r['seeds'])} seed(s): mean line, min-max band")
-    ax.legend(loc="upper left", ncol=4, fontsize="small", bbox_to_anchor=(0, 0.93))
-    ax.grid(alpha=0.3)
+            curves.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step],
+                                color=line.get_color(), alpha=0.15)
+    curves.axhline(r["teacher"]["sampled"], color="black", linestyle="--", linewidth=1, label="teacher")
+    curves.set_xlabel("gradient step")
+    curves.set_ylabel("dev accuracy, sampled at temperature 1")
+    curves.set_title(f"digsum dev curves, {len(r['seeds'])} seed(s): mean line, min-max band")
+    curves.legend(loc="best", ncol=3, fontsize="small", framealpha=0.6)
+    curves.grid(alpha=0.3)
+
+    rows = [c for c in r["comparisons"] if c["method"] in ON_POLICY] or r["comparisons"]
+    ys = range(len(rows))
+    for y, c in zip(ys, rows):
+        color = "tab:green" if c["low"] > 0 else "tab:red" if c["high"] < 0 else "tab:gray"
+        diffs.errorbar(100 * c["mean"], y, xerr=[[100 * (c["mean"] - c["low"])], [100 * (c["high"] - c["mean"])]],
+                       fmt="o", color=color, capsize=3)
+    diffs.axvline(0, color="black", linewidth=1)
+    diffs.set_yticks(list(ys), [f"{c['method']} - {c['baseline']}" for c in rows], fontsize="small")
+    diffs.invert_yaxis()
+    diffs.set_xlabel("paired difference in test accuracy (sampled), points, 95% CI")
+    diffs.set_title(f"test split, {r['test_prompts']:,} prompts x {len(r['seeds'])} seed(s)")
+    diffs.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +16,9 @@ class Accuracy:
     greedy: float      # fraction correct with greedy decoding
     sampled: float     # fraction correct sampling at temperature 1
     diversity: float   # distinct correct answers per prompt over `samples_per_prompt` samples
+    # per prompt, in split order: what paired comparisons (student_worker.stats) resample
+    greedy_correct: list[float] = field(default_factory=list, repr=False)
+    sampled_correct: list[float] = field(default_factory=list, repr=False)
 
 
 @torch.no_grad()
@@ -47,12 +50,13 @@ def evaluate(model, tokenizer, task: Task, split: str = "test", num_prompts: int
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         prompts = [e["prompt"] for e in examples]
-        greedy = sum(ok for _, ok in correct(prompts, 0.0)) / len(prompts)
-        sampled = sum(ok for _, ok in correct(prompts, 1.0)) / len(prompts)
+        greedy = [ok for _, ok in correct(prompts, 0.0)]
+        sampled = [ok for _, ok in correct(prompts, 1.0)]
         few = prompts[:diversity_prompts]
         repeated = [p for p in few for _ in range(samples_per_prompt)]
         results = correct(repeated, 1.0)
         distinct = [{a for a, ok in results[i * samples_per_prompt:(i + 1) * samples_per_prompt] if ok}
                     for i in range(len(few))]
     model.train(was_training)
-    return Accuracy(greedy, sampled, sum(map(len, distinct)) / len(few))
+    return Accuracy(sum(greedy) / len(prompts), sum(sampled) / len(prompts), sum(map(len, distinct)) / len(few),
+                    greedy, sampled)

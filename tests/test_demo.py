@@ -59,12 +59,20 @@ def test_make_demo_quick(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"task", "teacher", "initial", "methods"} <= results.keys()
     assert {"sft", "seqkd", "kd", "kd_jsd", "gkd"} <= results["methods"].keys()
+    assert results["test_prompts"] >= 2100          # one accuracy's standard error <= 1 point
     for m in results["methods"].values():
-        assert {"greedy", "sampled", "diversity", "teacher_tokens", "wall_seconds"} <= m.keys()
+        assert {"greedy", "sampled", "diversity", "teacher_tokens", "wall_seconds", "sampled_interval"} <= m.keys()
         assert len(m["sampled"]) == len(results["initial"]["sampled"]) == 1
+        assert len(m["sampled_correct"][0]) == results["test_prompts"]
+        i = m["sampled_interval"]
+        assert i["low"] <= m["sampled"][0] == i["mean"] <= i["high"]
+    names = ["initial", *results["methods"]]   # every method against every baseline listed before it
+    assert len(results["comparisons"]) == len(names) * (len(names) - 1) // 2
+    assert {"on_policy", "off_policy", "mean", "low", "high", "on_policy_wins", "text"} <= results["headline"].keys()
     assert results["methods"]["gkd"]["sampled"][0] > results["initial"]["sampled"][0]
     assert results["methods"]["sft"]["teacher_tokens"] == 0 < results["methods"]["gkd"]["teacher_tokens"]
-    assert "| gkd |" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "| gkd |" in table and "95% CI" in table and "**Headline**" in table
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -90,3 +98,14 @@ def test_quickstart_config_with_torchrun(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2, 3, 4]
     assert lines[-1]["samples"] == 128 and "dev_acceptance" in lines[-1]
+
+
+def test_one_answer_digsum_keeps_one_reference_per_sum_and_digsum_held_out_splits():
+    one = TASKS["digsum-one-answer"]
+    train = one.examples("train", 3000)
+    by_prompt = {}
+    for e in train:
+        assert by_prompt.setdefault(e["prompt"], e["completion"]) == e["completion"]
+        assert one.check(e["prompt"], e["completion"]) == 1.0
+    assert [e["prompt"] for e in train] == [e["prompt"] for e in task.examples("train", 3000)]
+    assert one.examples("test", 100) == task.examples("test", 100) and one.examples("dev", 10) == task.examples("dev", 10)

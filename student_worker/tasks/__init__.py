@@ -45,9 +45,9 @@ class ReverseTask:
         return float(completion.strip() == word[::-1])
 
 
-from student_worker.tasks.digsum import DigsumTask  # noqa: E402  (the registry needs Task first)
+from student_worker.tasks.digsum import DigsumTask, OneAnswerDigsumTask  # noqa: E402  (the registry needs Task first)
 
-TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(), DigsumTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(), DigsumTask(), OneAnswerDigsumTask())}
 
 
 def register_task(task: Task) -> None:

@@ -58,3 +58,24 @@ class DigsumTask:
         ok = (target.isdigit() and len(answer) == LENGTH and answer.isdigit()
               and sum(map(int, answer)) == int(target))
         return float(ok)
+
+
+class OneAnswerDigsumTask(DigsumTask):
+    """digsum whose train split has one reference answer per sum (the first one drawn); dev and
+    test are digsum's, and so is the check.
+
+    Like most fine-tuning data, it shows one way to answer each prompt while the teacher knows
+    many, so off-policy methods only ever train on the ~70 prefixes of those answers. A student
+    that samples a different first digit lands in states that data never shows it, and only
+    training on its own samples (on-policy) gets the teacher's advice there: exposure bias.
+    """
+
+    name = "digsum-one-answer"
+
+    def examples(self, split: str, n: int) -> list[dict]:
+        examples = super().examples(split, n)
+        if split != "train":
+            return examples
+        reference: dict[str, str] = {}
+        return [{"prompt": e["prompt"], "completion": reference.setdefault(e["prompt"], e["completion"])}
+                for e in examples]

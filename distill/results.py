@@ -103,6 +103,16 @@ def scores_to_packed(outputs: list[TeacherScores], dtype: int) -> tuple[pb.Score
 
 def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[TeacherScores]:
     """The inverse of scores_to_packed: one TeacherScores (views) per sequence."""
+    whole, sizes = whole_scores_from_packed(result, offsets)
+    split = [None if getattr(whole, f.name) is None else getattr(whole, f.name).split(sizes)
+             for f in fields(TeacherScores)]
+    split[-1] = split[-1] or [None] * len(sizes)
+    return [TeacherScores(*parts) for parts in zip(*split)]
+
+
+def whole_scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> tuple[TeacherScores, list[int]]:
+    """The packed answer as one TeacherScores (every sequence's rows one after another) and the
+    number of rows of each sequence, after checking that the offsets cut the rows."""
     whole = scores_from_proto(result)
     bounds = unpack(offsets, name="offsets")
     rows = whole.token_logprobs.shape[0]
@@ -110,11 +120,7 @@ def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[Teach
             or (np.diff(bounds) < 0).any():
         raise ValueError(f"the teacher's packed answer has row offsets {bounds.tolist()[:8]}... "
                          f"that do not cut its {rows} rows into sequences")
-    sizes = np.diff(bounds).tolist()
-    split = [None if getattr(whole, f.name) is None else getattr(whole, f.name).split(sizes)
-             for f in fields(TeacherScores)]
-    split[-1] = split[-1] or [None] * len(sizes)
-    return [TeacherScores(*parts) for parts in zip(*split)]
+    return whole, np.diff(bounds).tolist()
 
 
 def verify_to_proto(outcome: VerifyOutcome, dtype: int) -> pb.VerifyResult:

@@ -51,6 +51,12 @@ class Context:
     def text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+    @property
+    def needs_rewards(self) -> bool:
+        """Whether samples need the task's check as a reward (a decode and a check per sample,
+        worth skipping when the loss never reads it)."""
+        return self.task is not None and METHODS[self.cfg.method.name].loss.needs_rewards
+
 
 # ---- completion sources: examples -> Rollout ----------------------------------------------------
 
@@ -72,7 +78,7 @@ class DataCompletions:
 
 
 class StudentSamples:
-    """The student's own samples (on-policy), with the task's check as reward when there is a task."""
+    """The student's own samples (on-policy), with the task's check as reward when the loss reads it."""
 
     calls_teacher = False
 
@@ -82,7 +88,7 @@ class StudentSamples:
                              temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id)
         rollout = Rollout([ex.prompt_ids for ex in examples], [c.token_ids for c in completions], "student",
                           sampled_logprobs=[c.logprobs for c in completions])
-        if ctx.task is not None:
+        if ctx.needs_rewards:
             rollout.rewards = torch.tensor([ctx.task.check(ex.prompt, ctx.text(c.token_ids))
                                             for ex, c in zip(examples, completions)])
         return rollout
@@ -149,6 +155,7 @@ class Mixture:
 
 class Loss(Protocol):
     needs_scores: bool              # the teacher's log-probs on the completions (Score, or Verify's)
+    needs_rewards: bool             # the task's reward of each sample (rollout.rewards)
 
     def top_k(self, cfg: RunConfig) -> int:
         """k of the teacher's answers this loss reads."""
@@ -164,6 +171,7 @@ def _token_logprobs(student_logprobs_BSV: torch.Tensor, batch: TokenBatch) -> to
 
 class TokenNLL:
     needs_scores = False
+    needs_rewards = False
 
     def top_k(self, cfg: RunConfig) -> int:
         return 0
@@ -180,6 +188,7 @@ class TopKDivergence:
 
     name: str | None = None
     needs_scores = True
+    needs_rewards = False
 
     def top_k(self, cfg: RunConfig) -> int:
         return cfg.teacher.top_k
@@ -203,6 +212,7 @@ class PolicyGradient:
     reverse KL to the teacher, per token."""
 
     needs_scores = True
+    needs_rewards = True
 
     def top_k(self, cfg: RunConfig) -> int:
         return 1   # only the sampled token's teacher log-prob is read: the smallest payload

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distill.results import TeacherScores
 from student_worker.tokens import pad
 
 
@@ -39,6 +40,17 @@ class Rollout:
     def num_completion_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
 
+    @staticmethod
+    def concat(parts: list["Rollout"]) -> "Rollout":
+        """The parts' sequences one after another (parts of one step: one source, no acceptance)."""
+        if len(parts) == 1:
+            return parts[0]
+        joined = lambda name: (None if getattr(parts[0], name) is None
+                               else [x for p in parts for x in getattr(p, name)])
+        rewards = None if parts[0].rewards is None else torch.cat([p.rewards for p in parts])
+        return Rollout(joined("prompt_ids"), joined("completion_ids"), parts[0].source,
+                       joined("sampled_logprobs"), rewards, joined("teacher_scores"))
+
 
 @dataclass
 class TokenBatch:
@@ -51,10 +63,16 @@ class TokenBatch:
 def token_batch(rollout: Rollout, pad_id: int) -> TokenBatch:
     seqs = rollout.sequences
     input_ids_BT, attention_BT = pad(seqs, pad_id, side="right")
-    mask_BS = torch.zeros((len(seqs), input_ids_BT.shape[1] - 1), dtype=torch.bool)
-    for row, (seq, plen) in enumerate(zip(seqs, rollout.prompt_lens)):
-        mask_BS[row, plen - 1:len(seq) - 1] = True
+    mask_BS = completion_mask(rollout, input_ids_BT.shape[1] - 1)
     return TokenBatch(input_ids_BT, attention_BT, input_ids_BT[:, 1:], mask_BS)
+
+
+def completion_mask(rollout: Rollout, S: int) -> torch.Tensor:
+    """bool [B, S]: targets plen - 1 .. len - 2, which predict the completion tokens."""
+    target_S = torch.arange(S)
+    prompt_B1 = torch.tensor(rollout.prompt_lens)[:, None]
+    end_B1 = torch.tensor([len(c) for c in rollout.completion_ids])[:, None] + prompt_B1
+    return (target_S >= prompt_B1 - 1) & (target_S < end_B1 - 1)
 
 
 @dataclass
@@ -69,17 +87,25 @@ class TeacherBatch:
     token_logprobs_BS: torch.Tensor
 
 
-def teacher_batch(scores, rollout: Rollout, S: int) -> TeacherBatch:
-    B, K = len(scores), scores[0].topk_ids.shape[-1]
+def teacher_batch(scores: TeacherScores | list[TeacherScores], rollout: Rollout, S: int) -> TeacherBatch:
+    """The teacher's rows placed on the completion targets. `scores`: every sequence's rows one
+    after another (TeacherClient.score_packed), or one TeacherScores per sequence; either way
+    row i of the whole is the i-th completion target in row-major order, so the placement is
+    one masked copy per field."""
+    if isinstance(scores, list):
+        scores = TeacherScores.concat(scores)
+    mask_BS = completion_mask(rollout, S)
+    rows = int(mask_BS.sum())
+    if scores.token_logprobs.shape[0] != rows:
+        raise ValueError(f"the teacher scored {scores.token_logprobs.shape[0]} positions for a batch "
+                         f"with {rows} completion tokens")
+    B, K = len(rollout.prompt_ids), scores.topk_ids.shape[-1]
     ids = torch.arange(K).expand(B, S, K).clone()
     logprobs = torch.full((B, S, K), -math.log(K + 1))
     tail = torch.full((B, S), -math.log(K + 1))
     token = torch.zeros((B, S))
-    for row, (sc, plen) in enumerate(zip(scores, rollout.prompt_lens)):
-        n = sc.token_logprobs.numel()
-        window = slice(plen - 1, plen - 1 + n)
-        ids[row, window], logprobs[row, window] = sc.topk_ids, sc.topk_logprobs
-        tail[row, window], token[row, window] = sc.tail_logprobs, sc.token_logprobs
+    ids[mask_BS], logprobs[mask_BS] = scores.topk_ids, scores.topk_logprobs
+    tail[mask_BS], token[mask_BS] = scores.tail_logprobs, scores.token_logprobs
     return TeacherBatch(ids, logprobs, tail, token)
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Teacher(Protocol):
-    """What completion sources and losses ask of the teacher: TeacherClient's four calls (see it
+    """What completion sources and losses ask of the teacher: TeacherClient's calls (see it
     for the arguments). A TeacherClient is one; so is a PatientTeacher wrapping one."""
 
     def info(self, timeout: float | None = None) -> pb.InfoResponse: ...
@@ -37,6 +37,10 @@ class Teacher(Protocol):
     def score(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
               temperature: float = 1.0, candidates=None, dtype: str = "float32",
               timeout: float | None = None) -> list[TeacherScores]: ...
+
+    def score_packed(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
+                     temperature: float = 1.0, candidates=None, dtype: str = "float32",
+                     timeout: float | None = None) -> TeacherScores: ...
 
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 64,
@@ -66,7 +70,8 @@ def _patient(call: Callable[Concatenate[TeacherClient, P], R]) -> Callable[Conca
 
 
 class PatientTeacher:
-    """A Teacher that waits out outages: info / score / generate / verify as on TeacherClient.
+    """A Teacher that waits out outages: info / score / score_packed / generate / verify as on
+    TeacherClient.
 
     announce: log the retry messages (rank 0 only: N workers would write N copies).
     """
@@ -80,6 +85,7 @@ class PatientTeacher:
 
     info = _patient(TeacherClient.info)
     score = _patient(TeacherClient.score)
+    score_packed = _patient(TeacherClient.score_packed)
     generate = _patient(TeacherClient.generate)
     verify = _patient(TeacherClient.verify)
 

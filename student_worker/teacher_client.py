@@ -35,7 +35,7 @@ import torch
 
 from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
                              samples_from_proto, scores_from_packed, scores_from_proto,
-                             verify_from_proto)
+                             verify_from_proto, whole_scores_from_packed)
 from distill.tensors import pack, wire_dtype
 from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb
@@ -169,6 +169,14 @@ def scores_from_response(response: pb.ScoreResponse) -> list[TeacherScores]:
     return [scores_from_proto(r) for r in response.results]
 
 
+def whole_scores_from_response(response: pb.ScoreResponse) -> TeacherScores:
+    """Every sequence's rows one after another, from either form of the answer (the packed one
+    needs no per-sequence split)."""
+    if response.HasField("packed"):
+        return whole_scores_from_packed(response.packed, response.offsets)[0]
+    return TeacherScores.concat([scores_from_proto(r) for r in response.results])
+
+
 def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs, mode: str,
                    top_k: int | None, temperature: float, seed: int | None, score_top_k: int | None,
                    dtype: str) -> pb.VerifyRequest:
@@ -249,6 +257,16 @@ class TeacherClient(_ClientBase):
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
         response = self.stub.Score(request, **self._call_kwargs(timeout))
         return scores_from_response(response)
+
+    def score_packed(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
+                     temperature: float = 1.0, candidates=None, dtype: str = "float32",
+                     timeout: float | None = None) -> TeacherScores:
+        """`score` with the answer kept whole: one TeacherScores holding every sequence's rows
+        one after another (sequence i has len(sequences[i]) - score_from[i] of them), as the
+        training batch wants it; saves splitting into B small tensors and concatenating back."""
+        request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
+        response = self.stub.Score(request, **self._call_kwargs(timeout))
+        return whole_scores_from_response(response)
 
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 64,

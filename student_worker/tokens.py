@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -15,13 +16,15 @@ def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, T] long ids and attention mask (1 on real tokens). side "right": sequences start at
     column 0 (training); "left": they all end at the last column (a batched KV-cache decode)."""
-    width = max(len(s) for s in seqs)
+    lengths_B = torch.tensor([len(s) for s in seqs])
+    width = int(lengths_B.max())
+    cols_T = torch.arange(width)
+    # one boolean mask and one flat copy instead of a tensor per row: row-major order of the
+    # mask's True cells is the sequences' tokens one after another
+    real_BT = cols_T < lengths_B[:, None] if side == "right" else cols_T >= width - lengths_B[:, None]
     ids_BT = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros_like(ids_BT)
-    for row, seq in enumerate(seqs):
-        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
-        ids_BT[row, cols] = torch.tensor(seq, dtype=torch.long)
-        mask_BT[row, cols] = 1
+    ids_BT[real_BT] = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)
+    mask_BT = real_BT.long()
     return ids_BT, mask_BT
 
 

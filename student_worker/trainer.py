@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.results import TeacherScores
 from student_worker import checkpoint, run_record
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
@@ -157,15 +158,34 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
     """Batches with their teacher scores, steps run.step .. cfg.train.steps - 1.
 
     lag + 1 batches are kept in flight: each is sampled now and scored by the teacher on a
-    background thread, so with lag > 0 scoring overlaps the updates of earlier batches.
+    background thread, so with lag > 0 scoring overlaps the updates of earlier batches; with
+    train.pipeline_halves it also overlaps sampling of the batch's second half (at any lag).
     """
     cfg, method = run.cfg, run.method
+    # halves only where both are the student's (or the data's) own work: a teacher-made source
+    # would spend its per-step teacher seed twice
+    halves = cfg.train.pipeline_halves and not method.source.calls_teacher
 
     def score(rollout):
         start = time.monotonic()
-        scores = run.teacher.score(rollout.sequences, rollout.prompt_lens, top_k=method.score_top_k(cfg),
-                                   dtype=cfg.teacher.logprob_dtype)
+        scores = run.teacher.score_packed(rollout.sequences, rollout.prompt_lens,
+                                          top_k=method.score_top_k(cfg), dtype=cfg.teacher.logprob_dtype)
         return scores, time.monotonic() - start
+
+    def produce(step: int) -> tuple[Rollout, list]:
+        """The step's rollout and its pending Score calls. In halves: the teacher scores the first
+        half while the student samples the second, with the same weights (still on-policy)."""
+        # sampling at a step depends only on (seed, step, rank): resumes replay it exactly
+        torch.manual_seed(derive_seed(cfg.train.seed, "sample", step, run.rank))
+        examples = run.data.batch(step)
+        cut = len(examples) // 2 if halves and len(examples) > 1 else 0
+        parts, pending = [], []
+        for part in [examples[:cut], examples[cut:]] if cut else [examples]:
+            rollout = method.source.rollout(part, run.ctx, step)
+            if method.needs_scores(rollout):
+                pending.append(pool.submit(score, rollout))   # scored while the next part samples
+            parts.append(rollout)
+        return Rollout.concat(parts), pending
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
     pipeline: collections.deque = collections.deque()
@@ -174,15 +194,13 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
         while next_step < cfg.train.steps or pipeline:
             start = time.monotonic()
             while len(pipeline) <= cfg.train.lag and next_step < cfg.train.steps:
-                # sampling at a step depends only on (seed, step, rank): resumes replay it exactly
-                torch.manual_seed(derive_seed(cfg.train.seed, "sample", next_step, run.rank))
-                rollout = method.source.rollout(run.data.batch(next_step), run.ctx, next_step)
-                pending = pool.submit(score, rollout) if method.needs_scores(rollout) else None
-                pipeline.append((rollout, pending))
+                pipeline.append(produce(next_step))
                 next_step += 1
             rollout, pending = pipeline.popleft()
             waiting = time.monotonic()
-            scores, latency = pending.result() if pending else (rollout.teacher_scores, 0.0)
+            answers = [p.result() for p in pending]
+            scores = TeacherScores.concat([s for s, _ in answers]) if answers else rollout.teacher_scores
+            latency = sum(seconds for _, seconds in answers)   # teacher time, overlapped or not
             yield rollout, scores, Timing(waiting - start, latency, time.monotonic() - waiting)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

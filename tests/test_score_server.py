@@ -40,6 +40,10 @@ def test_score_matches_in_process_forward(client, reference_model):
     assert len(results) == 5
     for seq, start, scores in zip(seqs, starts, results):
         check_against_reference(reference_model, seq, start, scores, 16)
+    # the same answer kept whole: every sequence's rows one after another
+    whole = client.score_packed(seqs, starts, top_k=16)
+    for name in ("topk_ids", "topk_logprobs", "token_logprobs", "tail_logprobs"):
+        torch.testing.assert_close(getattr(whole, name), torch.cat([getattr(r, name) for r in results]))
 
 
 def test_temperature_and_candidates(client, reference_model):

@@ -1,6 +1,8 @@
 """Worker pieces on their own: the target grid, the sampler, methods, the patient teacher
 (the configuration: tests/test_config.py)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,6 +30,42 @@ def test_targets_and_teacher_arrays_line_up():
     # off-grid stand-ins are proper, finite distributions
     off = teacher.topk_logprobs_BSK[~batch.mask_BS].exp().sum(-1) + teacher.tail_logprobs_BS[~batch.mask_BS].exp()
     torch.testing.assert_close(off, torch.ones_like(off))
+    # the packed answer (all rows one after another) lands on the same grid
+    whole = teacher_batch(TeacherScores.concat(scores), rollout, 4)
+    for field in dataclasses.fields(teacher):
+        assert torch.equal(getattr(whole, field.name), getattr(teacher, field.name)), field.name
+    with pytest.raises(ValueError, match="scored 2 positions for a batch with 5 completion tokens"):
+        teacher_batch(scores[:1], rollout, 4)
+
+
+def test_batches_equal_the_row_by_row_build():
+    """The vectorised grid equals the plain per-row construction on a ragged random batch."""
+    g = torch.Generator().manual_seed(0)
+    lengths = lambda n, lo, hi: torch.randint(lo, hi, (n,), generator=g).tolist()
+    prompts = [torch.randint(3, 50, (n,), generator=g).tolist() for n in lengths(9, 1, 7)]
+    completions = [torch.randint(3, 50, (n,), generator=g).tolist() for n in lengths(9, 0, 6)]
+    rollout = Rollout(prompts, completions, "student")
+    batch = token_batch(rollout, pad_id=0)
+    B, T = batch.input_ids_BT.shape
+    assert T == max(len(p) + len(c) for p, c in zip(prompts, completions))
+    ids, mask = torch.zeros((B, T), dtype=torch.long), torch.zeros((B, T - 1), dtype=torch.bool)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        ids[row, :len(p + c)] = torch.tensor(p + c)
+        mask[row, len(p) - 1:len(p + c) - 1] = True
+    assert torch.equal(batch.input_ids_BT, ids) and torch.equal(batch.mask_BS, mask)
+    assert torch.equal(batch.attention_BT, (torch.arange(T) < torch.tensor([len(p + c) for p, c in
+                                                                           zip(prompts, completions)])[:, None]).long())
+    rows = [TeacherScores(torch.randint(0, 50, (len(c), 3), generator=g), torch.randn(len(c), 3, generator=g),
+                          torch.randn(len(c), generator=g), torch.randn(len(c), generator=g), None)
+            for c in completions]
+    teacher = teacher_batch(rows, rollout, T - 1)
+    for row, (p, sc) in enumerate(zip(prompts, rows)):
+        window = slice(len(p) - 1, len(p) - 1 + len(sc.token_logprobs))
+        assert torch.equal(teacher.topk_ids_BSK[row, window], sc.topk_ids)
+        assert torch.equal(teacher.tail_logprobs_BS[row, window], sc.tail_logprobs)
+    halves = Rollout.concat([Rollout(prompts[:4], completions[:4], "student", rewards=torch.zeros(4)),
+                             Rollout(prompts[4:], completions[4:], "student", rewards=torch.ones(5))])
+    assert halves.sequences == rollout.sequences and halves.rewards.tolist() == [0] * 4 + [1] * 5
 
 
 def test_sampler_stops_at_eos_and_returns_its_logprobs(reference_model):

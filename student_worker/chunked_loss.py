@@ -7,10 +7,11 @@ Every method's loss is a weighted sum of a per-token loss over the batch's compl
 h_m [H] is the decoder's last hidden state at the position that predicts target m; the weights
 w_m carry the reduction (see `reduction_weights`). Computed naively, the head's logits and the
 log-softmax exist for every position of the batch at once (several float32 [B, T, V] tensors, with
-their gradients). `chunked_loss` computes logits, log-softmax and l for `chunk_size` positions at
-a time, keeps none of them, and recomputes each chunk in the backward pass
-(torch.utils.checkpoint): peak memory is a few chunk_size × V floats, the cost one more head
-matmul per position. Only completion positions are computed; prompt and padding rows never are.
+their gradients). `chunked_loss` computes logits, log-softmax, l and their gradients for
+`chunk_size` positions at a time and keeps only the gradients with respect to its inputs (the
+hidden states and the head's weights): peak memory is a few chunk_size × V floats, and nothing
+is recomputed (the way Liger-Kernel's fused linear cross-entropy works). Only completion positions
+are computed; prompt and padding rows never are.
 
 A per-token loss is a function `l(logprobs_NV, targets_N, **extras_N) -> values_N` ([N] per
 position); extras are per-position tensors ([M, ...], gathered once per batch by
@@ -24,7 +25,6 @@ from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.utils.checkpoint import checkpoint
 
 from student_worker import divergences as D
 
@@ -160,29 +160,61 @@ def _chunk_loss(head: Callable, token_loss: TokenLoss, hidden_NH, targets_N, wei
     return weighted, _token_logprobs(logprobs_NV, targets_N).detach()
 
 
-def chunked_loss(hidden_MH: torch.Tensor, head: Callable, token_loss: TokenLoss,
+class _ChunkedLoss(torch.autograd.Function):
+    """Σ of `_chunk_loss` over chunks. Forward runs each chunk's forward *and* backward
+    (torch.autograd.grad) and keeps only the gradients: [M, H] for the hidden states and one
+    parameter-sized tensor per head parameter. A chunk's [N, V] tensors die with the chunk and
+    nothing is recomputed; backward only scales the kept gradients by the incoming one."""
+
+    @staticmethod
+    def forward(ctx, hidden_MH, targets_M, weights_M, extras_M, head, token_loss, size, *params):
+        hidden_MH, names = hidden_MH.detach(), tuple(extras_M)
+        grad_hidden_MH = torch.zeros_like(hidden_MH)
+        grad_params = [None] * len(params)
+        total, token_logprobs = hidden_MH.new_zeros((), dtype=torch.promote_types(hidden_MH.dtype, torch.float32)), []
+        # an empty rank still runs one (empty) chunk: the head's parameters get a zero gradient
+        for start in range(0, max(hidden_MH.shape[0], 1), size):
+            rows = slice(start, start + size)
+            hidden_NH = hidden_MH[rows].detach().requires_grad_()
+            with torch.enable_grad():
+                weighted, token_lp_N = _chunk_loss(head, token_loss, hidden_NH, targets_M[rows], weights_M[rows],
+                                                   *(t[rows] for t in extras_M.values()), names=names)
+                grads = torch.autograd.grad(weighted, [hidden_NH, *params], allow_unused=True)
+            grad_hidden_MH[rows] = grads[0]
+            grad_params = [g if acc is None else acc if g is None else acc.add_(g)
+                           for acc, g in zip(grad_params, grads[1:])]
+            total += weighted.detach()
+            token_logprobs.append(token_lp_N)
+        token_logprobs_M = torch.cat(token_logprobs)
+        ctx.mark_non_differentiable(token_logprobs_M)
+        ctx.save_for_backward(grad_hidden_MH, *[g if g is not None else torch.zeros_like(p)
+                                                for g, p in zip(grad_params, params)])
+        return total, token_logprobs_M
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_token_logprobs):
+        grad_hidden_MH, *grad_params = ctx.saved_tensors
+        scaled = [(g * grad_total).to(g.dtype) for g in (grad_hidden_MH, *grad_params)]
+        return scaled[0], None, None, None, None, None, None, *scaled[1:]
+
+
+def chunked_loss(hidden_MH: torch.Tensor, head: torch.nn.Module, token_loss: TokenLoss,
                  targets_M: torch.Tensor, weights_M: torch.Tensor, extras_M: dict[str, torch.Tensor] | None = None,
                  chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_m weights_M[m] · token_loss(log_softmax(head(hidden_MH[m])), targets_M[m], extras_M[m]).
 
     hidden_MH: [M, H] decoder states at completion positions. head: the output embedding
-    (hidden -> logits). targets_M: [M] token ids. weights_M: [M]. extras_M: per-position teacher
-    tensors [M, ...]. chunk_size: positions whose [chunk_size, V] logits exist at once (0: all).
-    Returns (the loss, a scalar attached to hidden_MH and the head's weights; the student's
+    (hidden -> logits), its trainable parameters get their gradients. targets_M: [M] token ids.
+    weights_M: [M]. extras_M: per-position teacher tensors [M, ...]. chunk_size: positions whose
+    [chunk_size, V] logits exist at once (0: all).
+    Returns (the loss, a scalar attached to hidden_MH and the head's parameters; the student's
     log-probs of the targets [M], detached, for logging).
+
+    Memory: a few chunk_size × V floats at a time, plus the gradients kept until backward ([M, H]
+    and the head's parameter-sized ones, which the optimizer holds anyway). Time: the same work
+    as the unchunked loss on completion positions (the head's gradient is computed during the
+    forward pass, so the loss cannot be differentiated twice).
     """
-    extras_M = extras_M or {}
-    names = tuple(extras_M)
+    params = [p for p in head.parameters() if p.requires_grad]
     size = chunk_size or max(hidden_MH.shape[0], 1)
-    # split, not a loop of slices: one backward node gathers the chunks' gradients into [M, H].
-    # An empty rank still gets one (empty) chunk, so the head's weights get a (zero) gradient
-    # and DDP's reducer is not left waiting for them.
-    pieces = zip(hidden_MH.split(size), targets_M.split(size), weights_M.split(size),
-                 *(t.split(size) for t in extras_M.values()))
-    total, token_logprobs = hidden_MH.new_zeros((), dtype=torch.promote_types(hidden_MH.dtype, torch.float32)), []
-    for hidden_NH, targets_N, weights_N, *extras_N in pieces:
-        weighted, token_lp_N = checkpoint(_chunk_loss, head, token_loss, hidden_NH, targets_N, weights_N,
-                                          *extras_N, names=names, use_reentrant=False)
-        total = total + weighted
-        token_logprobs.append(token_lp_N)
-    return total, torch.cat(token_logprobs)
+    return _ChunkedLoss.apply(hidden_MH, targets_M, weights_M, extras_M or {}, head, token_loss, size, *params)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from student_worker import divergences as D
+from student_worker.distributed import collective_device
 
 
 class TokenLoss(Protocol):
@@ -119,15 +120,6 @@ def reduction_weights(mask_BS: torch.Tensor, reduction: str, counts: tuple[int, 
     else:
         raise ValueError(f"reduction must be 'token' or 'sequence', got {reduction!r}")
     return (world_size * per_row_B.to(mask_BS.device)[:, None].expand(mask_BS.shape))[mask_BS]
-
-
-def collective_device(group=None) -> torch.device:
-    """The device a collective's tensors must live on for `group`'s backend: gloo takes CPU
-    tensors, NCCL this rank's current GPU ("cpu:gloo,cuda:nccl" groups take either)."""
-    backend = dist.get_backend(group)
-    if "nccl" in backend and "gloo" not in backend:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------

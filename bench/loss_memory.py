@@ -3,8 +3,8 @@
     python bench/loss_memory.py [--vocab 49152 --batch 4 --seq 512 --chunk 256 --loss reverse_kl]
 
 Both variants run the same update (forward, loss, backward) on the same batch: --batch sequences
-of --seq tokens (2,048 positions by default; prompts take the first ~25%, completions of uneven
-lengths the rest) through a small Llama with a --vocab vocabulary (SmolLM2's 49,152 by default),
+of --seq tokens (2,048 positions by default; prompts take the first --prompt-share of each, completions
+of uneven lengths up to the rest: 61% of the positions are completion targets by default) through a small Llama with a --vocab vocabulary (SmolLM2's 49,152 by default),
 whose head and loss dominate the update as they do for a real student at long sequences.
 
 * today:   logits of every position, log_softmax in float32 over [B, S, V],
@@ -64,7 +64,7 @@ def variant(args) -> dict:
                          tie_word_embeddings=False)
     model = AutoModelForCausalLM.from_config(config)
     g = torch.Generator().manual_seed(1)
-    prompt_len = args.seq // 4
+    prompt_len = max(1, int(args.seq * args.prompt_share))
     # uneven completions: from half the room to all of it
     lengths = [args.seq - prompt_len - (args.seq - prompt_len) * i // (2 * args.batch) for i in range(args.batch)]
     prompts = [torch.randint(4, args.vocab, (prompt_len,), generator=g).tolist() for _ in lengths]
@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512, help="tokens per sequence (batch x seq positions)")
-    parser.add_argument("--chunk", type=int, default=256, help="positions per chunk")
+    parser.add_argument("--chunk", type=int, default=128, help="positions per chunk")
+    parser.add_argument("--prompt-share", type=float, default=0.25, help="of each sequence")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--loss", default="reverse_kl", help="nll or a divergence name")
     parser.add_argument("--reps", type=int, default=3)
@@ -131,7 +132,7 @@ def main() -> None:
         results[name] = json.loads(out.strip().splitlines()[-1])
     one_tensor_mib = args.batch * args.seq * args.vocab * 4 / 2**20
     print(f"{args.batch} x {args.seq} positions, vocabulary {args.vocab}, loss {args.loss}, "
-          f"chunk {args.chunk}; one float32 [B, T, V] tensor = {one_tensor_mib:.0f} MiB")
+          f"chunk {args.chunk}, prompt share {args.prompt_share}; one float32 [B, T, V] tensor = {one_tensor_mib:.0f} MiB")
     print(f"{'variant':8} {'peak MiB':>9} {'x [B,T,V]':>10} {'seconds':>8} {'loss':>10}")
     for name, r in results.items():
         print(f"{name:8} {r['peak_mib']:9.0f} {r['peak_mib'] / one_tensor_mib:10.2f} {r['seconds']:8.2f} "

@@ -192,7 +192,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
 def chunked_loss(hidden_MH: torch.Tensor, head: torch.nn.Module, token_loss: TokenLoss,
                  targets_M: torch.Tensor, weights_M: torch.Tensor, extras_M: dict[str, torch.Tensor] | None = None,
-                 chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_m weights_M[m] · token_loss(log_softmax(head(hidden_MH[m])), targets_M[m], extras_M[m]).
 
     hidden_MH: [M, H] decoder states at completion positions. head: the output embedding

@@ -48,7 +48,7 @@ def gradient_sync(model, enabled: bool):
 def accumulate_gradients(model, head, input_ids_BT: torch.Tensor, attention_BT: torch.Tensor,
                          mask_BS: torch.Tensor, token_loss: TokenLoss, weights_M: torch.Tensor,
                          extras_M: dict[str, torch.Tensor], *, micro_batch_size: int = 0,
-                         chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None
+                         chunk_size: int = 128, autocast_dtype: torch.dtype | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward of Σ_m w_m · l_m over micro-batches; gradients add up in `.grad`.
 

@@ -1,16 +1,18 @@
 """Peak memory and time of one student update: chunked loss vs today's full-batch log-softmax.
 
-    python bench/loss_memory.py [--vocab 49152 --batch 4 --seq 512 --chunk 256 --loss reverse_kl]
+    python bench/loss_memory.py [--vocab 49152 --batch 4 --seq 512 --chunk 128 --loss reverse_kl]
 
 Both variants run the same update (forward, loss, backward) on the same batch: --batch sequences
-of --seq tokens (2,048 positions by default; prompts take the first --prompt-share of each, completions
-of uneven lengths up to the rest: 61% of the positions are completion targets by default) through a small Llama with a --vocab vocabulary (SmolLM2's 49,152 by default),
-whose head and loss dominate the update as they do for a real student at long sequences.
+of --seq tokens (2,048 positions by default). Prompts take the first --prompt-share of each
+sequence, completions of uneven lengths up to the rest (61% of the positions are completion
+targets by default; --prompt-share 0.002 makes nearly all of them targets). The model is a small
+Llama with a --vocab vocabulary (SmolLM2's 49,152 by default), whose head and loss dominate the
+update as they do for a real student at long sequences.
 
 * today:   logits of every position, log_softmax in float32 over [B, S, V],
            methods.compute_loss (trainer.update as it is);
-* chunked: completion positions only, --chunk positions at a time, recomputed in backward
-           (student_worker.chunked_loss via micro_batches.accumulate_gradients).
+* chunked: completion positions only, --chunk positions at a time, each chunk's gradient taken
+           at once (student_worker.chunked_loss via micro_batches.accumulate_gradients).
 
 Each variant runs in its own process (one CPU thread) so its memory is its own. Peak memory is
 the resident set's high-water mark (VmHWM) above the resident set just before the update, reset

@@ -26,27 +26,28 @@ shard; loadable at another world size) and exports a full Hugging Face folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from pydantic import BaseModel, ConfigDict, Field
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.nn.parallel import DistributedDataParallel
 
 
-class LoraSettings(BaseModel):
-    """`student.lora`: PEFT's LoraConfig under PEFT's names (absent: full fine-tuning)."""
+@dataclass
+class LoraSettings:
+    """`student.lora`: PEFT's LoraConfig under PEFT's names (absent: full fine-tuning). A plain
+    dataclass (pydantic validates it as a config field) so that this module needs no pydantic
+    where it runs alone (bench/gpu)."""
 
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(16, ge=1, description="rank of the adapters")
-    alpha: float = Field(32, gt=0, description="scale: the update is alpha / r x B A")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = Field(
-        "all-linear", description="module names to adapt (q_proj, v_proj, ...) or 'all-linear'")
+    r: int = 16                                     # rank of the adapters
+    alpha: float = 32                               # scale: the update is alpha / r x B A
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"  # module names (q_proj, v_proj, ...) or 'all-linear'
 
 
 Parallel = Literal["ddp", "fsdp"]

@@ -92,7 +92,26 @@ def test_checker_catches_a_cpu_tensor_under_nccl():
 # two real ranks
 
 
-def _rank(rank: int, port: int, model_dir: str, out: str) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, fn, port: int, world: int, args: tuple) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    fn(rank, *args)
+
+
+def spawn_ranks(fn, *args, world: int = 2) -> None:
+    """fn(rank, *args) in `world` fresh processes of one job, as torchrun would start them
+    (RANK, LOCAL_RANK, WORLD_SIZE and a free port in the environment)."""
+    mp.start_processes(_join, args=(fn, _free_port(), world, args), nprocs=world, start_method="spawn")
+
+
+def _rank(rank: int, model_dir: str, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from student_worker import checkpoint
@@ -100,9 +119,6 @@ def _rank(rank: int, port: int, model_dir: str, out: str) -> None:
     from student_worker.micro_batches import accumulate_gradients
     from student_worker.rollout import Rollout, teacher_batch, token_batch
 
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
     seen: list[str] = []
     check_collectives(distributed.backend_spec(torch.device("cuda")), seen)
     _, world, device = distributed.init_distributed()
@@ -128,12 +144,6 @@ def _rank(rank: int, port: int, model_dir: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_with_micro_batches_equal_one_batch(tiny_model_dir, tmp_path):
     """Global token mean: rank 0 holds 5 completion tokens, rank 1 holds 10; the summed losses
     and DDP-averaged gradients equal one process on all four sequences."""
@@ -142,7 +152,7 @@ def test_two_ranks_with_micro_batches_equal_one_batch(tiny_model_dir, tmp_path):
     from student_worker.rollout import Rollout
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_rank, args=(_free_port(), str(tiny_model_dir), str(out)), nprocs=2, start_method="spawn")
+    spawn_ranks(_rank, str(tiny_model_dir), str(out))
     got = torch.load(out)
     assert got["same_weights"]
     assert {"all_reduce", "all_gather_object", "barrier"} <= set(got["seen"])

@@ -3,12 +3,7 @@ checkpoints, on the tiny model with the chunked loss."""
 
 from __future__ import annotations
 
-import os
-import socket
-
-import pytest
 import torch
-import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
 from student_worker import chunked_loss as C
@@ -17,6 +12,7 @@ from student_worker.parallel import (LoraSettings, export_hf, load_sharded, prep
                                      wrap_for_training)
 from student_worker.rollout import Rollout, teacher_batch, token_batch
 from tests.test_chunked_loss import COMPLETIONS, PROMPTS, _teacher_scores
+from tests.test_distributed import spawn_ranks
 
 
 def _step(model, train_model, optimizer, rows=slice(None), world=1, micro_batch_size=2) -> float:
@@ -39,9 +35,7 @@ def test_gradient_checkpointing_changes_no_gradient(tiny_model_dir):
     for checkpointing in (False, True):
         model = prepare_student(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64),
                                 gradient_checkpointing=checkpointing)
-        model.train()
-        _step(model, model, torch.optim.SGD(model.parameters(), lr=0.0))   # lr 0: keep the grads' weights
-        # SGD with lr 0 zeroed them; run the backward again and keep them
+        model.train()   # Hugging Face checkpoints layers only in training mode
         rollout = Rollout(PROMPTS, COMPLETIONS, "data")
         batch = token_batch(rollout, pad_id=0)
         weights_M = C.reduction_weights(batch.mask_BS, "token", C.completion_counts(batch.mask_BS))
@@ -108,14 +102,11 @@ def test_lora_trains_only_adapters_resumes_and_exports_merged(tiny_model_dir, tm
 STEPS = 5
 
 
-def _fsdp_rank(rank: int, port: int, model_dir: str, out: str) -> None:
+def _fsdp_rank(rank: int, model_dir: str, out: str) -> None:
     import torch.distributed as dist
 
     from student_worker.distributed import init_distributed
 
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
     _, world, device = init_distributed()
     rows = slice(2 * rank, 2 * rank + 2)
     losses = {}
@@ -137,18 +128,11 @@ def _fsdp_rank(rank: int, port: int, model_dir: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp_on_two_cpu_ranks_equals_ddp_and_resumes_at_one(tiny_model_dir, tmp_path):
     """FSDP2 works on CPU with gloo (torch 2.13): same losses as DDP over 5 steps; its sharded
     checkpoint loads into one unsharded process (another world size) with optimizer states; the
     exported folder is the same model."""
-    mp.start_processes(_fsdp_rank, args=(_free_port(), str(tiny_model_dir), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    spawn_ranks(_fsdp_rank, str(tiny_model_dir), str(tmp_path))
     got = torch.load(tmp_path / "rank0.pt")
     ddp, fsdp = got["losses"]["ddp"], got["losses"]["fsdp"]
     assert ddp[-1] < ddp[0]

@@ -9,8 +9,9 @@ targets by default; --prompt-share 0.002 makes nearly all of them targets). The 
 Llama with a --vocab vocabulary (SmolLM2's 49,152 by default), whose head and loss dominate the
 update as they do for a real student at long sequences.
 
-* today:   logits of every position, log_softmax in float32 over [B, S, V],
-           methods.compute_loss (trainer.update as it is);
+* today:   logits of every position, log_softmax in float32 over [B, S, V], then the loss
+           (`full_batch_loss`: the trainer's update before the chunked loss; tests keep it as
+           the float64 reference);
 * chunked: completion positions only, --chunk positions at a time, each chunk's gradient taken
            at once (student_worker.chunked_loss via micro_batches.accumulate_gradients).
 
@@ -47,6 +48,36 @@ def _reset_peak() -> None:
     pathlib.Path("/proc/self/clear_refs").write_text("5")   # VmHWM := VmRSS (Linux >= 4.0)
 
 
+def full_batch_loss(cfg, student_logprobs_BSV, batch, teacher, rollout):
+    """The unchunked loss on the [B, S, V] log-softmax of every position, as the trainer computed
+    it before chunked_loss (the reference the chunked loss must equal): token NLL, a divergence
+    to the teacher's top-k + tail, or REINFORCE with the teacher as KL anchor."""
+    import torch
+
+    from student_worker import divergences as D
+    from student_worker.methods import PolicyGradient, TokenNLL, get_method
+
+    m, loss_row = cfg.method, get_method(cfg).loss
+    token_lp_BS = student_logprobs_BSV.gather(-1, batch.targets_BS[..., None])[..., 0]
+    if isinstance(loss_row, TokenNLL):
+        return -D.masked_mean(token_lp_BS, batch.mask_BS, m.reduction)
+    if isinstance(loss_row, PolicyGradient):
+        kl_BS = D.sampled_reverse_kl(token_lp_BS.detach(), teacher.token_logprobs_BS.to(token_lp_BS))
+        advantage_BS = -m.kl_coef * kl_BS
+        if m.use_reward and rollout.rewards is not None:
+            rewards_B = rollout.rewards.to(token_lp_BS)
+            advantage_BS = advantage_BS + (rewards_B - rewards_B.mean())[:, None]
+        return -D.masked_mean(advantage_BS * token_lp_BS, batch.mask_BS, m.reduction)
+    rows = batch.mask_BS   # a divergence: only completion rows (no stand-in value can be inf)
+    div_M = D.divergence(loss_row.name or m.divergence, student_logprobs_BSV[rows][None],
+                         teacher_topk_ids_BTK=teacher.topk_ids_BSK[rows][None],
+                         teacher_topk_logprobs_BTK=teacher.topk_logprobs_BSK[rows][None],
+                         teacher_tail_logprobs_BT=teacher.tail_logprobs_BS[rows][None], beta=m.beta,
+                         alpha=m.alpha)[0]
+    div_BS = torch.zeros(rows.shape, dtype=div_M.dtype).masked_scatter(rows, div_M)
+    return D.masked_mean(div_BS, rows, m.reduction)
+
+
 def variant(args) -> dict:
     """One variant, in this process: {"peak_mib", "seconds", "loss"}."""
     import torch
@@ -54,7 +85,7 @@ def variant(args) -> dict:
 
     from student_worker import chunked_loss as C
     from student_worker.config import RunConfig
-    from student_worker.methods import compute_loss
+    from student_worker.methods import get_method
     from student_worker.micro_batches import accumulate_gradients
     from student_worker.rollout import Rollout, teacher_batch, token_batch
     from student_worker.teacher_client import TeacherScores
@@ -82,15 +113,13 @@ def variant(args) -> dict:
 
     def today():
         logits_BSV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
-        loss, _ = compute_loss(cfg, torch.log_softmax(logits_BSV.float(), -1), batch, teacher, rollout)
+        loss = full_batch_loss(cfg, torch.log_softmax(logits_BSV.float(), -1), batch, teacher, rollout)
         loss.backward()
         return loss.item()
 
     def chunked():
-        if args.loss == "nll":
-            token_loss, extras = C.nll, {}
-        else:
-            token_loss, extras = C.topk_divergence(args.loss), C.topk_extras(teacher, batch.mask_BS)
+        loss_row = get_method(cfg).loss
+        token_loss, extras = loss_row.per_token(cfg.method), loss_row.inputs(cfg.method, batch, teacher, rollout)
         weights_M = C.reduction_weights(batch.mask_BS, "token", C.completion_counts(batch.mask_BS))
         loss, _ = accumulate_gradients(model, model.get_output_embeddings(), batch.input_ids_BT,
                                        batch.attention_BT, batch.mask_BS, token_loss, weights_M, extras,

@@ -44,6 +44,8 @@ class LoraSettings:
     dataclass (pydantic validates it as a config field) so that this module needs no pydantic
     where it runs alone (bench/gpu)."""
 
+    __pydantic_config__ = {"extra": "forbid"}       # a misspelt key is an error, as in every section
+
     r: int = 16                                     # rank of the adapters
     alpha: float = 32                               # scale: the update is alpha / r x B A
     dropout: float = 0.0
@@ -81,8 +83,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int,
                       device: torch.device) -> torch.nn.Module:
     """DDP (replicas, gradients all-reduced), FSDP2 (every decoder layer and the root sharded
-    over the ranks, in place), or the model itself on one rank."""
-    if parallel == "fsdp":
+    over the ranks, in place), or the model itself on one rank (nothing to shard or average)."""
+    if parallel == "fsdp" and world > 1:
         from torch.distributed.fsdp import fully_shard
 
         for layer in decoder_layers(model):

@@ -1,5 +1,6 @@
-"""Chunked loss and micro-batches against today's loss (methods.compute_loss over the full
-[B, S, V] log-softmax), in float64: same values, same gradients."""
+"""Chunked loss and micro-batches, through each method's loss row, against the unchunked loss
+over the full [B, S, V] log-softmax (bench.loss_memory.full_batch_loss), in float64: same
+values, same gradients."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from bench.loss_memory import full_batch_loss
+
 from student_worker import chunked_loss as C
 from student_worker import divergences as D
 from student_worker.config import RunConfig
-from student_worker.methods import compute_loss
+from student_worker.methods import get_method
 from student_worker.micro_batches import accumulate_gradients, micro_batches
 from student_worker.rollout import Rollout, teacher_batch, token_batch
 from student_worker.teacher_client import TeacherScores
@@ -48,25 +51,20 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _today(model, cfg, rollout, scores):
-    """Today's trainer.update: full-batch log-softmax, methods.compute_loss (kept in float64)."""
+    """The unchunked reference: full-batch log-softmax, full_batch_loss (kept in float64)."""
     model.zero_grad(set_to_none=True)
     batch = token_batch(rollout, pad_id=0)
     logits_BSV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
     teacher = teacher_batch(scores, rollout, batch.targets_BS.shape[1])
-    loss, _ = compute_loss(cfg, torch.log_softmax(logits_BSV, -1), batch, teacher, rollout)
+    loss = full_batch_loss(cfg, torch.log_softmax(logits_BSV, -1), batch, teacher, rollout)
     loss.backward()
     return loss.detach(), _grads(model)
 
 
 def _token_loss(cfg, batch, teacher, rollout):
-    """The per-token loss and its extras for cfg's method (what phase 2's loss registry holds)."""
-    m = cfg.method
-    if m.name in ("sft", "seqkd"):
-        return C.nll, {}
-    if m.name in ("kd", "gkd", "skd"):
-        return C.topk_divergence(m.divergence, m.beta, m.alpha), C.topk_extras(teacher, batch.mask_BS)
-    rewards = rollout.rewards if m.use_reward else None
-    return C.policy_gradient(m.kl_coef), C.policy_gradient_extras(teacher, batch.mask_BS, rewards)
+    """The per-token loss and its inputs, from cfg's method's loss row (what the trainer uses)."""
+    loss_row = get_method(cfg).loss
+    return loss_row.per_token(cfg.method), loss_row.inputs(cfg.method, batch, teacher, rollout)
 
 
 def _chunked(model, cfg, rollout, scores, chunk_size, micro_batch_size=0):

@@ -83,8 +83,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int,
                       device: torch.device) -> torch.nn.Module:
     """DDP (replicas, gradients all-reduced), FSDP2 (every decoder layer and the root sharded
-    over the ranks, in place), or the model itself on one rank (nothing to shard or average)."""
-    if parallel == "fsdp" and world > 1:
+    over the ranks, in place), or the model itself in one process (nothing to shard or average)."""
+    if parallel == "fsdp" and dist.is_initialized():   # one process without a group: nothing to shard
         from torch.distributed.fsdp import fully_shard
 
         for layer in decoder_layers(model):
@@ -108,7 +108,8 @@ def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     """Weights and optimizer states through torch.distributed.checkpoint: every rank writes its
     own shard (collective: all ranks call it). Any world size can load it (`load_sharded`)."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=Path(path))
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=Path(path),
+             no_dist=not dist.is_initialized())
 
 
 def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -116,7 +117,7 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     job's ranks, or unsharded in one process), resharding as needed."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=Path(path))
+    dcp.load(state, checkpoint_id=Path(path), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -1,8 +1,11 @@
 """The training loop: prompts -> completions -> teacher log-probs -> loss -> step.
 
 One process is one worker; `torchrun --nproc-per-node N` makes N workers of one job
-(DistributedDataParallel: gloo on CPU, NCCL on GPU). Each rank trains on different prompts;
-gradients are averaged, so weights stay identical; only rank 0 writes files.
+(DistributedDataParallel, or FSDP2 with train.parallel=fsdp; a cpu:gloo,cuda:nccl group on GPUs,
+gloo on CPU). Each rank trains on different prompts; gradients are averaged, so weights stay
+identical; only rank 0 writes files (FSDP: every rank its shard). The loss goes through
+chunked_loss over micro-batches (micro_batches.accumulate_gradients); the student's options
+(LoRA, activation checkpointing) come from parallel.prepare_student.
 
 Overlap: with train.lag = L > 0, the teacher scores the next L batches while the student
 updates on the current one (those batches were sampled up to L updates ago). L = 0 is strictly

@@ -112,3 +112,17 @@ def test_fsdp_on_two_ranks_equals_ddp_and_resumes_on_one(teacher, student_dir, d
     assert [json.loads(x)["step"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 3, 4]
     assert (resumed / "sharded").is_dir() and (resumed / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("example", ["examples/student-1.5b-lora.yaml", "examples/student-1.5b-fsdp.yaml"])
+def test_the_8_gpu_examples_run_shrunk_to_the_tiny_models(example, teacher, student_dir, data_file, tmp_path):
+    """The README's 1.5B configs, with the model, teacher, data and sizes swapped for tiny ones."""
+    from student_worker.config import load_config
+
+    cfg = load_config(example, None, [
+        f"student.path={student_dir}", "student.dtype=float32", f"teacher.target={teacher.target}",
+        f"data.source={data_file}", "data.batch_size=2", "sampling.max_new_tokens=4", "teacher.top_k=8",
+        "train.steps=2", "train.micro_batch_size=1", "train.loss_chunk_size=3", "student.lora.r=4"
+        if "lora" in example else "train.save_every=1"])
+    final = train(cfg, tmp_path, progress=False)
+    assert len(_losses(tmp_path)) == 2 and (final / "hf" / "model.safetensors").exists()

@@ -11,7 +11,11 @@ Each rank checks, and rank 0 prints PASS/FAIL per line:
 3. FSDP2 = DDP: 5 optimizer steps of reverse KL to a random top-k teacher through the chunked
    loss with micro-batches, float32 (TF32 off): losses within 1e-5; then the same with bf16
    autocast (losses within 1e-2, float32 master weights);
-4. loss memory on the device: peak memory of the loss over 2,048 positions and a --vocab
+4. sampling (student_worker.sampling.sample, chosen-token log-probs) from the FSDP2-sharded
+   model, ranks in lock step (synced_gpus), gives the unsharded model's greedy tokens;
+5. LoRA (PEFT) with activation checkpointing and bf16 autocast: only adapters get gradients,
+   the loss falls over 5 steps;
+6. loss memory on the device: peak memory of the loss over 2,048 positions and a --vocab
    vocabulary (Qwen's 151,936 by default), today's full log-softmax vs chunked.
 """
 
@@ -32,7 +36,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 from student_worker import chunked_loss as C  # noqa: E402
 from student_worker.distributed import backend_spec, init_distributed  # noqa: E402
 from student_worker.micro_batches import accumulate_gradients  # noqa: E402
-from student_worker.parallel import wrap_for_training  # noqa: E402
+from student_worker.parallel import LoraSettings, prepare_student, wrap_for_training  # noqa: E402
+from student_worker.sampling import sample  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -59,11 +64,14 @@ def make_batch(rank: int, vocab: int, device, k: int = 16):
     return move(input_ids_BT), move(attention_BT), move(mask_BS), {n: move(t) for n, t in teacher.items()}
 
 
-def train_losses(parallel: str, config, world: int, rank: int, device, autocast, steps: int = 5) -> list[float]:
+def train_losses(parallel: str, config, world: int, rank: int, device, autocast, steps: int = 5,
+                 lora: LoraSettings | None = None, gradient_checkpointing: bool = False) -> list[float]:
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).to(device)
+    model = prepare_student(AutoModelForCausalLM.from_config(config).to(device),
+                            gradient_checkpointing=gradient_checkpointing, lora=lora)
+    model.train()
     train_model = wrap_for_training(model, parallel=parallel, world=world, device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     input_ids_BT, attention_BT, mask_BS, extras = make_batch(rank, config.vocab_size, device)
     weights_M = C.reduction_weights(mask_BS, "token", C.completion_counts(mask_BS), world)
     losses = []
@@ -71,6 +79,10 @@ def train_losses(parallel: str, config, world: int, rank: int, device, autocast,
         loss, _ = accumulate_gradients(train_model, model.get_output_embeddings(), input_ids_BT, attention_BT,
                                        mask_BS, C.topk_divergence("reverse_kl"), weights_M, extras,
                                        micro_batch_size=2, chunk_size=16, autocast_dtype=autocast)
+        if lora is not None:
+            grads = {n for n, p in model.named_parameters() if p.grad is not None}
+            check("LoRA: only adapters get gradients", grads and all("lora_" in n for n in grads),
+                  f"{len(grads)} tensors")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # the trainer's step statistics: a CPU tensor, summed over ranks
@@ -151,6 +163,20 @@ def main() -> None:
     gap = max(abs(a - b) for a, b in zip(ddp, fsdp))
     check("FSDP2 = DDP over 5 steps, float32 (<= 1e-5)", gap <= 1e-5 and ddp[-1] < ddp[0],
           f"max gap {gap:.2e}; ddp {ddp[0]:.4f} -> {ddp[-1]:.4f}")
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_config(config).to(device).eval()
+    torch.manual_seed(0)
+    sharded = wrap_for_training(AutoModelForCausalLM.from_config(config).to(device), parallel="fsdp", world=world,
+                                device=device).eval()
+    prompts = [[5 + rank, 6, 7, 8], [9, 10 + rank]][: 1 + rank % 2]   # uneven batches over the ranks
+    kwargs = dict(max_new_tokens=12 + 4 * rank, temperature=0, eos_ids=[config.vocab_size + 1], pad_id=0)
+    same = ([c.token_ids for c in sample(sharded, prompts, **kwargs)]
+            == [c.token_ids for c in sample(plain, prompts, **kwargs)])
+    check("sampling from the FSDP2 model (synced) = unsharded, greedy", same, f"rank {rank}")
+    lora = train_losses("ddp", config, world, rank, device, torch.bfloat16 if device.type == "cuda" else None,
+                        lora=LoraSettings(r=8, alpha=16), gradient_checkpointing=True)
+    check("LoRA + activation checkpointing (+ bf16 on GPU) trains", lora[-1] < lora[0],
+          f"{lora[0]:.4f} -> {lora[-1]:.4f}")
     if device.type == "cuda":
         ddp16 = train_losses("ddp", config, world, rank, device, torch.bfloat16)
         fsdp16 = train_losses("fsdp", config, world, rank, device, torch.bfloat16)
@@ -162,10 +188,16 @@ def main() -> None:
             ratio = peaks["today"] / peaks["chunked"]
             check("loss peak memory, 2048 positions (>= 8x lower)", ratio >= 8,
                   f"today {peaks['today']:.0f} MiB, chunked {peaks['chunked']:.0f} MiB: {ratio:.1f}x")
+    every_rank = [None] * world
+    dist.all_gather_object(every_rank, RESULTS)
     if rank == 0:
-        for name, ok, detail in RESULTS:
+        # one line per check: it passes when it passed on every rank (and every repetition)
+        verdicts: dict[str, tuple[bool, str]] = {}
+        for name, ok, detail in (r for results in every_rank for r in results):
+            verdicts[name] = (verdicts.get(name, (True, ""))[0] and ok, verdicts.get(name, (True, detail))[1])
+        for name, (ok, detail) in verdicts.items():
             print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
-        print("ALL PASS" if all(ok for _, ok, _ in RESULTS) else "SOME FAILED")
+        print("ALL PASS" if all(ok for ok, _ in verdicts.values()) else "SOME FAILED")
     dist.destroy_process_group()
 
 

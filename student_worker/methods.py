@@ -42,7 +42,7 @@ class Context:
     """What producing completions needs besides the examples."""
 
     cfg: RunConfig
-    model: torch.nn.Module          # the unwrapped student (no DDP wrapper) for sampling
+    model: torch.nn.Module          # the student for sampling: no DDP wrapper; FSDP: the sharded model
     tokenizer: object
     eos_ids: list[int]
     pad_id: int

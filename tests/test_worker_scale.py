@@ -82,6 +82,8 @@ def _two_rank_runs(rank: int, student: str, target: str, data: str, out: str) ->
     for parallel in ("ddp", "fsdp"):
         train(config(student, target, data, *common, f"train.parallel={parallel}", preset="kd"),
               f"{out}/{parallel}", progress=False)
+    train(config(student, target, data, *common, "student.lora.r=4", "train.steps=2", preset="kd"),
+          f"{out}/lora", progress=False)   # DDP with LoRA
     if rank == 0:
         torch.save(seen, f"{out}/seen.pt")
     torch.distributed.destroy_process_group()
@@ -91,10 +93,14 @@ def _two_rank_runs(rank: int, student: str, target: str, data: str, out: str) ->
 def test_fsdp_on_two_ranks_equals_ddp_and_resumes_on_one(teacher, student_dir, data_file, tmp_path):
     """kd on fixed completions: the same losses with FSDP2 as with DDP (float32, <= 1e-5); the
     sharded checkpoint resumes in one process (another world size); the exported folder is the
-    student; every collective of both runs is on a device the cpu:gloo,cuda:nccl group serves."""
+    student; LoRA under DDP keeps identical replicas; every collective of the runs is on a
+    device the cpu:gloo,cuda:nccl group serves."""
     spawn_ranks(_two_rank_runs, str(student_dir), teacher.target, str(data_file), str(tmp_path))
     ddp, fsdp = _losses(tmp_path / "ddp"), _losses(tmp_path / "fsdp")
     assert max(abs(a - b) for a, b in zip(ddp, fsdp)) <= 1e-5, (ddp, fsdp)
+    lora = tmp_path / "lora" / "checkpoints" / "step-000002"
+    digests = torch.load(lora / "trainer_state.pt", weights_only=False)["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1] and (lora / "hf" / "model.safetensors").exists()
     seen = set(torch.load(tmp_path / "seen.pt"))
     # (FSDP2's own all-gathers and reduce-scatters bypass these Python entry points)
     assert {"all_reduce", "all_gather_object", "barrier"} <= seen, seen

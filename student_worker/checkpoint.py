@@ -6,8 +6,12 @@
                                    trainer_state.json: the rest (step, weight digests, scheduler,
                                    optimizer hyperparameters, Python and NumPy RNG states)
 
-train.keep_last=N keeps the newest N checkpoints on disk (rotate).
-"""
+With student.lora the folder holds PEFT's adapters (adapter_config.json, adapter_model.safetensors)
+instead of the weights; with train.parallel=fsdp a `sharded/` torch.distributed.checkpoint (weights
+and optimizer states, every rank its shard) instead of both. The final checkpoint of such a run
+also holds `hf/`: the merged (LoRA) or gathered (FSDP) student as an ordinary folder.
+
+train.keep_last=N keeps the newest N checkpoints on disk (rotate)."""
 
 from __future__ import annotations
 
@@ -59,35 +63,54 @@ def weights_digest(model) -> str:
 
 def save(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
          rank_digests: list[str] = ()) -> Path:
+    """The student (a PEFT model writes only its adapters) and the training state."""
     path = checkpoint_dir(output_dir, step)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    optim = optimizer.state_dict()
-    tensors = {"optimizer": optim["state"], "rng_torch": torch.get_rng_state()}
+    save_state(path, step, scheduler, optimizer, rank_digests)
+    return path
+
+
+def save_state(path: Path, step: int, scheduler, optimizer=None, rank_digests: list[str] = ()) -> None:
+    """The training state: step, scheduler, RNG states and (unless it is saved sharded) the
+    optimizer's. trainer_state.json is written last: its presence marks the checkpoint complete."""
+    path = Path(path)
+    tensors = {"rng_torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng_cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(tensors, path / STATE_TENSORS)
     numpy_rng = np.random.get_state(legacy=False)
     numpy_rng["state"]["key"] = numpy_rng["state"]["key"].tolist()
     state = {
         "step": step,
         "rank_weight_digests": list(rank_digests),  # one per worker, all equal
-        "optimizer_param_groups": optim["param_groups"],
         "scheduler": scheduler.state_dict(),
         "rng_python": random.getstate(),
         "rng_numpy": numpy_rng,
     }
+    if optimizer is not None:
+        optim = optimizer.state_dict()
+        tensors["optimizer"] = optim["state"]
+        state["optimizer_param_groups"] = optim["param_groups"]
+    torch.save(tensors, path / STATE_TENSORS)
     (path / STATE_JSON).write_text(json.dumps(state))
-    return path
+
+
+def hf_folder(path: Path) -> Path:
+    """The checkpoint as an ordinary Hugging Face folder: its `hf/` export (a LoRA or FSDP
+    run's final checkpoint) or the checkpoint itself."""
+    return Path(path) / "hf" if (Path(path) / "hf").is_dir() else Path(path)
 
 
 def load_state(path: Path, optimizer, scheduler) -> int:
-    """Restore optimizer, scheduler and RNG states (the weights come from from_pretrained)."""
+    """Restore optimizer (unless saved sharded), scheduler and RNG states (the weights come from
+    from_pretrained, PEFT's adapters or the sharded checkpoint)."""
     path = Path(path)
     state = json.loads((path / STATE_JSON).read_text())
     tensors = torch.load(path / STATE_TENSORS, weights_only=True)
-    optimizer.load_state_dict({"state": tensors["optimizer"], "param_groups": state["optimizer_param_groups"]})
+    if "optimizer" in tensors:
+        optimizer.load_state_dict({"state": tensors["optimizer"],
+                                   "param_groups": state["optimizer_param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng_torch"])
     if "rng_cuda" in tensors and torch.cuda.is_available():

@@ -30,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import CliSettingsSource
 
+from student_worker.parallel import LoraSettings, Parallel
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -41,6 +43,14 @@ class StudentConfig(_Section):
         "pretrained", description="load the weights, or only the config (random init, seeded)")
     dtype: Literal["float32", "bfloat16"] = "float32"
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass")
+    lora: LoraSettings | None = Field(
+        None, description="train PEFT LoRA adapters (r, alpha, dropout, target_modules); absent: "
+                          "full fine-tuning")
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none", description="bfloat16: matmuls in bf16 under torch.autocast, float32 weights, "
+                            "optimizer states and loss")
 
 
 class TeacherConfig(_Section):
@@ -140,6 +150,12 @@ class TrainConfig(_Section):
                               "student's drafts (DistillSpec's metric; 0: off, needs a teacher)")
     stop_at_accuracy: float = Field(
         0.0, ge=0, le=1, description="stop once the sampled eval accuracy reaches this (0: off)")
+    micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward; gradients "
+                                                       "accumulate over the batch (0: the whole batch)")
+    parallel: Parallel = Field("ddp", description="ddp: replicas; fsdp: FSDP2, weights, gradients "
+                                                  "and optimizer states sharded over the ranks")
+    loss_chunk_size: int = Field(128, ge=0, description="completion positions whose logits exist at "
+                                                        "once in the loss (0: all of them)")
     keep_last: int = Field(0, ge=0, description="checkpoints kept on disk, the newest (0: all)")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers that receive metrics.jsonl's numbers "

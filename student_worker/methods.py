@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from student_worker import chunked_loss as C
 from student_worker import divergences as D
 from student_worker.data import Example
 from student_worker.rollout import Rollout, TeacherBatch, TokenBatch
@@ -41,7 +42,7 @@ class Context:
     """What producing completions needs besides the examples."""
 
     cfg: RunConfig
-    model: torch.nn.Module          # the unwrapped student (no DDP wrapper) for sampling
+    model: torch.nn.Module          # the student for sampling: no DDP wrapper; FSDP: the sharded model
     tokenizer: object
     eos_ids: list[int]
     pad_id: int
@@ -151,7 +152,11 @@ class Mixture:
         return chosen.rollout(examples, ctx, step)
 
 
-# ---- losses: (student log-probs, teacher targets) on completion tokens -> scalar ----------------
+# ---- losses: a per-token function on completion tokens and the teacher inputs it reads --------
+#
+# chunked_loss.chunked_loss computes Σ_m w_m · l(log q_m, target_m, inputs_m) over the batch's
+# completion positions m, a chunk of positions at a time; a loss row says which l and which
+# per-position inputs (gathered once per batch, [M, ...]), and what to log.
 
 class Loss(Protocol):
     needs_scores: bool              # the teacher's log-probs on the completions (Score, or Verify's)
@@ -160,13 +165,16 @@ class Loss(Protocol):
     def top_k(self, cfg: RunConfig) -> int:
         """k of the teacher's answers this loss reads."""
 
-    def __call__(self, m: MethodConfig, student_logprobs_BSV: torch.Tensor, batch: TokenBatch,
-                 teacher: TeacherBatch | None, rollout: Rollout) -> tuple[torch.Tensor, dict]:
-        """The loss (a scalar) and what to log."""
+    def per_token(self, m: MethodConfig) -> C.TokenLoss:
+        """l(logprobs_NV, targets_N, **inputs_N) -> [N]."""
 
+    def inputs(self, m: MethodConfig, batch: TokenBatch, teacher: TeacherBatch | None,
+               rollout: Rollout) -> dict[str, torch.Tensor]:
+        """l's extra inputs at the completion positions (batch.mask_BS order): [M, ...]."""
 
-def _token_logprobs(student_logprobs_BSV: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
-    return student_logprobs_BSV.gather(-1, batch.targets_BS[..., None])[..., 0]
+    def logs(self, m: MethodConfig, loss: float, token_logprobs_M: torch.Tensor,
+             inputs: dict[str, torch.Tensor], rollout: Rollout) -> dict:
+        """What to log, from the loss and the student's log-probs of the targets [M]."""
 
 
 class TokenNLL:
@@ -176,9 +184,14 @@ class TokenNLL:
     def top_k(self, cfg: RunConfig) -> int:
         return 0
 
-    def __call__(self, m, student_logprobs_BSV, batch, teacher, rollout):
-        loss = -D.masked_mean(_token_logprobs(student_logprobs_BSV, batch), batch.mask_BS, m.reduction)
-        return loss, {"nll": loss.item()}
+    def per_token(self, m):
+        return C.nll
+
+    def inputs(self, m, batch, teacher, rollout):
+        return {}
+
+    def logs(self, m, loss, token_logprobs_M, inputs, rollout):
+        return {"nll": loss}
 
 
 @dataclass(frozen=True)
@@ -193,23 +206,20 @@ class TopKDivergence:
     def top_k(self, cfg: RunConfig) -> int:
         return cfg.teacher.top_k
 
-    def __call__(self, m, student_logprobs_BSV, batch, teacher, rollout):
-        # only completion positions are computed ([1, M, ...]), then put back on the grid:
-        # nothing is spent on prompt or padding rows, and no stand-in value there can be inf
-        rows = batch.mask_BS
-        div_M = D.divergence(
-            self.name or m.divergence, student_logprobs_BSV[rows][None],
-            teacher_topk_ids_BTK=teacher.topk_ids_BSK[rows][None],
-            teacher_topk_logprobs_BTK=teacher.topk_logprobs_BSK[rows][None],
-            teacher_tail_logprobs_BT=teacher.tail_logprobs_BS[rows][None], beta=m.beta, alpha=m.alpha)[0]
-        div_BS = torch.zeros(rows.shape, dtype=div_M.dtype, device=div_M.device).masked_scatter(rows, div_M)
-        loss = D.masked_mean(div_BS, batch.mask_BS, m.reduction)
-        return loss, {"divergence": loss.item(), "on_policy": float(rollout.source != "data")}
+    def per_token(self, m):
+        return C.topk_divergence(self.name or m.divergence, beta=m.beta, alpha=m.alpha)
+
+    def inputs(self, m, batch, teacher, rollout):
+        # only completion positions are gathered: nothing is spent on prompt or padding rows
+        return C.topk_extras(teacher, batch.mask_BS)
+
+    def logs(self, m, loss, token_logprobs_M, inputs, rollout):
+        return {"divergence": loss, "on_policy": float(rollout.source != "data")}
 
 
 class PolicyGradient:
     """REINFORCE on the task's reward (method.use_reward) minus method.kl_coef times the sampled
-    reverse KL to the teacher, per token."""
+    reverse KL to the teacher, per token (chunked_loss.policy_gradient)."""
 
     needs_scores = True
     needs_rewards = True
@@ -217,19 +227,18 @@ class PolicyGradient:
     def top_k(self, cfg: RunConfig) -> int:
         return 1   # only the sampled token's teacher log-prob is read: the smallest payload
 
-    def __call__(self, m, student_logprobs_BSV, batch, teacher, rollout):
-        # per-token advantage: sequence reward (minus the batch mean as a baseline) minus the
-        # sampled reverse-KL estimate log q - log p; a constant for the gradient (detached)
-        token_lp_BS = _token_logprobs(student_logprobs_BSV, batch)
-        kl_BS = D.sampled_reverse_kl(token_lp_BS.detach(), teacher.token_logprobs_BS)
-        advantage_BS = -m.kl_coef * kl_BS
-        reward = 0.0
-        if m.use_reward and rollout.rewards is not None:
-            rewards_B = rollout.rewards.to(token_lp_BS)
-            advantage_BS = advantage_BS + (rewards_B - rewards_B.mean())[:, None]
-            reward = rewards_B.mean().item()
-        loss = -D.masked_mean(advantage_BS * token_lp_BS, batch.mask_BS, m.reduction)
-        return loss, {"reverse_kl_estimate": D.masked_mean(kl_BS, batch.mask_BS).item(), "reward": reward}
+    def per_token(self, m):
+        return C.policy_gradient(m.kl_coef)
+
+    def inputs(self, m, batch, teacher, rollout):
+        rewards_B = rollout.rewards if m.use_reward else None
+        return C.policy_gradient_extras(teacher, batch.mask_BS, rewards_B)
+
+    def logs(self, m, loss, token_logprobs_M, inputs, rollout):
+        kl_M = D.sampled_reverse_kl(token_logprobs_M.double(), inputs["teacher_token_logprobs_N"].double())
+        rewarded = m.use_reward and rollout.rewards is not None
+        return {"reverse_kl_estimate": kl_M.mean().item() if kl_M.numel() else 0.0,
+                "reward": rollout.rewards.float().mean().item() if rewarded else 0.0}
 
 
 # ---- methods: named (source, loss) rows --------------------------------------------------------

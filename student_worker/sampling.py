@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from student_worker.parallel import is_sharded
 from student_worker.tokens import cut_at_eos, pad
 
 
@@ -52,8 +54,13 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
            return_probs: bool = False) -> list[Completion]:
     """Continue each prompt once. Prompts are left-padded so that all end at the same column,
     which is what a batched KV-cache decode needs. return_probs adds each step's full
-    distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats)."""
+    distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats).
+
+    An FSDP-sharded model all-gathers every layer's weights in each forward pass, so all ranks
+    must take the same number of steps: they keep stepping (feeding padding to finished rows)
+    until every rank's batch is done."""
     device = next(model.parameters()).device
+    synced = is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
     input_ids_BP, mask_BP = (t.to(device) for t in pad(prompts, pad_id, side="left"))
     position_BP = (mask_BP.cumsum(-1) - 1).clamp(min=0)   # real tokens count from 0 (pads: 0)
     eos = torch.tensor(eos_ids, device=device)
@@ -71,7 +78,11 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
         if return_probs:
             probs.append(logprobs_BV.exp())
         running_B &= ~torch.isin(token_B, eos)
-        if step == max_new_tokens - 1 or not running_B.any():   # note: a device sync per step
+        unfinished = running_B.any()
+        if synced:   # every rank's batch: the same number of steps everywhere
+            unfinished = unfinished.float()
+            dist.all_reduce(unfinished)
+        if step == max_new_tokens - 1 or not unfinished:   # note: a device sync per step
             break
         mask_BP = torch.cat([mask_BP, mask_BP.new_ones(len(prompts), 1)], -1)
         position_B1 = position_B1 + 1

@@ -1,8 +1,11 @@
 """The training loop: prompts -> completions -> teacher log-probs -> loss -> step.
 
 One process is one worker; `torchrun --nproc-per-node N` makes N workers of one job
-(DistributedDataParallel: gloo on CPU, NCCL on GPU). Each rank trains on different prompts;
-gradients are averaged, so weights stay identical; only rank 0 writes files.
+(DistributedDataParallel, or FSDP2 with train.parallel=fsdp; a cpu:gloo,cuda:nccl group on GPUs,
+gloo on CPU). Each rank trains on different prompts; gradients are averaged, so weights stay
+identical; only rank 0 writes files (FSDP: every rank its shard). The loss goes through
+chunked_loss over micro-batches (micro_batches.accumulate_gradients); the student's options
+(LoRA, activation checkpointing) come from parallel.prepare_student.
 
 Overlap: with train.lag = L > 0, the teacher scores the next L batches while the student
 updates on the current one (those batches were sampled up to L updates ago). L = 0 is strictly
@@ -15,7 +18,6 @@ import collections
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,16 +26,19 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.results import TeacherScores
 from student_worker import checkpoint, run_record
+from student_worker.chunked_loss import completion_counts, reduction_weights
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
+from student_worker.distributed import init_distributed
 from student_worker.evaluate import evaluate
-from student_worker.methods import Context, Method, get_method
+from student_worker.methods import Context, InterleavedDrafts, Method, get_method
+from student_worker.micro_batches import accumulate_gradients
+from student_worker.parallel import export_hf, load_sharded, prepare_student, save_sharded, wrap_for_training
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
@@ -43,15 +48,6 @@ from student_worker.tokens import pad_id_of
 from student_worker.tracking import Trackers
 
 logger = logging.getLogger(__name__)
-
-
-def _init_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
 
 
 def _lr_lambda(cfg: RunConfig):
@@ -99,8 +95,8 @@ class Run:
     world: int
     device: torch.device
     tokenizer: object
-    model: torch.nn.Module          # the student itself (sampling, saving)
-    ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training)
+    model: torch.nn.Module          # the student itself (sampling, saving); sharded in place by FSDP
+    ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training); FSDP: model
     method: Method
     teacher: PatientTeacher | None
     info: object | None             # the teacher's Info
@@ -119,7 +115,7 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     """Distributed init, student (or its latest checkpoint), teacher checks, data, optimizer.
     The run folder is checked first and records the configuration and the teacher's Info
     (student_worker/run_record.py)."""
-    rank, world, device = _init_distributed()
+    rank, world, device = init_distributed()
     if cfg.student.num_threads:
         torch.set_num_threads(cfg.student.num_threads)
     output_dir = Path(output_dir)
@@ -129,17 +125,25 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
+    if cfg.train.parallel == "fsdp" and world > 1 and isinstance(method.source, InterleavedDrafts):
+        # every FSDP forward is collective; each rank's drafts need their own number of rounds
+        raise SystemExit(f"method {cfg.method.name!r} drafts a different number of rounds on each rank, "
+                         "which FSDP's collective forwards cannot follow: use train.parallel=ddp")
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     if rank == 0:
         run_record.write(output_dir, cfg, info)
     data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
+    # FSDP turns the parameters into sharded DTensors: wrap before the optimizer sees them
+    ddp_model = wrap_for_training(model, parallel=cfg.train.parallel, world=world, device=device)
     o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]   # LoRA: the adapters only
+    optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    if ckpt and cfg.train.parallel == "fsdp":
+        load_sharded(ckpt / "sharded", model, optimizer)
     step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
-    ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
     eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
@@ -207,23 +211,42 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
 
 
 def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
-    """One optimizer step on the method's loss over the rollout's completion tokens."""
+    """One optimizer step on the method's loss over the rollout's completion tokens.
+
+    The loss is the per-token mean over every rank's completion tokens (method.reduction),
+    computed by chunked_loss a chunk of positions at a time, over train.micro_batch_size
+    sequences at a time. Returns this rank's part of it times world (DDP and FSDP average
+    gradients over ranks): the sum over ranks divided by world is the loss."""
+    cfg, loss_row = run.cfg, run.method.loss
+    run.optimizer.zero_grad(set_to_none=True)
     batch = to_device(token_batch(rollout, run.ctx.pad_id), run.device)
-    logits_BSV = run.ddp_model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
-    student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
     teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
                if scores else None)
-    loss, logs = run.method.loss(run.cfg.method, student_logprobs_BSV, batch, teacher, rollout)
+    inputs = loss_row.inputs(cfg.method, batch, teacher, rollout)
+    # the counts of the whole batch over all ranks (one collective), never of a micro-batch
+    weights_M = reduction_weights(batch.mask_BS, cfg.method.reduction, completion_counts(batch.mask_BS), run.world)
+    loss, token_logprobs_M = accumulate_gradients(
+        run.ddp_model, run.model.get_output_embeddings(), batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
+        loss_row.per_token(cfg.method), weights_M, inputs, micro_batch_size=cfg.train.micro_batch_size,
+        chunk_size=cfg.train.loss_chunk_size, autocast_dtype=_AUTOCAST[cfg.student.autocast])
+    logs = loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout)
     if rollout.acceptance is not None:
         logs["acceptance_rate"] = rollout.acceptance
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     clip = run.cfg.optim.grad_clip
-    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip).item() if clip else None
+    logs["grad_norm"] = _clip_gradients(run.model, clip) if clip else None
     run.optimizer.step()
     run.scheduler.step()
     run.step += 1
     return loss.detach(), logs
+
+
+_AUTOCAST = {"none": None, "bfloat16": torch.bfloat16}
+
+
+def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the trained parameters' gradient norm; the norm before clipping (over all shards)."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()   # FSDP: a DTensor
 
 
 def evaluate_run(run: Run) -> dict:
@@ -289,6 +312,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
             preempted = bool(t.stop_after and run.step - first_step >= t.stop_after)
             if run.step == t.steps or reached or preempted or (t.save_every and run.step % t.save_every == 0):
                 _save(run)
+            if run.step == t.steps or reached:
+                _export(run)
             if reached or preempted:
                 break
     except TeacherUnreachable as exc:
@@ -308,14 +333,28 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
 
 
 def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
-    dtype = getattr(torch, cfg.student.dtype)
-    if ckpt is None and cfg.student.init == "config":
+    """The student ready to train (student.gradient_checkpointing, student.lora), from the
+    checkpoint when resuming: its weights (full fine-tuning), its adapters on the base weights
+    (LoRA), or the base weights that setup overwrites with the sharded checkpoint (FSDP)."""
+    s = cfg.student
+    dtype = getattr(torch, s.dtype)
+    torch.manual_seed(cfg.train.seed)   # a random init (student.init=config, LoRA's B A) is the seed's
+    if ckpt is not None and s.lora is None and cfg.train.parallel != "fsdp":
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
+    elif s.init == "config":
         from transformers import AutoConfig
 
-        torch.manual_seed(cfg.train.seed)   # the random init is the seed's
-        config = AutoConfig.from_pretrained(cfg.student.path)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    return AutoModelForCausalLM.from_pretrained(ckpt or cfg.student.path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(s.path), dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype)
+    resume_adapters = ckpt is not None and s.lora is not None
+    model = prepare_student(model.to(device), gradient_checkpointing=s.gradient_checkpointing,
+                            lora=None if resume_adapters else s.lora)
+    if resume_adapters:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, ckpt, is_trainable=True)
+    return model
 
 
 def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):
@@ -346,6 +385,9 @@ def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce:
 
 
 def _save(run: Run) -> None:
+    if run.cfg.train.parallel == "fsdp":
+        _save_sharded(run)
+        return
     digests = [checkpoint.weights_digest(run.model)]
     if run.world > 1:
         # DDP keeps replicas identical by construction; a checkpoint proves it
@@ -358,5 +400,28 @@ def _save(run: Run) -> None:
         checkpoint.save(run.output_dir, run.step, run.model, run.tokenizer, run.optimizer, run.scheduler,
                         rank_digests=digests)
         checkpoint.rotate(run.output_dir, run.cfg.train.keep_last)
+    if run.world > 1:
+        dist.barrier()
+
+
+def _save_sharded(run: Run) -> None:
+    """FSDP: every rank writes its shard of the weights and optimizer states (resumable at
+    another world size); rank 0 the tokenizer and the rest of the training state."""
+    path = checkpoint.checkpoint_dir(run.output_dir, run.step)
+    save_sharded(path / "sharded", run.model, run.optimizer)
+    if run.is_main:
+        run.tokenizer.save_pretrained(path)
+        checkpoint.save_state(path, run.step, run.scheduler)
+        checkpoint.rotate(run.output_dir, run.cfg.train.keep_last)
+    if run.world > 1:
+        dist.barrier()
+
+
+def _export(run: Run) -> None:
+    """The final student as an ordinary Hugging Face folder beside its checkpoint (hf/): LoRA
+    merged into the weights, FSDP gathered. A full fine-tuning checkpoint already is one."""
+    if run.cfg.student.lora is None and run.cfg.train.parallel != "fsdp":
+        return
+    export_hf(checkpoint.checkpoint_dir(run.output_dir, run.step) / "hf", run.model, run.tokenizer)
     if run.world > 1:
         dist.barrier()

@@ -1,5 +1,6 @@
-"""The GPU throughput check runs end to end on the CPU with a tiny model."""
+"""The GPU checks run end to end on the CPU with tiny models."""
 
+import os
 import re
 import subprocess
 import sys
@@ -15,3 +16,13 @@ def test_teacher_throughput_runs_on_the_cpu():
     fraction = float(re.search(r"fraction of the ceiling .*?: ([\d.]+)%", out.stdout)[1])
     assert rate > 0 and 0 < fraction < 100, out.stdout
     assert "2 clients x 2 x 128 tokens, k = 64" in out.stdout
+
+
+def test_student_scale_check_runs_on_two_cpu_ranks():
+    """The lead's GPU check, on two gloo ranks: FSDP2 = DDP, synced sampling, LoRA + checkpointing."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "bench/gpu/student_scale_check.py", "--device", "cpu", "--vocab", "4096"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ALL PASS" in out.stdout and "sampling from the FSDP2 model" in out.stdout, out.stdout

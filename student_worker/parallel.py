@@ -1,0 +1,139 @@
+"""The training model and its checkpoints: activation checkpointing, LoRA, DDP or FSDP2.
+
+    prepare_student(model, gradient_checkpointing, lora)   before the optimizer is built
+    wrap_for_training(model, parallel, world, device)      DDP, FSDP2 or the model itself
+
+What each option saves, for a student of P parameters with AdamW (float32 master weights and
+two optimizer moments: 16 bytes per trained parameter with its gradient):
+
+* gradient_checkpointing: activations of one decoder layer at a time instead of all of them;
+  costs one more forward of the decoder in the backward pass.
+* LoRA (PEFT): only the adapters train: weights 4P bytes (2P in bf16), gradients and optimizer
+  states only for the adapters; checkpoints hold only the adapters.
+* FSDP2 (`fully_shard` per decoder layer and the root): weights, gradients and optimizer states
+  are split over the ranks (16P / world bytes each); one layer's full weights exist at a time.
+  During sampling (`generate`), FSDP gathers each layer's weights for every decode step and
+  frees them after (reshard_after_forward): memory stays sharded, at the cost of an all-gather
+  per layer per generated token.
+* bf16 autocast (micro_batches.accumulate_gradients(autocast_dtype=torch.bfloat16)): matmuls in
+  bfloat16, weights, gradients and optimizer states in float32; the loss in float32.
+
+Checkpoints: a plain or DDP model is an ordinary Hugging Face folder (checkpoint.py); a LoRA
+model saves only its adapters (PEFT's adapter_model.safetensors + adapter_config.json) and
+exports merged; an FSDP model saves sharded through torch.distributed.checkpoint (every rank its
+shard; loadable at another world size) and exports a full Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass
+class LoraSettings:
+    """`student.lora`: PEFT's LoraConfig under PEFT's names (absent: full fine-tuning). A plain
+    dataclass (pydantic validates it as a config field) so that this module needs no pydantic
+    where it runs alone (bench/gpu)."""
+
+    __pydantic_config__ = {"extra": "forbid"}       # a misspelt key is an error, as in every section
+
+    r: int = 16                                     # rank of the adapters
+    alpha: float = 32                               # scale: the update is alpha / r x B A
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"  # module names (q_proj, v_proj, ...) or 'all-linear'
+
+
+Parallel = Literal["ddp", "fsdp"]
+
+
+def prepare_student(model: torch.nn.Module, *, gradient_checkpointing: bool = False,
+                    lora: LoraSettings | None = None) -> torch.nn.Module:
+    """The student ready to train: activation checkpointing on, LoRA adapters added."""
+    if gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA), DDP and FSDP without extra hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    return model
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder layers: the classes Hugging Face marks as never to be split."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(base).__name__} to shard with FSDP "
+                         "(its _no_split_modules names none)")
+    return layers
+
+
+def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int,
+                      device: torch.device) -> torch.nn.Module:
+    """DDP (replicas, gradients all-reduced), FSDP2 (every decoder layer and the root sharded
+    over the ranks, in place), or the model itself in one process (nothing to shard or average)."""
+    if parallel == "fsdp" and dist.is_initialized():   # one process without a group: nothing to shard
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    if world > 1:
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return hasattr(model, "unshard")   # an FSDP2 module
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and optimizer states through torch.distributed.checkpoint: every rank writes its
+    own shard (collective: all ranks call it). Any world size can load it (`load_sharded`)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=Path(path),
+             no_dist=not dist.is_initialized())
+
+
+def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore `save_sharded`'s weights and optimizer states into this model (sharded over this
+    job's ranks, or unsharded in one process), resharding as needed."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=Path(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def export_hf(path: Path, model: torch.nn.Module, tokenizer=None) -> Path | None:
+    """The student as an ordinary Hugging Face folder (full weights): a LoRA model merged
+    (this consumes its adapters: call it last), an FSDP model gathered to rank 0 on the CPU.
+    Collective for FSDP; only rank 0 writes. Returns the folder on rank 0."""
+    path = Path(path)
+    if hasattr(model, "merge_and_unload"):   # PEFT
+        model = model.merge_and_unload()
+    state = None
+    if is_sharded(model):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,134 @@
+"""The worker's options for large students, through the real training loop against the real
+teacher server: micro-batches with a chunked loss, activation checkpointing, LoRA, bf16
+autocast, FSDP2 (two CPU ranks, gloo) against DDP, and every collective of a real step checked
+against the backends a GPU run uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from student_worker import checkpoint
+from student_worker.config import PRESETS
+from student_worker.trainer import train
+from tests.test_distributed import check_collectives, spawn_ranks
+from tests.test_worker import config, data_file, student_dir  # noqa: F401  (fixtures)
+
+OPTIONS = {
+    "micro-batches": ["train.micro_batch_size=1", "train.loss_chunk_size=3"],
+    "checkpointing": ["student.gradient_checkpointing=true"],
+    "lora": ["student.lora.r=4", "student.lora.target_modules=[q_proj,v_proj]"],
+    "bf16": ["student.autocast=bfloat16"],
+    "fsdp-one-rank": ["train.parallel=fsdp"],   # nothing to shard; the sharded checkpoint layout
+}
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_trains_with_each_option(preset, option, teacher, student_dir, data_file, tmp_path):
+    cfg = config(student_dir, teacher.target, data_file, "train.steps=2", "data.batch_size=2",
+                 "sampling.max_new_tokens=4", *OPTIONS[option], preset=preset)
+    final = train(cfg, tmp_path, progress=False)
+    losses = _losses(tmp_path)
+    assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses))), losses
+    trained = AutoModelForCausalLM.from_pretrained(checkpoint.hf_folder(final)).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(student_dir).state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start), "no weight moved"
+
+
+def test_lora_trains_only_adapters_and_resumes_exactly(teacher, student_dir, data_file, tmp_path):
+    lora = ["student.lora.r=4", "student.lora.alpha=8", "student.lora.target_modules=[q_proj,v_proj]",
+            "train.steps=4", "method.student_fraction=0.5", "optim.lr=1e-2"]
+    straight = train(config(student_dir, teacher.target, data_file, *lora, preset="gkd"), tmp_path / "a",
+                     progress=False)
+    assert _losses(tmp_path / "a")[-1] < _losses(tmp_path / "a")[0]
+    stopped = train(config(student_dir, teacher.target, data_file, *lora, "train.stop_after=2", preset="gkd"),
+                    tmp_path / "b", progress=False)
+    assert {p.name for p in stopped.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert not (stopped / "model.safetensors").exists() and not (stopped / "hf").exists()   # adapters only
+    resumed = train(config(student_dir, teacher.target, data_file, *lora, preset="gkd"), tmp_path / "b",
+                    resume=True, progress=False)
+    a, b = (load_file(p / "adapter_model.safetensors") for p in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the final checkpoint's hf/ is the merged student: the base moved only by B A
+    merged = AutoModelForCausalLM.from_pretrained(checkpoint.hf_folder(resumed)).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(student_dir).state_dict()
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+
+
+# --------------------------------------------------------------------------------------------
+# two CPU ranks: the real loop with DDP, then FSDP2, every collective checked
+
+
+def _two_rank_runs(rank: int, student: str, target: str, data: str, out: str) -> None:
+    from student_worker.distributed import backend_spec
+    from tests.test_worker import config
+
+    seen: list[str] = []
+    # a CPU run checked against a GPU run's group: every collective's tensors must be on a
+    # device it serves (the old trainer's NCCL-only group fails this on its step statistics)
+    check_collectives(backend_spec(torch.device("cuda")), seen)
+    common = ["train.steps=3", "train.micro_batch_size=1", "train.loss_chunk_size=3", "optim.lr=1e-3",
+              "data.batch_size=2", "teacher.top_k=8"]
+    for parallel in ("ddp", "fsdp"):
+        train(config(student, target, data, *common, f"train.parallel={parallel}", preset="kd"),
+              f"{out}/{parallel}", progress=False)
+    train(config(student, target, data, *common, "student.lora.r=4", "train.steps=2", preset="kd"),
+          f"{out}/lora", progress=False)   # DDP with LoRA
+    if rank == 0:
+        torch.save(seen, f"{out}/seen.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_ranks_equals_ddp_and_resumes_on_one(teacher, student_dir, data_file, tmp_path):
+    """kd on fixed completions: the same losses with FSDP2 as with DDP (float32, <= 1e-5); the
+    sharded checkpoint resumes in one process (another world size); the exported folder is the
+    student; LoRA under DDP keeps identical replicas; every collective of the runs is on a
+    device the cpu:gloo,cuda:nccl group serves."""
+    spawn_ranks(_two_rank_runs, str(student_dir), teacher.target, str(data_file), str(tmp_path))
+    ddp, fsdp = _losses(tmp_path / "ddp"), _losses(tmp_path / "fsdp")
+    assert max(abs(a - b) for a, b in zip(ddp, fsdp)) <= 1e-5, (ddp, fsdp)
+    lora = tmp_path / "lora" / "checkpoints" / "step-000002"
+    digests = json.loads((lora / "trainer_state.json").read_text())["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1] and (lora / "hf" / "model.safetensors").exists()
+    seen = set(torch.load(tmp_path / "seen.pt"))
+    # (FSDP2's own all-gathers and reduce-scatters bypass these Python entry points)
+    assert {"all_reduce", "all_gather_object", "barrier"} <= seen, seen
+
+    final = tmp_path / "fsdp" / "checkpoints" / "step-000003"
+    assert (final / "sharded").is_dir() and not (final / "model.safetensors").exists()
+    exported = AutoModelForCausalLM.from_pretrained(checkpoint.hf_folder(final)).state_dict()
+    replicas = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "checkpoints" / "step-000003").state_dict()
+    for name, weight in exported.items():
+        torch.testing.assert_close(weight, replicas[name], atol=1e-4, rtol=0, msg=name)   # Adam: see test_parallel
+
+    resumed = train(config(student_dir, teacher.target, data_file, "train.steps=4", "train.parallel=fsdp",
+                           "optim.lr=1e-3", "data.batch_size=2", "teacher.top_k=8", preset="kd"),
+                    tmp_path / "fsdp", resume=True, progress=False)
+    assert [json.loads(x)["step"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4]
+    assert (resumed / "sharded").is_dir() and (resumed / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("example", ["examples/student-1.5b-lora.yaml", "examples/student-1.5b-fsdp.yaml"])
+def test_the_8_gpu_examples_run_shrunk_to_the_tiny_models(example, teacher, student_dir, data_file, tmp_path):
+    """The README's 1.5B configs, with the model, teacher, data and sizes swapped for tiny ones."""
+    from student_worker.config import load_config
+
+    cfg = load_config(example, None, [
+        f"student.path={student_dir}", "student.dtype=float32", f"teacher.target={teacher.target}",
+        f"data.source={data_file}", "data.batch_size=2", "sampling.max_new_tokens=4", "teacher.top_k=8",
+        "train.steps=2", "train.micro_batch_size=1", "train.loss_chunk_size=3", "student.lora.r=4"
+        if "lora" in example else "train.save_every=1"])
+    final = train(cfg, tmp_path, progress=False)
+    assert len(_losses(tmp_path)) == 2 and (final / "hf" / "model.safetensors").exists()

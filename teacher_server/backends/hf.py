@@ -6,12 +6,12 @@ import itertools
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
+from teacher_server.generation import ChosenLogprobs, GenerateItem, cut_at_stop
 from teacher_server.scoring import ScoreItem, score_logits
 from teacher_server.verify import VerifyItem, verify_draft
 
@@ -199,14 +199,13 @@ class TransformersBackend:
         # top_k=0 switches off transformers' default top-50 truncation, which the contract lacks
         options = (dict(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
                    if sampling else dict(do_sample=False))
-        # output_logits keeps every step's raw [B, V] logits on the device until the call
-        # returns (B x max_new_tokens x V floats): the price of exact log-probs from `generate`.
+        chosen = ChosenLogprobs(first.temperature)   # one step's logits at a time, not all steps
         out = self.model.generate(
             input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
             max_new_tokens=first.max_new_tokens, eos_token_id=stop_ids or None,
-            pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=True, **options)
-        new_BL = out.sequences[:, width:]
-        logprobs_BL = token_logprobs(out.logits, new_BL, first.temperature).cpu()
+            pad_token_id=self.pad_id, logits_processor=LogitsProcessorList([chosen]), **options)
+        new_BL = out[:, width:]
+        logprobs_BL = chosen.finish(new_BL).cpu()
         new_BL = new_BL.cpu()
         samples = [cut_at_stop(new_BL[row], logprobs_BL[row], stop_ids) for row in range(len(prompts))]
         results, start = [], 0

@@ -31,13 +31,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 ENV = dict(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
 os.environ.update(ENV)          # before vLLM is imported
 
 import torch  # noqa: E402
 
+from bench.timing import median_time  # noqa: E402
 from scripts.tiny_model import make_tiny_model  # noqa: E402
 from teacher_server.config import ServerSettings  # noqa: E402
 from teacher_server.scoring import ScoreItem  # noqa: E402
@@ -70,15 +70,6 @@ else:
                                max_new_tokens=new, return_dict_in_generate=True, output_logits=True)
 print(json.dumps(peak() - before))
 """
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def generate_peak_mib(model_dir, way: str) -> float:
@@ -155,7 +146,7 @@ def main() -> None:
             for k in (20, 64):
                 items = [ScoreItem(s, 496, k, 1.0, None) for s in seqs]
                 sides = dict(score=lambda: vllm.score(items),
-                             prefill=lambda: vllm.llm.generate(prompts, plain, use_tqdm=False))
+                             prefill=lambda: vllm.engine.run(prompts, [plain] * len(prompts)))
                 for fn in sides.values():
                     fn()                                 # warm
                 t = {name: [] for name in sides}

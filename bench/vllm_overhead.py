@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from bench.timing import median_time  # noqa: E402
 from scripts.tiny_model import make_tiny_model  # noqa: E402
 from student_worker.teacher_client import TeacherClient  # noqa: E402
 from teacher_server.backends import vllm_backend  # noqa: E402
@@ -50,15 +51,6 @@ from teacher_server.scoring import ScoreItem  # noqa: E402
 
 SEQS, SEQ_LEN, MAX_TOP_K = 8, 512, 64
 TARGETS = {20: 1.2, 64: 2.0}
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Clock:

@@ -30,6 +30,7 @@ figures exist (metrics.ENGINE_METRICS).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import sys
@@ -92,30 +93,34 @@ class EngineLoop:
 
     def _loop(self) -> None:
         while True:
-            with self._lock:
-                arrived, self._arrived = self._arrived, []
-                if not arrived:
-                    self._wake.clear()     # a later run() sets it again after adding
-            for request_id, prompt, options in arrived:
-                try:
-                    self.engine.add_request(request_id, prompt, options)
-                except Exception as exc:   # refused (too long, bad options): its caller raises
-                    self._waiting.pop(request_id).set_exception(exc)
-            if not self.engine.has_unfinished_requests():
-                self._wake.wait()
-                continue
             try:
-                outputs = self.engine.step()
+                self._step()
             except Exception as exc:       # the engine failed: every waiting caller hears it
                 log.exception("vLLM engine step failed")
-                waiting, self._waiting = self._waiting, {}
-                self.engine.abort_request(list(waiting))
+                with self._lock:            # also those not yet added: all their callers
+                    waiting, self._waiting, self._arrived = self._waiting, {}, []
+                with contextlib.suppress(Exception):
+                    self.engine.abort_request(list(waiting))
                 for future in waiting.values():
                     future.set_exception(exc)
-                continue
-            for out in outputs:
-                if out.finished:
-                    self._waiting.pop(out.request_id).set_result(out)
+
+    def _step(self) -> None:
+        """Add what arrived, then one engine step (or wait for work when there is none)."""
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            if not arrived:
+                self._wake.clear()         # a later run() sets it again after adding
+        for request_id, prompt, options in arrived:
+            try:
+                self.engine.add_request(request_id, prompt, options)
+            except Exception as exc:       # refused (too long, bad options): its caller raises
+                self._waiting.pop(request_id).set_exception(exc)
+        if not self.engine.has_unfinished_requests():
+            self._wake.wait()
+            return
+        for out in self.engine.step():
+            if out.finished:
+                self._waiting.pop(out.request_id).set_result(out)
 
 
 class VllmBackend:

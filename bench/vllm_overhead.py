@@ -152,7 +152,8 @@ def main() -> None:
         server = TeacherProcess(model_dir, "--backend", "vllm", "--dtype", "float32",
                                 "--max-top-k", str(MAX_TOP_K), "--vllm-enforce-eager",
                                 "--max-batch-tokens", str(SEQS * SEQ_LEN),
-                                env=dict(ENV, VLLM_CACHE_ROOT=str(tmp / "cache-server")))
+                                env=dict(ENV, VLLM_CACHE_ROOT=str(tmp / "cache-server")),
+                                start_timeout=300)   # an engine start on a loaded machine
         openai = OpenAIServer(model_dir, tmp / "cache-openai")
         try:
             server.wait_serving(timeout=300)

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from bench.timing import median_time  # noqa: E402
 from scripts.tiny_model import make_tiny_model  # noqa: E402
 from student_worker.teacher_client import TeacherClient  # noqa: E402
 from teacher_server.backends import vllm_backend  # noqa: E402
@@ -50,15 +51,6 @@ from teacher_server.scoring import ScoreItem  # noqa: E402
 
 SEQS, SEQ_LEN, MAX_TOP_K = 8, 512, 64
 TARGETS = {20: 1.2, 64: 2.0}
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Clock:
@@ -160,7 +152,8 @@ def main() -> None:
         server = TeacherProcess(model_dir, "--backend", "vllm", "--dtype", "float32",
                                 "--max-top-k", str(MAX_TOP_K), "--vllm-enforce-eager",
                                 "--max-batch-tokens", str(SEQS * SEQ_LEN),
-                                env=dict(ENV, VLLM_CACHE_ROOT=str(tmp / "cache-server")))
+                                env=dict(ENV, VLLM_CACHE_ROOT=str(tmp / "cache-server")),
+                                start_timeout=300)   # an engine start on a loaded machine
         openai = OpenAIServer(model_dir, tmp / "cache-openai")
         try:
             server.wait_serving(timeout=300)

@@ -10,8 +10,10 @@ the forward pass under way ends. A request's items stay together and in order.
 
 The batching loop takes items in tag order until `max_batch_tokens` real tokens are taken or
 nothing else arrived within `max_wait_s` of the oldest, sorts them by length and cuts them into
-forward passes whose padded size (count x longest) fits the budget. Forward passes run one at a
-time on a dedicated thread, so the event loop keeps accepting requests while the model works.
+forward passes whose padded size (count x longest) fits the budget. Forward passes run on
+dedicated threads, so the event loop keeps accepting requests while the model works: one at a
+time by default; up to `batches_in_flight` at once for a backend that batches across calls
+itself (vLLM's engine: the next batch joins the running one at its next step).
 
 Items whose caller gave up (cancelled, or its deadline passed) while queued are dropped before
 any forward pass and counted.
@@ -81,7 +83,8 @@ class _Pending:
 
 class Batcher:
     def __init__(self, run_batch: Callable[[list], list], *, max_batch_tokens: int,
-                 max_wait_s: float, max_queued_tokens: int, metrics: Metrics | None = None):
+                 max_wait_s: float, max_queued_tokens: int, metrics: Metrics | None = None,
+                 batches_in_flight: int = 1):
         self._run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
@@ -95,7 +98,10 @@ class Batcher:
         self._order = itertools.count()
         self._tokens_per_s = 0.0          # recent forward throughput, for retry hints
         self._arrived = asyncio.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self._executor = concurrent.futures.ThreadPoolExecutor(batches_in_flight,
+                                                               thread_name_prefix="forward")
+        self._slots = asyncio.Semaphore(batches_in_flight)
+        self._in_flight: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._closed = False
 
@@ -110,6 +116,7 @@ class Batcher:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     def _retry_hint(self, excess_tokens: int) -> float:
@@ -191,10 +198,21 @@ class Batcher:
             if not self._queued_tokens:
                 self._arrived.clear()
                 await self._arrived.wait()
+            # a free slot before taking: items are taken when they can run, not earlier (with
+            # one slot, the next batch is chosen when the previous one has finished)
+            async with self._slots:
+                pass
             if self._queued_tokens < self.max_batch_tokens:
                 await self._fill()
             for group in self._forward_groups(self._take()):
-                await self._run(group)
+                await self._slots.acquire()
+                task = asyncio.get_running_loop().create_task(self._run(group))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
 
     async def _fill(self) -> None:
         """Under the budget: give others up to max_wait from the oldest arrival to fill it."""

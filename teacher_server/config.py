@@ -50,6 +50,9 @@ class ServerSettings(BaseSettings):
         8080, ge=HTTP_OFF, le=65535,
         description="health/metrics HTTP port (0 picks a free one; -1 or off: no HTTP server)")
     device: str = Field("auto", description="torch device: auto (cuda if present), cpu, cuda, cuda:1")
+    device_map: str | None = Field(
+        None, description="transformers: accelerate's device_map instead of --device; auto splits "
+                          "a model too large for one GPU over every GPU (then CPU memory)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto: transformers float32 on CPU and bfloat16 on "
                            "GPU, vllm its own choice (bfloat16 for a float32 checkpoint)")

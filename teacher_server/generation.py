@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from transformers import LogitsProcessor
 
 from distill.results import TeacherSample
 
@@ -38,18 +39,37 @@ class GenerateItem:
         return self.temperature, self.top_p, self.max_new_tokens, tuple(self.stop_ids)
 
 
-def token_logprobs(logits_steps: Sequence[torch.Tensor], tokens_BL: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature) at each chosen token: [B, L] float32.
+class ChosenLogprobs(LogitsProcessor):
+    """Records log softmax(logits / temperature) at each step's chosen token, during `generate`.
 
-    `logits_steps` holds L raw [B, V] logit rows, one per decoding step (before top-p truncation,
-    so the log-prob is the model's, not the truncated sampler's). Greedy (temperature 0) is
-    scored at temperature 1. One step at a time: a [B, L, V] float32 copy could be gigabytes.
+    `generate(output_logits=True)` would keep every step's raw [B, V] logits until the call
+    returns (256 samples x 1k steps x 152k vocabulary in float32 is ~160 GB); this keeps one
+    step's [B, V] log-probs plus a [B] column per step. A step's token is only known at the next
+    call (the last column of `input_ids`), so each call settles the previous step and `finish`
+    the last. Placed in `logits_processor`, it runs before the temperature and top-p warpers that
+    `generate` appends, so the log-prob is the model's, not the truncated sampler's. Greedy
+    (temperature 0) is scored at temperature 1.
     """
-    t = temperature or 1.0
-    return torch.stack([
-        torch.log_softmax(logits_BV.float() / t, dim=-1).gather(-1, tokens_BL[:, i, None])[:, 0]
-        for i, logits_BV in enumerate(logits_steps)], dim=1)
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature or 1.0
+        self.last_BV: torch.Tensor | None = None
+        self.columns: list[torch.Tensor] = []   # [B] per settled step
+
+    def __call__(self, input_ids_BL: torch.Tensor, scores_BV: torch.Tensor) -> torch.Tensor:
+        self._settle(input_ids_BL[:, -1])
+        self.last_BV = torch.log_softmax(scores_BV.float() / self.temperature, dim=-1)
+        return scores_BV
+
+    def _settle(self, chosen_B: torch.Tensor) -> None:
+        if self.last_BV is not None:
+            self.columns.append(self.last_BV.gather(-1, chosen_B[:, None])[:, 0])
+            self.last_BV = None
+
+    def finish(self, new_BL: torch.Tensor) -> torch.Tensor:
+        """The log-probs of the new tokens [B, L] (L steps ran), float32."""
+        self._settle(new_BL[:, -1])
+        return torch.stack(self.columns, dim=1)
 
 
 def cut_at_stop(tokens_L: torch.Tensor, logprobs_L: torch.Tensor,

@@ -15,6 +15,7 @@ import functools
 import logging
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -59,23 +60,24 @@ def _server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
 
 
 class ForwardClock:
-    """Wraps the batcher's forward callable (run on its one forward thread) to know how long
-    the pass under way has been running."""
+    """Wraps the batcher's forward callable (run on its forward threads, several at once for a
+    backend with batches in flight) to know how long the oldest pass under way has run."""
 
     def __init__(self, run):
         self._run = run
-        self._started: float | None = None
+        self._started: dict[int, float] = {}    # forward thread id -> its pass's start
 
     def __call__(self, items: list) -> list:
-        self._started = time.monotonic()
+        thread = threading.get_ident()
+        self._started[thread] = time.monotonic()
         try:
             return self._run(items)
         finally:
-            self._started = None
+            del self._started[thread]
 
     def running_for(self) -> float:
-        """Seconds the current forward pass has run (0 when none runs)."""
-        started = self._started
+        """Seconds the oldest pass under way has run (0 when none runs)."""
+        started = min(self._started.values(), default=None)
         return 0.0 if started is None else time.monotonic() - started
 
 
@@ -114,11 +116,12 @@ class TeacherServer:
     async def bind(self) -> None:
         """Start the batcher and both servers; health says NOT_SERVING until warm_up()."""
         s = self.settings
-        # Score, Verify and Generate share one queue and one forward thread; run_batch splits by
+        # Score, Verify and Generate share one queue and forward threads; run_batch splits by
         # kind (Score and Verify items even share forward passes).
         self.batcher = Batcher(self.forward_clock,
                                max_batch_tokens=s.max_batch_tokens, max_wait_s=s.max_wait_ms / 1000,
-                               max_queued_tokens=s.max_queued_tokens, metrics=self.metrics)
+                               max_queued_tokens=s.max_queued_tokens, metrics=self.metrics,
+                               batches_in_flight=getattr(self.backend, "batches_in_flight", 1))
         self.batcher.start()
         self.grpc = grpc.aio.server(options=[
             ("grpc.max_send_message_length", s.max_message_bytes),

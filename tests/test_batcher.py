@@ -196,3 +196,34 @@ def test_expired_and_cancelled_requests_never_reach_the_model():
     dropped = {s.labels["reason"]: s.value for s in metrics.dropped.collect()[0].samples
                if s.name.endswith("_total")}
     assert dropped == {"deadline": 2, "cancelled": 1}
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_batches_in_flight_bounds_the_passes_running_at_once(in_flight):
+    """Each item is its own pass (budget 10); a pass holds until `in_flight` passes run at once
+    or 0.5 s passed. With 3 slots, three passes meet; with 1, never more than one runs."""
+    running, most, lock = [0], [0], threading.Lock()
+    met = threading.Barrier(in_flight)
+
+    def forward(items):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            met.wait(timeout=0.5)
+        except threading.BrokenBarrierError:
+            pass
+        with lock:
+            running[0] -= 1
+        return [i.num_tokens for i in items]
+
+    async def main():
+        b = Batcher(forward, max_batch_tokens=10, max_wait_s=0.0, max_queued_tokens=1000,
+                    batches_in_flight=in_flight)
+        b.start()
+        results = await asyncio.gather(*(b.submit([Item(10)]) for _ in range(6)))
+        await b.close()
+        return results
+
+    assert run(main()) == [[10]] * 6
+    assert most[0] == in_flight and not met.broken

@@ -15,7 +15,7 @@ from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from student_worker.teacher_client import AsyncTeacherClient, TeacherClient
 from teacher_server.backends import run_batch
-from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
+from teacher_server.generation import ChosenLogprobs, GenerateItem, cut_at_stop
 from teacher_server.scoring import ScoreItem
 from tests.conftest import assert_refused, random_sequences, reference_logprobs
 
@@ -199,14 +199,48 @@ def test_cut_at_stop_keeps_the_first_stop_token():
     assert cut_at_stop(tokens, logprobs, [3]).token_ids.tolist() == tokens.tolist()
 
 
-def test_token_logprobs_apply_temperature_and_score_greedy_at_one():
+def test_chosen_logprobs_apply_temperature_and_score_greedy_at_one():
     logits_BLV = torch.randn(3, 4, 11, dtype=torch.float64)
     tokens_BL = torch.randint(0, 11, (3, 4))
-    steps = list(logits_BLV.unbind(1))
+    prompt_B2 = torch.zeros(3, 2, dtype=torch.long)
     for t, scale in ((0.5, 0.5), (0.0, 1.0)):
+        chosen = ChosenLogprobs(t)
+        for i in range(4):   # as generate calls it: the ids so far, then this step's logits
+            ids_BL = torch.cat([prompt_B2, tokens_BL[:, :i]], dim=1)
+            step_BV = logits_BLV[:, i]
+            assert chosen(ids_BL, step_BV) is step_BV      # the scores pass through unchanged
         ref = torch.log_softmax(logits_BLV / scale, -1).gather(-1, tokens_BL[..., None])[..., 0]
-        torch.testing.assert_close(token_logprobs(steps, tokens_BL, t).double(), ref,
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(chosen.finish(tokens_BL).double(), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (0.7, 0.9), (1.0, 1.0)])
+def test_backend_generate_equals_generate_with_all_logits_kept(tiny_model_dir, temperature, top_p):
+    """The recorder gives the same tokens and log-probs as `generate(output_logits=True)` (the
+    way that kept every step's logits) for a seed, including top-p truncated sampling."""
+    from teacher_server.backends.hf import TransformersBackend
+    from teacher_server.config import ServerSettings
+
+    backend = TransformersBackend.from_settings(ServerSettings(model=str(tiny_model_dir), device="cpu"))
+    prompts = [torch.tensor(p) for p in random_sequences(3, [4, 9, 15], VOCAB, seed=12)]
+    item = GenerateItem(prompts, 2, temperature, top_p, 10, [EOS], seed=5)
+    [got] = backend.generate([item])
+    width = max(p.numel() for p in prompts)
+    rows = [p for p in prompts for _ in range(2)]
+    ids_BP = torch.stack([torch.cat([torch.zeros(width - p.numel(), dtype=torch.long), p]) for p in rows])
+    options = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature
+               else dict(do_sample=False))
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(5)
+        out = backend.model.generate(ids_BP, attention_mask=(torch.arange(width) >= width - torch.tensor(
+            [p.numel() for p in rows])[:, None]).long(), max_new_tokens=10, eos_token_id=[EOS],
+            pad_token_id=0, return_dict_in_generate=True, output_logits=True, **options)
+    new_BL = out.sequences[:, width:]
+    ref_BL = torch.stack([torch.log_softmax(l.float() / (temperature or 1.0), -1).gather(
+        -1, new_BL[:, i, None])[:, 0] for i, l in enumerate(out.logits)], dim=1)
+    for row, sample in enumerate(s for per_prompt in got for s in per_prompt):
+        n = sample.token_ids.numel()
+        assert sample.token_ids.tolist() == new_BL[row, :n].tolist()
+        torch.testing.assert_close(sample.logprobs, ref_BL[row, :n], atol=1e-6, rtol=0)
 
 
 def test_run_batch_sends_each_kind_to_its_method_in_order():

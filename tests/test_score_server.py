@@ -163,3 +163,27 @@ def test_several_targets_round_robin(tiny_model_dir):
     finally:
         for s in servers:
             assert s.terminate() == 0
+
+
+def test_device_map_auto_loads_and_scores_identically(tiny_model_dir, client):
+    """--device-map auto (accelerate's placement; on this CPU-only machine all on the CPU)
+    serves the same Score and greedy Generate answers as the default single-device load."""
+    from teacher_server.process import TeacherProcess
+
+    server = TeacherProcess(tiny_model_dir, "--device-map", "auto")
+    try:
+        server.wait_serving()
+        seqs = random_sequences(3, [17, 40, 9], VOCAB, seed=8)
+        with TeacherClient(server.target) as mapped:
+            got = mapped.score(seqs, [2, 1, 3], top_k=8)
+            greedy = mapped.generate(seqs[:2], temperature=0, max_new_tokens=6)
+        want = client.score(seqs, [2, 1, 3], top_k=8)
+        for a, b in zip(got, want):
+            assert torch.equal(a.topk_ids, b.topk_ids)
+            for name in ("topk_logprobs", "token_logprobs", "tail_logprobs"):
+                torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-6, rtol=0)
+        for [a], [b] in zip(greedy, client.generate(seqs[:2], temperature=0, max_new_tokens=6)):
+            assert torch.equal(a.token_ids, b.token_ids)
+        assert "device_map=auto" in server.log()
+    finally:
+        assert server.terminate() == 0, server.log()

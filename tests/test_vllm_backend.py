@@ -44,7 +44,8 @@ def model_dir(tmp_path_factory):
 def vllm_teacher(model_dir, tmp_path_factory):
     server = TeacherProcess(model_dir, "--backend", "vllm", "--dtype", "float32",
                             "--max-top-k", str(MAX_TOP_K), "--vllm-enforce-eager",
-                            "--max-message-mb", "4", env=vllm_env(tmp_path_factory.mktemp("vllm-cache")), start_timeout=300)
+                            "--max-message-mb", "4", env=vllm_env(tmp_path_factory.mktemp("vllm-cache")),
+                            start_timeout=300)   # an engine start on a loaded 2-core machine
     server.wait_serving(timeout=300)
     yield server
     assert server.terminate() == 0, server.log()
@@ -102,6 +103,38 @@ def test_score_equals_the_transformers_backend(vclient, hf):
                 torch.testing.assert_close(getattr(g, name), getattr(r, name), atol=1e-4, rtol=0)
         for seq, start, g in zip(seqs, starts, got):   # the same top-k sets, except ties
             check_against_reference(hf.model, seq, start, g, top_k, atol=1e-4)
+
+
+def test_concurrent_clients_share_the_engine_and_get_the_models_answers(vllm_teacher, hf):
+    """Several clients at once: their batches are in the engine together (batches_in_flight),
+    each answer still the model's (Score against the transformers backend, greedy Generate
+    against full forwards)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from teacher_server.scoring import ScoreItem
+
+    seqs = random_sequences(6, [30, 7, 64, 12, 45, 3], VOCAB, seed=21)
+    prompts = random_sequences(2, [5, 11], VOCAB, seed=22)
+
+    def score(seq):
+        with TeacherClient(vllm_teacher.target, timeout=120) as c:
+            return c.score([seq], 1, top_k=8)[0]
+
+    def generate(prompt):
+        with TeacherClient(vllm_teacher.target, timeout=120) as c:
+            return c.generate([prompt], temperature=0, max_new_tokens=6)[0][0]
+
+    with ThreadPoolExecutor(8) as pool:
+        scored = pool.map(score, seqs)
+        generated = pool.map(generate, prompts)
+        scored, generated = list(scored), list(generated)
+    ref = hf.score([ScoreItem(torch.tensor(s), 1, 8, 1.0, None) for s in seqs])
+    for g, r in zip(scored, ref):
+        for name in ("topk_logprobs", "token_logprobs", "tail_logprobs"):
+            torch.testing.assert_close(getattr(g, name), getattr(r, name), atol=1e-4, rtol=0)
+    for prompt, sample in zip(prompts, generated):
+        expected = greedy_reference(hf.model, prompt, 6)
+        assert sample.token_ids.tolist() == expected[:sample.token_ids.numel()]
 
 
 def test_generate_greedy_and_seeded_samples_are_the_models(vclient, hf):

@@ -6,12 +6,12 @@ import itertools
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
-from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
+from teacher_server.generation import ChosenLogprobs, GenerateItem, cut_at_stop
 from teacher_server.scoring import ScoreItem, score_logits
 from teacher_server.verify import VerifyItem, verify_draft
 
@@ -33,7 +33,10 @@ class TransformersBackend:
                  max_context: int = 0):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
+        # inputs go where the embedding is (with a device_map, the first layers' device)
+        self.device = model.get_input_embeddings().weight.device
+        self.cuda_devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"},
+                                   key=str)
         self.chunk_tokens = chunk_tokens
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -56,16 +59,23 @@ class TransformersBackend:
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "TransformersBackend":
         device = settings.device
-        if device == "auto":
+        if device == "auto" or settings.device_map:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = settings.dtype
         if dtype == "auto":
             dtype = "float32" if device == "cpu" else "bfloat16"
-        log.info("loading %s on %s in %s", settings.model, device, dtype)
+        where = f"device_map={settings.device_map}" if settings.device_map else device
+        log.info("loading %s on %s in %s", settings.model, where, dtype)
         hub = dict(revision=settings.revision, trust_remote_code=settings.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(settings.model, **hub)
-        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=_DTYPES[dtype],
-                                                     **hub).to(device)
+        if settings.device_map:
+            # accelerate places the layers and moves activations between devices with hooks
+            model = AutoModelForCausalLM.from_pretrained(
+                settings.model, dtype=_DTYPES[dtype], device_map=settings.device_map, **hub)
+            log.info("layers placed: %s", getattr(model, "hf_device_map", {}))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=_DTYPES[dtype],
+                                                         **hub).to(device)
         return cls(model, tokenizer, settings.model, settings.logits_chunk_tokens,
                    settings.max_context)
 
@@ -174,8 +184,7 @@ class TransformersBackend:
             if batch[0].seed is None:
                 results = self._generate(batch)
             else:
-                devices = [self.device] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
+                with torch.random.fork_rng(devices=self.cuda_devices):
                     torch.manual_seed(batch[0].seed)
                     results = self._generate(batch)
             for i, samples in zip(group, results):
@@ -199,14 +208,13 @@ class TransformersBackend:
         # top_k=0 switches off transformers' default top-50 truncation, which the contract lacks
         options = (dict(do_sample=True, temperature=first.temperature, top_p=first.top_p, top_k=0)
                    if sampling else dict(do_sample=False))
-        # output_logits keeps every step's raw [B, V] logits on the device until the call
-        # returns (B x max_new_tokens x V floats): the price of exact log-probs from `generate`.
+        chosen = ChosenLogprobs(first.temperature)   # one step's logits at a time, not all steps
         out = self.model.generate(
             input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
             max_new_tokens=first.max_new_tokens, eos_token_id=stop_ids or None,
-            pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=True, **options)
-        new_BL = out.sequences[:, width:]
-        logprobs_BL = token_logprobs(out.logits, new_BL, first.temperature).cpu()
+            pad_token_id=self.pad_id, logits_processor=LogitsProcessorList([chosen]), **options)
+        new_BL = out[:, width:]
+        logprobs_BL = chosen.finish(new_BL).cpu()
         new_BL = new_BL.cpu()
         samples = [cut_at_stop(new_BL[row], logprobs_BL[row], stop_ids) for row in range(len(prompts))]
         results, start = [], 0

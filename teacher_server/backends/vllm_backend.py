@@ -29,13 +29,18 @@ figures exist (metrics.ENGINE_METRICS).
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import itertools
 import logging
 import sys
+import threading
 
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from vllm import LLM, SamplingParams
+from vllm.sampling_params import RequestOutputKind
 from vllm.platforms import current_platform
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
@@ -49,14 +54,84 @@ from teacher_server.verify import VerifyItem, verify_draft
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOP_K = 64
+# Batcher batches the server lets into the engine at once: while one batch's requests are in
+# the engine, the next one's join them at the next step (continuous batching), instead of
+# waiting for the whole batch to finish.
+BATCHES_IN_FLIGHT = 4
+
+
+class EngineLoop:
+    """vLLM's engine stepped by one thread and fed from any number of others.
+
+    `LLM.generate` adds its prompts, then steps the engine until they are all done: one caller
+    at a time, and the engine idles between calls. Here callers (the batcher's forward threads)
+    add requests and wait on futures, while this loop adds whatever arrived before each step,
+    so requests of several batches share the engine's steps. The engine itself is used from
+    this thread only (it is not thread-safe).
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._arrived: list[tuple[str, dict, SamplingParams]] = []
+        self._waiting: dict[str, concurrent.futures.Future] = {}
+        self._ids = itertools.count()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="vllm-engine", daemon=True).start()
+
+    def run(self, prompts: list[dict], params: list[SamplingParams]) -> list:
+        """Add the requests and wait for their final outputs (in the prompts' order)."""
+        futures = []
+        with self._lock:
+            for prompt, options in zip(prompts, params):
+                options.output_kind = RequestOutputKind.FINAL_ONLY   # only the finished output
+                request_id = str(next(self._ids))
+                futures.append(self._waiting.setdefault(request_id, concurrent.futures.Future()))
+                self._arrived.append((request_id, prompt, options))
+        self._wake.set()
+        return [future.result() for future in futures]
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._step()
+            except Exception as exc:       # the engine failed: every waiting caller hears it
+                log.exception("vLLM engine step failed")
+                with self._lock:            # also those not yet added: all their callers
+                    waiting, self._waiting, self._arrived = self._waiting, {}, []
+                with contextlib.suppress(Exception):
+                    self.engine.abort_request(list(waiting))
+                for future in waiting.values():
+                    future.set_exception(exc)
+
+    def _step(self) -> None:
+        """Add what arrived, then one engine step (or wait for work when there is none)."""
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            if not arrived:
+                self._wake.clear()         # a later run() sets it again after adding
+        for request_id, prompt, options in arrived:
+            try:
+                self.engine.add_request(request_id, prompt, options)
+            except Exception as exc:       # refused (too long, bad options): its caller raises
+                self._waiting.pop(request_id).set_exception(exc)
+        if not self.engine.has_unfinished_requests():
+            self._wake.wait()
+            return
+        for out in self.engine.step():
+            if out.finished:
+                self._waiting.pop(out.request_id).set_result(out)
 
 
 class VllmBackend:
-    """One `LLM.generate` call per kind of work in a batch: vLLM batches the prompts itself."""
+    """One engine round per kind of work in a batch, through `EngineLoop`: vLLM batches the
+    prompts itself, also with those of other batches in flight (`batches_in_flight`)."""
 
     def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int,
                  revision: str | None = None):
         self.llm = llm
+        self.engine = EngineLoop(llm.llm_engine)
+        self.batches_in_flight = BATCHES_IN_FLIGHT
         config = llm.llm_engine.model_config   # resolved by the engine: its dtype is what runs
         try:
             generation_eos = GenerationConfig.from_pretrained(model_id, revision=revision).eos_token_id
@@ -94,9 +169,8 @@ class VllmBackend:
         return cls(llm, tokenizer, settings.model, max_top_k, settings.revision)
 
     def _run(self, prompts: list[torch.Tensor], params: list) -> list:
-        """One engine call; outputs in the prompts' order."""
-        return self.llm.generate([{"prompt_token_ids": p.tolist()} for p in prompts], params,
-                                 use_tqdm=False)
+        """Requests into the shared engine loop; outputs in the prompts' order."""
+        return self.engine.run([{"prompt_token_ids": p.tolist()} for p in prompts], params)
 
     def _params(self, **options):
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts

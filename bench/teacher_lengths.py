@@ -1,0 +1,162 @@
+"""What real lengths cost the teacher, measured side by side in one run.
+
+    python -m bench.teacher_lengths [--runs 3] [--no-vllm]
+
+On a random-weight Llama (the `bench` preset of scripts/tiny_model.py: hidden 256, 4 layers,
+vocabulary 32,000, float32), one CPU thread. Printed:
+
+1. Generate, transformers backend: peak memory added by one call (16 samples x 128 new tokens),
+   recording the chosen tokens' log-probs step by step (what the backend does) / keeping every
+   step's logits (`generate(output_logits=True)`, what it did: B x steps x V floats). Each side
+   runs in its own process, so the peaks (ru_maxrss) do not mix.
+2. Verify, both backends: time of one Verify (8 draft tokens, greedy) after prefixes of 64 .. 960
+   tokens. Each round re-runs the whole prefix (no KV cache is kept between requests), so time
+   grows with the prefix and a completion of n tokens verified 8 at a time costs O(n^2) in total.
+3. Score, vllm backend: 8 sequences x 512 tokens with only the last 16 positions scored
+   (score_from = 496), with `prompt_logprobs=k` as the backend asks (vLLM 0.32 computes them at
+   every prompt position: it has no start for top-k prompt log-probs) / the same prefill with no
+   prompt log-probs (max_tokens=1): the price of the positions nobody asked for.
+Every timing is the median of --runs, the sides interleaved. The engine runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0) with 1 GiB of KV cache, as in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ENV = dict(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+os.environ.update(ENV)          # before vLLM is imported
+
+import torch  # noqa: E402
+
+from bench.timing import median_time  # noqa: E402
+from scripts.tiny_model import make_tiny_model  # noqa: E402
+from teacher_server.config import ServerSettings  # noqa: E402
+from teacher_server.scoring import ScoreItem  # noqa: E402
+from teacher_server.verify import VerifyItem  # noqa: E402
+
+VOCAB, SAMPLES, NEW_TOKENS, DRAFT = 32000, 16, 128, 8
+PREFIXES = (64, 256, 960)
+
+# Runs in a child process: argv = model dir, "recorder" | "all_logits"; prints the peak RSS (MiB)
+# one Generate call adds over a warmed-up backend.
+_GENERATE_CHILD = """
+import json, resource, sys, torch
+torch.set_num_threads(1)
+from teacher_server.backends.hf import TransformersBackend
+from teacher_server.config import ServerSettings
+from teacher_server.generation import GenerateItem
+model_dir, way, samples, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+backend = TransformersBackend.from_settings(ServerSettings(model=model_dir, device="cpu"))
+prompt = torch.randint(4, 32000, (16,), generator=torch.Generator().manual_seed(0))
+item = GenerateItem([prompt], samples, 1.0, 1.0, new, [-1], seed=0)
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+backend.generate([GenerateItem([prompt], samples, 1.0, 1.0, 2, [-1], seed=0)])   # warm
+before = peak()
+if way == "recorder":
+    backend.generate([item])
+else:
+    ids = prompt.expand(samples, -1)
+    with torch.no_grad():   # the old way: every step's raw logits kept until the call returns
+        backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                               max_new_tokens=new, return_dict_in_generate=True, output_logits=True)
+print(json.dumps(peak() - before))
+"""
+
+
+def generate_peak_mib(model_dir, way: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _GENERATE_CHILD, str(model_dir), way,
+                          str(SAMPLES), str(NEW_TOKENS)],
+                         capture_output=True, text=True, check=True, env={**os.environ})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def verify_times(backend, runs: int) -> list[float]:
+    g = torch.Generator().manual_seed(1)
+    items = {P: VerifyItem(torch.randint(4, VOCAB, (P,), generator=g),
+                           torch.randint(4, VOCAB, (DRAFT,), generator=g), None, "greedy", 1.0,
+                           1, 8, 0) for P in PREFIXES}
+    backend.score([items[PREFIXES[0]]])       # warm
+    t = {P: [] for P in PREFIXES}
+    for _ in range(runs):
+        for P, item in items.items():
+            t[P].append(median_time(lambda: backend.score([item]), 1))
+    return [statistics.median(t[P]) for P in PREFIXES]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vllm backend's rows")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    use_vllm = not args.no_vllm and importlib.util.find_spec("vllm") is not None
+    from teacher_server.backends.hf import TransformersBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        model_dir = make_tiny_model(tmp / "bench-model", preset="bench")
+        kept = SAMPLES * NEW_TOKENS * VOCAB * 4 / 2**20
+        peaks = {way: generate_peak_mib(model_dir, way) for way in ("recorder", "all_logits")}
+        print(f"Generate ({SAMPLES} samples x {NEW_TOKENS} tokens, vocabulary {VOCAB}): peak "
+              f"memory added {peaks['recorder']:.0f} MiB step by step vs {peaks['all_logits']:.0f} "
+              f"MiB keeping every step's logits (their size: {kept:.0f} MiB); "
+              f"ratio {peaks['all_logits'] / max(peaks['recorder'], 1):.1f}x")
+
+        backends = {"transformers": TransformersBackend.from_settings(
+            ServerSettings(model=str(model_dir), device="cpu"))}
+        if use_vllm:
+            from teacher_server.backends.vllm_backend import VllmBackend
+
+            os.environ["VLLM_CACHE_ROOT"] = str(tmp / "vllm-cache")
+            backends["vllm"] = VllmBackend.from_settings(ServerSettings(
+                model=str(model_dir), backend="vllm", dtype="float32", max_top_k=64,
+                vllm_enforce_eager=True))
+        print(f"\nVerify ({DRAFT} draft tokens, greedy), seconds per call by prefix length; "
+              f"medians of {args.runs}")
+        print("| backend | " + " | ".join(f"prefix {P}" for P in PREFIXES) +
+              f" | {PREFIXES[-1]} / {PREFIXES[0]} |")
+        print("|---|" + "---|" * (len(PREFIXES) + 1))
+        for name, backend in backends.items():
+            t = verify_times(backend, args.runs)
+            print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in t) + f" | {t[-1] / t[0]:.1f}x |")
+
+        if use_vllm:
+            from vllm import SamplingParams
+
+            vllm = backends["vllm"]
+            g = torch.Generator().manual_seed(2)
+            seqs = [torch.randint(4, VOCAB, (512,), generator=g) for _ in range(8)]
+            prompts = [{"prompt_token_ids": s.tolist()} for s in seqs]
+            # skip_reading_prefix_cache as a prompt_logprobs request does: the same compute
+            plain = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
+                                   skip_reading_prefix_cache=True)
+            print(f"\nScore, vllm backend: 8 x 512 tokens, positions 496..511 scored; "
+                  f"medians of {args.runs}")
+            print("| k | Score (prompt_logprobs at all 511 positions) | prefill alone | ratio |")
+            print("|---|---|---|---|")
+            for k in (20, 64):
+                items = [ScoreItem(s, 496, k, 1.0, None) for s in seqs]
+                sides = dict(score=lambda: vllm.score(items),
+                             prefill=lambda: vllm.engine.run(prompts, [plain] * len(prompts)))
+                for fn in sides.values():
+                    fn()                                 # warm
+                t = {name: [] for name in sides}
+                for _ in range(args.runs):
+                    for name, fn in sides.items():
+                        t[name].append(median_time(fn, 1))
+                t = {name: statistics.median(v) for name, v in t.items()}
+                print(f"| {k} | {t['score']:.3f} s | {t['prefill']:.3f} s | "
+                      f"{t['score'] / t['prefill']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

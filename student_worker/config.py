@@ -47,6 +47,12 @@ class DataConfig(_Section):
     split: str = "train"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
+    messages_field: str = Field("messages", description="chat records: a list of {role, content}")
+    chat_template: bool = Field(True, description="render chat messages with the tokenizer's template")
+    system_prompt: str | None = Field(None, description="a system message for conversations without one")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                                 description="extra arguments to apply_chat_template")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are left out (counted)")
     batch_size: int = Field(8, ge=1, description="prompts per worker per step")
     num_examples: int = Field(4096, ge=1, description="examples drawn from a built-in task")
 

@@ -37,7 +37,7 @@ from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
-from student_worker.tokens import pad_id_of
+from student_worker.tokens import eos_ids_of, pad_id_of
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -131,7 +131,12 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
-    data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
+    # stop on every end-of-sequence id the teacher or the student declares (incl. end of turn)
+    eos_ids = eos_ids_of(tokenizer, model, info.special_tokens.eos_ids if info else ())
+    data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed, eos_ids)
+    if data.filtered and rank == 0:
+        print(f"left out {data.filtered} prompts longer than data.max_prompt_tokens="
+              f"{cfg.data.max_prompt_tokens} ({len(data.examples)} kept)")
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     o = cfg.optim
@@ -140,7 +145,6 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
-    eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)

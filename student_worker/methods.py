@@ -47,6 +47,7 @@ class Context:
     pad_id: int
     task: Task | None
     teacher: Teacher | None         # patient with outages; None when the method needs none
+    real_vocab: int | None = None   # the tokenizer's size: ids beyond it are embedding padding
 
     def text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -79,7 +80,8 @@ class StudentSamples:
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s = ctx.cfg.sampling
         completions = sample(ctx.model, [ex.prompt_ids for ex in examples], max_new_tokens=s.max_new_tokens,
-                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id)
+                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id,
+                             real_vocab=ctx.real_vocab)
         rollout = Rollout([ex.prompt_ids for ex in examples], [c.token_ids for c in completions], "student",
                           sampled_logprobs=[c.logprobs for c in completions])
         if ctx.task is not None:

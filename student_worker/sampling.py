@@ -8,6 +8,7 @@ import torch
 from transformers import GenerationConfig
 
 from student_worker.tokens import cut_at_eos, pad
+from student_worker.vocab import mask_padded_logits
 
 
 @dataclass
@@ -21,10 +22,11 @@ class Completion:
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, eos_ids: list[int], pad_id: int,
-           return_probs: bool = False) -> list[Completion]:
+           return_probs: bool = False, real_vocab: int | None = None) -> list[Completion]:
     """Continue each prompt once. Prompts are left-padded so that all end at the same column,
     which is what a batched KV-cache decode needs. return_probs adds each step's full
-    distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats)."""
+    distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats).
+    real_vocab: the tokenizer's size; ids at or beyond it (embedding padding) are never drawn."""
     device = next(model.parameters()).device
     input_ids_BP, mask_BP = pad(prompts, pad_id, side="left")
     width = input_ids_BP.shape[1]
@@ -36,10 +38,13 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
         do_sample=not greedy, temperature=None if greedy else temperature,
         top_p=None if greedy else top_p, top_k=None if greedy else 0, max_new_tokens=max_new_tokens,
         eos_token_id=eos_ids, pad_token_id=pad_id, return_dict_in_generate=True, output_logits=True)
+    vocab = model.get_output_embeddings().out_features
+    if real_vocab is not None and real_vocab < vocab:
+        config.suppress_tokens = list(range(real_vocab, vocab))
     out = model.generate(input_ids=input_ids_BP.to(device), attention_mask=mask_BP.to(device),
                          generation_config=config)
     new_BL = out.sequences[:, width:].cpu()
-    logits_BLV = torch.stack(out.logits, dim=1).float().cpu()
+    logits_BLV = mask_padded_logits(torch.stack(out.logits, dim=1).float().cpu(), real_vocab)
     logprobs_BLV = torch.log_softmax(logits_BLV / (temperature or 1.0), -1)
     logprobs_BL = logprobs_BLV.gather(-1, new_BL[..., None])[..., 0]
     completions = []

@@ -38,6 +38,7 @@ from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
 from student_worker.tokens import eos_ids_of, pad_id_of
+from student_worker.vocab import mask_padded_logits
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -145,7 +146,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
-    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
+    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher,
+                  real_vocab=info.tokenizer_size if info else len(tokenizer))
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)
 
@@ -196,6 +198,7 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     """One optimizer step on the method's loss over the rollout's completion tokens."""
     batch = to_device(token_batch(rollout, run.ctx.pad_id), run.device)
     logits_BSV = run.ddp_model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
+    logits_BSV = mask_padded_logits(logits_BSV, run.ctx.real_vocab)   # no mass on padded ids
     student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
     teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
                if scores else None)
@@ -317,11 +320,6 @@ def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce:
     except TeacherUnreachable as exc:
         raise SystemExit(f"cannot start: {exc}") from exc
     check_tokenizer(info, tokenizer, cfg.student.path)
-    student_vocab = model.get_output_embeddings().out_features
-    if info.vocab_size > student_vocab:
-        raise SystemExit(f"the teacher scores {info.vocab_size} token ids but the student "
-                         f"{cfg.student.path!r} has only {student_vocab} outputs; resize the "
-                         "student's embeddings (model.resize_token_embeddings) to at least the teacher's")
     if cfg.teacher.top_k > info.max_top_k:
         raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
     return teacher, info

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -134,10 +135,14 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     # stop on every end-of-sequence id the teacher or the student declares (incl. end of turn)
     eos_ids = eos_ids_of(tokenizer, model, info.special_tokens.eos_ids if info else ())
-    data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed, eos_ids)
+    data_cfg = cfg.data
+    if info is not None and info.max_context:   # a prompt needs room for at least one new token
+        limit = min(cfg.data.max_prompt_tokens or info.max_context, info.max_context - 1)
+        data_cfg = cfg.data.model_copy(update={"max_prompt_tokens": limit})
+    data = PromptData(data_cfg, tokenizer, rank, world, cfg.train.seed, eos_ids)
     if data.filtered and rank == 0:
-        print(f"left out {data.filtered} prompts longer than data.max_prompt_tokens="
-              f"{cfg.data.max_prompt_tokens} ({len(data.examples)} kept)")
+        print(f"left out {data.filtered} prompts longer than {data_cfg.max_prompt_tokens} tokens "
+              f"(data.max_prompt_tokens, the teacher's context) ({len(data.examples)} kept)")
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     o = cfg.optim
@@ -147,7 +152,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     ddp_model = DistributedDataParallel(model) if world > 1 else model
     model.train()
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher,
-                  real_vocab=info.tokenizer_size if info else len(tokenizer))
+                  real_vocab=info.tokenizer_size if info else len(tokenizer),
+                  max_context=info.max_context if info else None)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)
 
@@ -282,6 +288,10 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         _save(run)
         raise SystemExit(f"stopping: {exc}. Checkpoint at step {run.step} in {run.output_dir}; "
                          "continue with --resume once the teacher is back.") from exc
+    except grpc.RpcError as exc:   # non-transient (the patient client retried the others)
+        _save(run)
+        raise SystemExit(f"stopping: the teacher refused a request ({exc.code().name}: {exc.details()}). "
+                         f"Checkpoint at step {run.step} in {run.output_dir}.") from exc
     finally:
         bar.close()
         if run.teacher is not None:

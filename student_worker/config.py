@@ -24,7 +24,10 @@ class StudentConfig(_Section):
     path: str = Field(..., description="student model: Hugging Face directory or hub id")
     init: Literal["pretrained", "config"] = Field(
         "pretrained", description="load the weights, or only the config (random init, seeded)")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on a CPU")
+    revision: str | None = Field(None, description="a hub revision (branch, tag or commit) to pin")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code")
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
 
 

@@ -128,7 +128,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
         torch.set_num_threads(cfg.student.num_threads)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student.path, revision=cfg.student.revision,
+                                              trust_remote_code=cfg.student.trust_remote_code)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
@@ -303,14 +304,25 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
 
 
 def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
-    dtype = getattr(torch, cfg.student.dtype)
-    if ckpt is None and cfg.student.init == "config":
+    s = cfg.student
+    dtype = student_dtype(s.dtype, device)
+    hub = dict(revision=s.revision, trust_remote_code=s.trust_remote_code)
+    if ckpt is None and s.init == "config":
         from transformers import AutoConfig
 
         torch.manual_seed(cfg.train.seed)   # the random init is the seed's
-        config = AutoConfig.from_pretrained(cfg.student.path)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    return AutoModelForCausalLM.from_pretrained(ckpt or cfg.student.path, dtype=dtype).to(device)
+        config = AutoConfig.from_pretrained(s.path, **hub)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=s.trust_remote_code).to(device)
+    if ckpt is not None:   # our own checkpoint folder: no hub revision
+        hub["revision"] = None
+    return AutoModelForCausalLM.from_pretrained(ckpt or s.path, dtype=dtype, **hub).to(device)
+
+
+def student_dtype(name: str, device: torch.device) -> torch.dtype:
+    """student.dtype as a torch dtype; "auto" is bfloat16 on a GPU and float32 on a CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
 
 
 def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):

@@ -50,3 +50,16 @@ def test_prompt_filter_counts(tmp_path, student_dir_small):
                                     f"data.source={data}", "data.max_prompt_tokens=100"])
     examples = PromptData(cfg.data, AutoTokenizer.from_pretrained(student_dir_small))
     assert examples.filtered == 1 and len(examples.examples) == 2
+
+
+def test_student_dtype_and_hub_options():
+    import torch
+
+    from student_worker.trainer import student_dtype
+
+    assert student_dtype("auto", torch.device("cpu")) == torch.float32
+    assert student_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert student_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    cfg = load_config(None, "gkd", ["student.path=m", "teacher.target=x:1", "data.source=reverse",
+                                    "student.revision=abc123", "student.trust_remote_code=true"])
+    assert cfg.student.dtype == "auto" and cfg.student.revision == "abc123" and cfg.student.trust_remote_code

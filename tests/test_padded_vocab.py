@@ -77,6 +77,11 @@ def test_unreachable_teacher_ids_fold_into_the_tail():
     assert torch.allclose(teacher_b.exp(), torch.tensor([[[0.5, 0.0, 0.5], [0.0, 0.4, 0.6]]]))
     assert torch.allclose(student_b.exp().sum(-1), torch.ones(1, 2))
     assert student_b[0, 0, 1] == -math.inf and student_b[0, 1, 0] == -math.inf
+    # a padded id the student masks (-inf) folds the same way
+    masked_BTV = student_BTV.clone()
+    masked_BTV[..., 3] = -math.inf
+    _, teacher_masked = D.topk_buckets(masked_BTV, ids_BTK, teacher_BTK, tail_BT)
+    assert torch.allclose(teacher_masked.exp()[0, 0], torch.tensor([0.0, 0.0, 1.0]))
     for name in ("forward_kl", "reverse_kl", "jsd"):
         assert torch.isfinite(D.divergence(name, student_BTV, teacher_topk_ids_BTK=ids_BTK,
                                            teacher_topk_logprobs_BTK=teacher_BTK,

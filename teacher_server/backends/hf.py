@@ -12,7 +12,7 @@ from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GenerateItem, cut_at_stop, token_logprobs
-from teacher_server.scoring import ScoreItem, mask_padded, score_logits
+from teacher_server.scoring import ScoreItem, score_logits
 from teacher_server.verify import VerifyItem, verify_draft
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class TransformersBackend:
                 sl = slice(start, start + self.chunk_tokens)
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
-                    None if cand_NC is None else cand_NC[sl], self.info.tokenizer_size))
+                    None if cand_NC is None else cand_NC[sl]))
             merged = TeacherScores.concat(parts)
             offset = 0
             for i, rows, _ in group:
@@ -154,7 +154,6 @@ class TransformersBackend:
         verdicts = {}
         for i, logits_GV1 in zip(index, logits_RV.split([G + 1 for _, G in spans])):
             item = items[i]
-            logits_GV1 = mask_padded(logits_GV1, self.info.tokenizer_size)
             p_GV1 = torch.softmax(logits_GV1.float() / item.temperature, dim=-1).cpu()
             generator = torch.Generator().manual_seed(item.seed)
             verdicts[i] = verify_draft(p_GV1, item.draft_probs, item.draft, item.mode,

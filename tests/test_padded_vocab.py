@@ -1,6 +1,7 @@
 """Padded vocabularies: a teacher and a student sharing one tokenizer (~100 real tokens) with
 different embedding sizes train through the real server both ways round; padded ids are never
-sampled, never in the teacher's top-k or normaliser; unreachable teacher ids fold into the tail."""
+sampled by the student; the teacher-side mask (scoring.mask_padded) keeps them out of the top-k
+and the normaliser; teacher ids the student cannot emit fold into the tail."""
 
 import json
 import math

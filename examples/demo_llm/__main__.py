@@ -52,9 +52,12 @@ METHODS = {
     "onpolicy-rkl": ("onpolicy-rkl", []),
 }
 KEEP_LAYERS = 8
-# Chosen for 2 cores (see README): batch 4, answers capped at 32 tokens, lr 1e-4, top-k 20.
-FULL = dict(steps=40, save_every=10, test_prompts=50, batch=4, max_new_tokens=32)
-QUICK = dict(steps=10, save_every=5, test_prompts=20, batch=4, max_new_tokens=24)
+# Chosen for 2 cores: batch 4, answers capped at 32 tokens (24 quick), lr 1e-4, top-k 20, one
+# thread each for the worker and the teacher. Measured on a loaded machine (load ~16 on 2 cores):
+# a seqkd step took 45-70 s (teacher Generate 30-50 s, update 10-23 s); on idle cores expect ~4x
+# less. Not yet timed end to end: adjust steps here after the first full run.
+FULL = dict(steps=20, save_every=10, test_prompts=50, batch=4, max_new_tokens=32)
+QUICK = dict(steps=6, save_every=3, test_prompts=16, batch=4, max_new_tokens=24)
 LR = 1e-4
 
 

@@ -10,7 +10,7 @@ OUT    ?= demo-output
 QUICK  ?=
 SEEDS  ?=
 
-.PHONY: setup demo test bench protos clean
+.PHONY: setup demo demo-llm test bench protos clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ $(VENV)/.installed: pyproject.toml
 # QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds
 demo: setup
 	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) $(PY) -m examples.demo
+
+# the real-LLM demo (examples/demo_llm): OUT defaults to demo-llm-output
+demo-llm: setup
+	OUT=$(if $(filter demo-output,$(OUT)),demo-llm-output,$(OUT)) QUICK=$(QUICK) SEEDS=$(SEEDS) \
+		$(PY) -m examples.demo_llm
 
 test: setup
 	$(PY) -m pytest -q

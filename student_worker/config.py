@@ -41,7 +41,10 @@ class StudentConfig(_Section):
     path: str = Field(..., description="student model: Hugging Face directory or hub id")
     init: Literal["pretrained", "config"] = Field(
         "pretrained", description="load the weights, or only the config (random init, seeded)")
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on a CPU")
+    revision: str | None = Field(None, description="a hub revision (branch, tag or commit) to pin")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code")
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass")
@@ -72,6 +75,12 @@ class DataConfig(_Section):
     split: str = "train"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
+    messages_field: str = Field("messages", description="chat records: a list of {role, content}")
+    chat_template: bool = Field(True, description="render chat messages with the tokenizer's template")
+    system_prompt: str | None = Field(None, description="a system message for conversations without one")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                                 description="extra arguments to apply_chat_template")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are left out (counted)")
     batch_size: int = Field(8, ge=1, description="prompts per worker per step")
     num_examples: int = Field(4096, ge=1, description="examples drawn from a built-in task")
 

@@ -1,7 +1,9 @@
 """Prompts (and reference completions) for training, sharded over workers.
 
-Sources: a built-in task name, a JSONL file with `prompt` and optional `completion`, or a local
-Hugging Face `datasets` folder (`save_to_disk`). Batches are a pure function of (step, rank), so
+Sources: a built-in task name, a JSONL file or a local Hugging Face `datasets` folder
+(`save_to_disk`) whose records hold either `prompt` (and optional `completion`) strings or chat
+`messages` (student_worker.chat: rendered by the tokenizer's chat template). Prompts longer than
+data.max_prompt_tokens are left out and counted (`filtered`). Batches are a pure function of (step, rank), so
 a resumed run sees exactly the batches the interrupted one would have.
 """
 
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from student_worker.chat import render
 from student_worker.config import DataConfig
 from student_worker.seeding import derive_seed
 from student_worker.tasks import TASKS, Task
+from student_worker.tokens import eos_ids_of
 
 
 @dataclass
@@ -46,24 +50,41 @@ def _read_records(cfg: DataConfig) -> tuple[list[dict], Task | None]:
                      "a .jsonl file or a datasets folder")
 
 
+def _example(cfg: DataConfig, tokenizer, rec: dict, eos_ids: list[int], where: str) -> Example:
+    if cfg.messages_field in rec:
+        prompt, prompt_ids, completion, completion_ids = render(
+            tokenizer, rec[cfg.messages_field], use_template=cfg.chat_template,
+            system_prompt=cfg.system_prompt, template_kwargs=cfg.chat_template_kwargs, eos_ids=eos_ids)
+    elif cfg.prompt_field in rec:
+        prompt, completion = rec[cfg.prompt_field], rec.get(cfg.completion_field)
+        prompt_ids = tokenizer(prompt).input_ids
+        completion_ids = None
+        if completion is not None:
+            completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [eos_ids[0]]
+    else:
+        raise ValueError(f"{where} has neither a {cfg.prompt_field!r} nor a {cfg.messages_field!r} field")
+    if not prompt_ids:
+        raise ValueError(f"{where}: the prompt has no tokens")
+    return Example(prompt, completion, prompt_ids, completion_ids)
+
+
 class PromptData:
-    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 eos_ids: list[int] | None = None):
         records, self.task = _read_records(cfg)
         if not records:
             raise ValueError(f"data.source {cfg.source!r} has no examples")
-        eos = tokenizer.eos_token_id
-        self.examples = []
+        eos_ids = eos_ids or eos_ids_of(tokenizer)
+        self.examples, self.filtered = [], 0
         for i, rec in enumerate(records):
-            if cfg.prompt_field not in rec:
-                raise ValueError(f"example {i} of {cfg.source} has no {cfg.prompt_field!r} field")
-            prompt, completion = rec[cfg.prompt_field], rec.get(cfg.completion_field)
-            prompt_ids = tokenizer(prompt).input_ids
-            if not prompt_ids:
-                raise ValueError(f"example {i} of {cfg.source}: the prompt has no tokens")
-            completion_ids = None
-            if completion is not None:
-                completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [eos]
-            self.examples.append(Example(prompt, completion, prompt_ids, completion_ids))
+            example = _example(cfg, tokenizer, rec, eos_ids, f"example {i} of {cfg.source}")
+            if cfg.max_prompt_tokens is not None and len(example.prompt_ids) > cfg.max_prompt_tokens:
+                self.filtered += 1
+            else:
+                self.examples.append(example)
+        if not self.examples:
+            raise ValueError(f"all {len(records)} prompts of {cfg.source!r} are longer than "
+                             f"data.max_prompt_tokens={cfg.max_prompt_tokens}")
         self.batch_size, self.rank, self.world_size, self.seed = cfg.batch_size, rank, world_size, seed
 
     def batch(self, step: int) -> list[Example]:

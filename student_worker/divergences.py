@@ -216,7 +216,22 @@ def topk_buckets(
     processing), and equals it when K = V.
     """
     ids_BTK = teacher_topk_ids_BTK.long()  # gather/scatter need int64; the wire may carry int32
+    V = student_logprobs_BTV.shape[-1]
+    if ids_BTK.numel() and int(ids_BTK.max()) >= V:
+        # a teacher with a larger (padded) vocabulary: ids past the student's outputs read a
+        # -inf column at V (the student cannot emit them)
+        ids_BTK = ids_BTK.clamp(max=V)
+        student_logprobs_BTV = torch.cat([student_logprobs_BTV, torch.full_like(
+            student_logprobs_BTV[..., :1], NEG_INF)], -1)
     student_topk_BTK = student_logprobs_BTV.gather(-1, ids_BTK)
+    # Teacher top-k ids the student cannot emit (past its outputs, or padded ids it masks) fold
+    # into the teacher's tail: both sides then give that bucket zero mass, so no divergence is
+    # infinite for want of a token that does not exist on the student's side.
+    unreachable_BTK = student_topk_BTK == NEG_INF
+    if unreachable_BTK.any():
+        teacher_tail_logprobs_BT = torch.logaddexp(teacher_tail_logprobs_BT, _logsumexp_last(
+            teacher_topk_logprobs_BTK.masked_fill(~unreachable_BTK, NEG_INF)))
+        teacher_topk_logprobs_BTK = teacher_topk_logprobs_BTK.masked_fill(unreachable_BTK, NEG_INF)
     # The student's tail is summed over the non-top-k ids directly rather than as
     # log1p(−Σ gathered): when the top-k hold nearly all the mass, 1 − Σ cancels
     # catastrophically and the small tail (and its gradient) would be lost.

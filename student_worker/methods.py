@@ -27,7 +27,7 @@ from student_worker import chunked_loss as C
 from student_worker import divergences as D
 from student_worker.data import Example
 from student_worker.rollout import Rollout, TeacherBatch, TokenBatch
-from student_worker.sampling import sample
+from student_worker.sampling import Completion, sample
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.tasks import Task
@@ -48,6 +48,13 @@ class Context:
     pad_id: int
     task: Task | None
     teacher: Teacher | None         # patient with outages; None when the method needs none
+    real_vocab: int | None = None   # the tokenizer's size: ids beyond it are embedding padding
+    max_context: int | None = None  # the teacher's: prompt + completion must fit
+
+    def new_tokens(self, prompt_ids) -> int:
+        """sampling.max_new_tokens, capped so that prompt + completion fit the teacher's context."""
+        n = self.cfg.sampling.max_new_tokens
+        return n if self.max_context is None else max(1, min(n, self.max_context - len(prompt_ids)))
 
     def text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -85,8 +92,12 @@ class StudentSamples:
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s = ctx.cfg.sampling
-        completions = sample(ctx.model, [ex.prompt_ids for ex in examples], max_new_tokens=s.max_new_tokens,
-                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id)
+        caps = [ctx.new_tokens(ex.prompt_ids) for ex in examples]
+        completions = sample(ctx.model, [ex.prompt_ids for ex in examples], max_new_tokens=max(caps),
+                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id,
+                             real_vocab=ctx.real_vocab)
+        completions = [c if len(c.token_ids) <= cap else
+                       Completion(c.token_ids[:cap], c.logprobs[:cap], False) for c, cap in zip(completions, caps)]
         rollout = Rollout([ex.prompt_ids for ex in examples], [c.token_ids for c in completions], "student",
                           sampled_logprobs=[c.logprobs for c in completions])
         if ctx.needs_rewards:
@@ -102,10 +113,18 @@ class TeacherSamples:
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
-        samples = ctx.teacher.generate(
-            [ex.prompt_ids for ex in examples], num_samples=m.best_of, temperature=s.temperature,
-            top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-            seed=derive_seed(ctx.cfg.train.seed, "generate", step))
+        # one call per length cap (prompts near the teacher's context get fewer new tokens)
+        by_cap: dict[int, list[int]] = {}
+        for i, ex in enumerate(examples):
+            by_cap.setdefault(ctx.new_tokens(ex.prompt_ids), []).append(i)
+        samples = [None] * len(examples)
+        for cap, index in by_cap.items():
+            answers = ctx.teacher.generate(
+                [examples[i].prompt_ids for i in index], num_samples=m.best_of, temperature=s.temperature,
+                top_p=s.top_p, max_new_tokens=cap,
+                seed=derive_seed(ctx.cfg.train.seed, "generate", step, *([cap] if len(by_cap) > 1 else [])))
+            for i, options in zip(index, answers):
+                samples[i] = options
         chosen = []
         for ex, options in zip(examples, samples):
             best = options[0]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from student_worker.parallel import is_sharded
 from student_worker.tokens import cut_at_eos, pad
+from student_worker.vocab import mask_padded_logits
 
 
 @dataclass
@@ -51,10 +52,11 @@ def choose(logits_BV: torch.Tensor, temperature: float, top_p: float) -> tuple[t
 @torch.inference_mode()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, eos_ids: list[int], pad_id: int,
-           return_probs: bool = False) -> list[Completion]:
+           return_probs: bool = False, real_vocab: int | None = None) -> list[Completion]:
     """Continue each prompt once. Prompts are left-padded so that all end at the same column,
     which is what a batched KV-cache decode needs. return_probs adds each step's full
     distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats).
+    real_vocab: the tokenizer's size; ids at or beyond it (embedding padding) are never drawn.
 
     An FSDP-sharded model all-gathers every layer's weights in each forward pass, so all ranks
     must take the same number of steps: they keep stepping (feeding padding to finished rows)
@@ -71,7 +73,8 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
                 use_cache=True, logits_to_keep=1)
     position_B1 = position_BP[:, -1:]
     for step in range(max_new_tokens):
-        token_B, logprobs_BV = choose(out.logits[:, -1].float(), temperature, top_p)
+        token_B, logprobs_BV = choose(mask_padded_logits(out.logits[:, -1].float(), real_vocab),
+                                     temperature, top_p)
         token_B = token_B.masked_fill(~running_B, pad_id)    # rows that ended are fed padding
         tokens.append(token_B)
         logprobs.append(logprobs_BV.gather(-1, token_B[:, None])[:, 0])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -44,8 +45,9 @@ from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
-from student_worker.tokens import pad_id_of
+from student_worker.tokens import eos_ids_of, pad_id_of
 from student_worker.tracking import Trackers
+from student_worker.vocab import RealVocabHead
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     run_record.check_output_dir(output_dir, cfg, resume, allow_config_change)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.student.path)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student.path, revision=cfg.student.revision,
+                                              trust_remote_code=cfg.student.trust_remote_code)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
@@ -132,7 +135,16 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     if rank == 0:
         run_record.write(output_dir, cfg, info)
-    data = PromptData(cfg.data, tokenizer, rank, world, cfg.train.seed)
+    # stop on every end-of-sequence id the teacher or the student declares (incl. end of turn)
+    eos_ids = eos_ids_of(tokenizer, model, info.special_tokens.eos_ids if info else ())
+    data_cfg = cfg.data
+    if info is not None and info.max_context:   # a prompt needs room for at least one new token
+        limit = min(cfg.data.max_prompt_tokens or info.max_context, info.max_context - 1)
+        data_cfg = cfg.data.model_copy(update={"max_prompt_tokens": limit})
+    data = PromptData(data_cfg, tokenizer, rank, world, cfg.train.seed, eos_ids)
+    if data.filtered and rank == 0:
+        logger.info("left out %d prompts longer than %d tokens (data.max_prompt_tokens, the "
+                    "teacher's context); %d kept", data.filtered, data_cfg.max_prompt_tokens, len(data.examples))
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     # FSDP turns the parameters into sharded DTensors: wrap before the optimizer sees them
@@ -145,8 +157,9 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
         load_sharded(ckpt / "sharded", model, optimizer)
     step = checkpoint.load_state(ckpt, optimizer, scheduler) if ckpt else 0
     model.train()
-    eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
-    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
+    ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher,
+                  real_vocab=info.tokenizer_size if info else len(tokenizer),
+                  max_context=info.max_context if info else None)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)
 
@@ -226,7 +239,8 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     # the counts of the whole batch over all ranks (one collective), never of a micro-batch
     weights_M = reduction_weights(batch.mask_BS, cfg.method.reduction, completion_counts(batch.mask_BS), run.world)
     loss, token_logprobs_M = accumulate_gradients(
-        run.ddp_model, run.model.get_output_embeddings(), batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
+        run.ddp_model, RealVocabHead(run.model.get_output_embeddings(), run.ctx.real_vocab),
+        batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
         loss_row.per_token(cfg.method), weights_M, inputs, micro_batch_size=cfg.train.micro_batch_size,
         chunk_size=cfg.train.loss_chunk_size, autocast_dtype=_AUTOCAST[cfg.student.autocast])
     logs = loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout)
@@ -320,6 +334,10 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         _save(run)
         raise SystemExit(f"stopping: {exc}. Checkpoint at step {run.step} in {run.output_dir}; "
                          "continue with --resume once the teacher is back.") from exc
+    except grpc.RpcError as exc:   # non-transient (the patient client retried the others)
+        _save(run)
+        raise SystemExit(f"stopping: the teacher refused a request ({exc.code().name}: {exc.details()}). "
+                         f"Checkpoint at step {run.step} in {run.output_dir}.") from exc
     finally:
         bar.close()
         if log is not None:
@@ -337,16 +355,18 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
     checkpoint when resuming: its weights (full fine-tuning), its adapters on the base weights
     (LoRA), or the base weights that setup overwrites with the sharded checkpoint (FSDP)."""
     s = cfg.student
-    dtype = getattr(torch, s.dtype)
+    dtype = student_dtype(s.dtype, device)
+    hub = dict(revision=s.revision, trust_remote_code=s.trust_remote_code)
     torch.manual_seed(cfg.train.seed)   # a random init (student.init=config, LoRA's B A) is the seed's
     if ckpt is not None and s.lora is None and cfg.train.parallel != "fsdp":
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, trust_remote_code=s.trust_remote_code)
     elif s.init == "config":
         from transformers import AutoConfig
 
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(s.path), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(s.path, **hub), dtype=dtype,
+                                                 trust_remote_code=s.trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype, **hub)
     resume_adapters = ckpt is not None and s.lora is not None
     model = prepare_student(model.to(device), gradient_checkpointing=s.gradient_checkpointing,
                             lora=None if resume_adapters else s.lora)
@@ -355,6 +375,13 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
 
         model = PeftModel.from_pretrained(model, ckpt, is_trainable=True)
     return model
+
+
+def student_dtype(name: str, device: torch.device) -> torch.dtype:
+    """student.dtype as a torch dtype; "auto" is bfloat16 on a GPU and float32 on a CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
 
 
 def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):
@@ -374,11 +401,6 @@ def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce:
     except TeacherUnreachable as exc:
         raise SystemExit(f"cannot start: {exc}") from exc
     check_tokenizer(info, tokenizer, cfg.student.path)
-    student_vocab = model.get_output_embeddings().out_features
-    if info.vocab_size > student_vocab:
-        raise SystemExit(f"the teacher scores {info.vocab_size} token ids but the student "
-                         f"{cfg.student.path!r} has only {student_vocab} outputs; resize the "
-                         "student's embeddings (model.resize_token_embeddings) to at least the teacher's")
     if cfg.teacher.top_k > info.max_top_k:
         raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
     return teacher, info

@@ -29,8 +29,18 @@ class ScoreItem:
         return self.num_tokens - self.score_from
 
 
+def mask_padded(logits_NV: torch.Tensor, real_vocab: int | None) -> torch.Tensor:
+    """logits with the columns at or beyond real_vocab (embedding rows past the tokenizer's
+    tokens) at -inf: padded ids get no probability, no top-k place and no share of logZ."""
+    if real_vocab is None or real_vocab >= logits_NV.shape[-1]:
+        return logits_NV
+    return logits_NV.float().index_fill(-1, torch.arange(real_vocab, logits_NV.shape[-1],
+                                                         device=logits_NV.device), float("-inf"))
+
+
 def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
-                 temperature: float = 1.0, candidates_NC: torch.Tensor | None = None) -> TeacherScores:
+                 temperature: float = 1.0, candidates_NC: torch.Tensor | None = None,
+                 real_vocab: int | None = None) -> TeacherScores:
     """Top-k log-probs, the actual token's log-prob, the tail mass and candidate log-probs.
 
     With z = logits / temperature and logZ = logsumexp(z):
@@ -43,8 +53,9 @@ def score_logits(logits_NV: torch.Tensor, targets_N: torch.Tensor, top_k: int,
     expensive step on a CPU). Rows whose tail underflows (below e^-87 of the top token) are
     redone with a logsumexp, so a tail is -inf only when k is the vocabulary.
     Work happens on the logits' device in float32; only the [N, k] results move to the CPU.
+    real_vocab: the tokenizer's size; ids at or beyond it are masked (`mask_padded`).
     """
-    z_NV = logits_NV.float()
+    z_NV = mask_padded(logits_NV, real_vocab).float()
     if temperature != 1.0:
         z_NV = z_NV / temperature
     max_N1 = z_NV.max(dim=-1, keepdim=True).values

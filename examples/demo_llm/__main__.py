@@ -1,0 +1,246 @@
+"""The real-LLM demo: distill SmolLM2-135M-Instruct into a copy pruned to a quarter of its layers.
+
+    make demo-llm                 # full run (about 30 minutes on 2 idle cores)
+    make demo-llm QUICK=1         # short run (about 8 minutes)
+    make demo-llm SEEDS=1,2 OUT=elsewhere
+
+1. The teacher (scripts/fetch_model.py's cached folder) is served by `python -m teacher_server`.
+2. The student: the teacher with 8 of its 30 decoder layers kept (student_worker.prune).
+3. The prompts: examples/demo_llm/prompts.py's chat records, train/dev/test; test is never trained on.
+4. Per seed and method (same steps, batch and learning rate), the student worker trains a copy of
+   the pruned student, saving checkpoints; each checkpoint is measured on the test prompts:
+   - reverse KL: the student samples at temperature 1, the teacher scores, mean over completion
+     tokens of log q - log p (per prompt; 0 when the samples are as likely under the teacher);
+   - agreement: the student's greedy answer equals the teacher's after trimming whitespace.
+Writes OUT/results.json, OUT/results.md (also printed, with paired 95% bootstrap intervals over
+the test prompts and side-by-side answers) and OUT/reverse_kl.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from examples.demo_llm.prompts import write as write_prompts
+from scripts.fetch_model import fetch
+from student_worker.checkpoint import checkpoint_dir
+from student_worker.config import DataConfig, load_config
+from student_worker.data import PromptData
+from student_worker.methods import Method, TeacherSamples, TopKDivergence, register_method
+from student_worker.prune import prune
+from student_worker.sampling import sample
+from student_worker.teacher_client import TeacherClient
+from student_worker.tokens import eos_ids_of, pad_id_of
+from student_worker.trainer import train
+from teacher_server.process import TeacherProcess
+
+# kd on the teacher's own completions (Generate), forward KL to its top-k
+register_method(Method("kd-teacher", TeacherSamples(), TopKDivergence()))
+
+# name in the table -> (preset, overrides)
+METHODS = {
+    "seqkd": ("seqkd", []),
+    "kd": ("kd", ["method.name=kd-teacher", "method.divergence=forward_kl"]),
+    "gkd": ("gkd", ["method.divergence=jsd", "method.beta=0.5", "method.student_fraction=1.0"]),
+    "onpolicy-rkl": ("onpolicy-rkl", []),
+}
+KEEP_LAYERS = 8
+# Chosen for 2 cores: batch 4, answers capped at 32 tokens (24 quick), lr 1e-4, top-k 20, one
+# thread each for the worker and the teacher. Measured on a loaded machine (load ~16 on 2 cores):
+# a seqkd step took 45-70 s (teacher Generate 30-50 s, update 10-23 s); on idle cores expect ~4x
+# less. Not yet timed end to end: adjust steps here after the first full run.
+FULL = dict(steps=20, save_every=10, test_prompts=50, batch=4, max_new_tokens=32)
+QUICK = dict(steps=6, save_every=3, test_prompts=16, batch=4, max_new_tokens=24)
+LR = 1e-4
+
+
+def trim(text: str) -> str:
+    return text.strip()
+
+
+class Judge:
+    """Measures a student on the test prompts against the teacher (served at `client`)."""
+
+    def __init__(self, client: TeacherClient, tokenizer, prompts: list[list[int]], max_new_tokens: int):
+        self.client, self.tokenizer, self.prompts, self.cap = client, tokenizer, prompts, max_new_tokens
+        self.eos = eos_ids_of(tokenizer, declared=client.info().special_tokens.eos_ids)
+        answers = client.generate(prompts, temperature=0.0, max_new_tokens=max_new_tokens)
+        self.teacher_ids = [a[0].token_ids.tolist() for a in answers]
+        self.teacher_text = [self.text(ids) for ids in self.teacher_ids]
+
+    def text(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def measure(self, model_dir, seed: int) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        pad = pad_id_of(self.tokenizer, self.eos)
+        kw = dict(max_new_tokens=self.cap, eos_ids=self.eos, pad_id=pad, real_vocab=len(self.tokenizer))
+        greedy = sample(model, self.prompts, temperature=0.0, **kw)
+        torch.manual_seed(seed)
+        drawn = sample(model, self.prompts, temperature=1.0, **kw)
+        scores = self.client.score([p + d.token_ids for p, d in zip(self.prompts, drawn)],
+                                   [len(p) for p in self.prompts], top_k=1)
+        rkl = [float((d.logprobs - s.token_logprobs).mean()) if d.token_ids else 0.0
+               for d, s in zip(drawn, scores)]
+        answers = [self.text(g.token_ids) for g in greedy]
+        agree = [float(trim(a) == trim(t)) for a, t in zip(answers, self.teacher_text)]
+        return {"reverse_kl": rkl, "agreement": agree, "answers": answers,
+                "length": [len(g.token_ids) for g in greedy]}
+
+
+def paired_interval(a, b, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a - b) and its 95% interval from a paired bootstrap over prompts. (A stand-in for
+    student_worker.stats.paired_bootstrap, on another branch when this was written.)"""
+    diff = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, (resamples, diff.size))].mean(1)
+    return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def run_method(name, out, student_dir, data, target, seed, p) -> tuple[pathlib.Path, float, int]:
+    preset, extra = METHODS[name]
+    cfg = load_config(None, preset, [
+        f"student.path={student_dir}", f"teacher.target={target}", f"data.source={data}",
+        f"data.batch_size={p['batch']}", f"sampling.max_new_tokens={p['max_new_tokens']}",
+        "teacher.top_k=20", f"optim.lr={LR}", "optim.warmup_steps=0", f"train.steps={p['steps']}",
+        f"train.save_every={p['save_every']}", "train.eval_every=0", f"train.seed={seed}",
+        "student.num_threads=1", *extra])
+    run_dir = out / "runs" / f"{name}-seed{seed}"
+    start = time.monotonic()
+    train(cfg, run_dir, progress=False)
+    wall = time.monotonic() - start
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    calls = 1 + int(name == "kd")   # kd: Generate, then Score on the same tokens
+    tokens = calls * sum(x["completion_tokens"] for x in lines)
+    return run_dir, wall, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or "demo-llm-output")
+    parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("QUICK")))
+    parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "0")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    p = QUICK if args.quick else FULL
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_dir = fetch("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    student_dir = out / "student-init"
+    if not (student_dir / "config.json").exists():
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+        prune(teacher, KEEP_LAYERS)[0].save_pretrained(student_dir)
+        tokenizer.save_pretrained(student_dir)
+        del teacher
+    paths = write_prompts(out / "prompts")
+    test = PromptData(DataConfig(source=str(paths["test"])), tokenizer).examples[:p["test_prompts"]]
+    prompts = [e.prompt_ids for e in test]
+    server = TeacherProcess(teacher_dir, "--max-context", "512", start_timeout=600)
+    try:
+        server.wait_serving(timeout=600)
+        with TeacherClient(server.target, timeout=300) as client:
+            judge = Judge(client, tokenizer, prompts, p["max_new_tokens"])
+            results = {"teacher": {"model": "SmolLM2-135M-Instruct", "path": str(teacher_dir),
+                                   "student_layers": KEEP_LAYERS, "settings": p, "lr": LR,
+                                   "answer_length": float(np.mean([len(t) for t in judge.teacher_ids]))},
+                       "initial": {"reverse_kl": [], "agreement": []}, "methods": {}}
+            per_prompt = {}   # (name, seed) -> measure
+            curves = {}       # name -> [(step, teacher tokens, reverse KL)] (first seed)
+            for seed in seeds:
+                m0 = judge.measure(student_dir, seed)
+                per_prompt[("initial", seed)] = m0
+                results["initial"]["reverse_kl"].append(float(np.mean(m0["reverse_kl"])))
+                results["initial"]["agreement"].append(float(np.mean(m0["agreement"])))
+                for name in methods:
+                    run_dir, wall, tokens = run_method(name, out, student_dir, paths["train"],
+                                                       server.target, seed, p)
+                    entry = results["methods"].setdefault(
+                        name, {"reverse_kl": [], "agreement": [], "teacher_tokens": 0, "wall_seconds": 0.0})
+                    curve = [(0, 0, float(np.mean(m0["reverse_kl"])))]
+                    for step in range(p["save_every"], p["steps"] + 1, p["save_every"]):
+                        m = judge.measure(checkpoint_dir(run_dir, step), seed)
+                        curve.append((step, tokens * step // p["steps"], float(np.mean(m["reverse_kl"]))))
+                    per_prompt[(name, seed)] = m
+                    entry["reverse_kl"].append(float(np.mean(m["reverse_kl"])))
+                    entry["agreement"].append(float(np.mean(m["agreement"])))
+                    entry["answer_length"] = float(np.mean(m["length"]))
+                    entry["teacher_tokens"] += tokens
+                    entry["wall_seconds"] += wall
+                    curves.setdefault(name, curve)
+                    print(f"seed {seed} {name}: reverse KL {entry['reverse_kl'][-1]:.3f}, agreement "
+                          f"{entry['agreement'][-1]:.0%}, {tokens} teacher tokens, {wall:.0f} s", flush=True)
+            results["initial"]["answer_length"] = float(np.mean(per_prompt[("initial", seeds[0])]["length"]))
+    finally:
+        server.terminate()
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = markdown(results, per_prompt, judge, seeds, methods, test)
+    (out / "results.md").write_text(report)
+    print(report)
+    plot(curves, out / "reverse_kl.png")
+
+
+def markdown(results, per_prompt, judge, seeds, methods, test) -> str:
+    r = results
+    lines = [f"# Distilling SmolLM2-135M-Instruct into {r['teacher']['student_layers']} of its 30 layers",
+             "", f"Settings: {r['teacher']['settings']}, lr {r['teacher']['lr']}; seeds {seeds}; "
+             f"teacher answer length {r['teacher']['answer_length']:.1f} tokens.", "",
+             "| method | reverse KL | agreement | answer length | teacher tokens | wall s |",
+             "|---|---|---|---|---|---|",
+             f"| initial | {np.mean(r['initial']['reverse_kl']):.3f} | {np.mean(r['initial']['agreement']):.0%} "
+             f"| {r['initial']['answer_length']:.1f} | 0 | 0 |"]
+    for name in methods:
+        e = r["methods"][name]
+        lines.append(f"| {name} | {np.mean(e['reverse_kl']):.3f} | {np.mean(e['agreement']):.0%} | "
+                     f"{e['answer_length']:.1f} | {e['teacher_tokens']} | {e['wall_seconds']:.0f} |")
+    lines += ["", "Paired differences over the test prompts (first seed; 95% bootstrap intervals):", ""]
+    s = seeds[0]
+    for on in ("gkd", "onpolicy-rkl"):
+        for off in ("seqkd", "kd"):
+            if on in methods and off in methods:
+                a, b = per_prompt[(on, s)], per_prompt[(off, s)]
+                d, lo, hi = paired_interval(a["reverse_kl"], b["reverse_kl"])
+                g, glo, ghi = paired_interval(a["agreement"], b["agreement"])
+                lines.append(f"- {on} - {off}: reverse KL {d:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                             f"agreement {g:+.0%} [{glo:+.0%}, {ghi:+.0%}]")
+    lines += ["", "Sample answers (greedy):", ""]
+    for i in range(min(3, len(test))):
+        lines.append(f"**{test[i].prompt.split('user')[-1].split('<|im_end|>')[0].strip()}**")
+        lines.append(f"- teacher: {judge.teacher_text[i].strip()!r}")
+        for name in ["initial", *methods]:
+            lines.append(f"- {name}: {per_prompt[(name, s)]['answers'][i].strip()!r}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, curve in curves.items():
+        steps, tokens, rkl = zip(*curve)
+        by_step.plot(steps, rkl, marker="o", label=name)
+        by_tokens.plot(tokens, rkl, marker="o", label=name)
+    by_step.set(xlabel="step", ylabel="held-out reverse KL (nats/token)")
+    by_tokens.set(xlabel="teacher tokens", ylabel="held-out reverse KL (nats/token)")
+    by_step.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Padded vocabularies: a teacher and a student sharing one tokenizer (~100 real tokens) with
+different embedding sizes train through the real server both ways round; padded ids are never
+sampled by the student; the teacher-side mask (scoring.mask_padded) keeps them out of the top-k
+and the normaliser; teacher ids the student cannot emit fold into the tail."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from scripts.tiny_model import make_tiny_model
+from student_worker import divergences as D
+from student_worker.config import load_config
+from student_worker.sampling import sample
+from student_worker.trainer import train
+from teacher_server.process import TeacherProcess
+from teacher_server.scoring import score_logits
+
+EXAMPLES = [{"prompt": "rev abc="}, {"prompt": "rev hello="}, {"prompt": "rev xy="}, {"prompt": "rev pq="}]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("padded")
+    small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    return {vocab: make_tiny_model(root / f"v{vocab}", seed=vocab, vocab_size=vocab, **small)
+            for vocab in (384, 640)}
+
+
+@pytest.mark.parametrize("teacher_vocab, student_vocab", [(640, 384), (384, 640)])
+def test_train_across_padded_vocabularies(models, tmp_path, teacher_vocab, student_vocab):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    server = TeacherProcess(models[teacher_vocab])
+    try:
+        server.wait_serving()
+        cfg = load_config(None, "gkd", [
+            f"student.path={models[student_vocab]}", f"teacher.target={server.target}",
+            f"data.source={data}", "data.batch_size=4", "sampling.max_new_tokens=8",
+            "teacher.top_k=8", "train.steps=3", "train.eval_every=0"])
+        train(cfg, tmp_path / "run", progress=False)
+    finally:
+        server.terminate()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(math.isfinite(x["loss"]) for x in lines)
+
+
+def test_padded_ids_never_sampled(models):
+    path = models[640]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    real = len(tokenizer)
+    torch.manual_seed(0)
+    outs = sample(model, [tokenizer("rev abc=").input_ids] * 8, max_new_tokens=20, eos_ids=[-1],
+                  pad_id=0, real_vocab=real)
+    ids = torch.tensor([t for o in outs for t in o.token_ids])
+    assert ids.numel() == 160 and int(ids.max()) < real
+    assert all(torch.isfinite(o.logprobs).all() for o in outs)
+
+
+def test_teacher_masks_padded_ids():
+    logits_NV = torch.randn(5, 64) * 4
+    logits_NV[:, 40:] += 20          # padding rows that would win every top-k
+    scores = score_logits(logits_NV, torch.zeros(5, dtype=torch.long), top_k=4, real_vocab=40)
+    assert int(scores.topk_ids.max()) < 40
+    expected = torch.log_softmax(logits_NV[:, :40], -1)
+    assert torch.allclose(scores.token_logprobs, expected[:, 0], atol=1e-5)
+
+
+def test_unreachable_teacher_ids_fold_into_the_tail():
+    student_BTV = torch.log_softmax(torch.randn(1, 2, 10), -1)
+    ids_BTK = torch.tensor([[[3, 12], [11, 4]]])            # 12 and 11: the student has 10 outputs
+    teacher_BTK = torch.log(torch.tensor([[[0.5, 0.2], [0.3, 0.4]]]))
+    tail_BT = torch.log(torch.tensor([[0.3, 0.3]]))
+    student_b, teacher_b = D.topk_buckets(student_BTV, ids_BTK, teacher_BTK, tail_BT)
+    assert torch.allclose(teacher_b.exp(), torch.tensor([[[0.5, 0.0, 0.5], [0.0, 0.4, 0.6]]]))
+    assert torch.allclose(student_b.exp().sum(-1), torch.ones(1, 2))
+    assert student_b[0, 0, 1] == -math.inf and student_b[0, 1, 0] == -math.inf
+    # a padded id the student masks (-inf) folds the same way
+    masked_BTV = student_BTV.clone()
+    masked_BTV[..., 3] = -math.inf
+    _, teacher_masked = D.topk_buckets(masked_BTV, ids_BTK, teacher_BTK, tail_BT)
+    assert torch.allclose(teacher_masked.exp()[0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    for name in ("forward_kl", "reverse_kl", "jsd"):
+        assert torch.isfinite(D.divergence(name, student_BTV, teacher_topk_ids_BTK=ids_BTK,
+                                           teacher_topk_logprobs_BTK=teacher_BTK,
+                                           teacher_tail_logprobs_BT=tail_BT)).all()

@@ -24,6 +24,7 @@ What vLLM 0.32 offers, and what we use of it:
 - Stop ids: `ignore_eos=True` plus `stop_token_ids=eos_ids`, so exactly the given ids stop a
   completion (not also the checkpoint's eos); `generation_config="vllm"` so the checkpoint's
   generation_config.json (top_k=50, penalties, ...) does not change the policy sampled.
+  Token ids in, token ids out: vLLM loads no tokenizer (`skip_tokenizer_init`).
 - Sleep mode (GPU): with `enable_sleep_mode`, `sleep()` frees the engine's GPU memory for the
   update and `wake_up()` takes it back. The CPU build has no sleep mode; there both are no-ops.
 
@@ -64,7 +65,7 @@ class VllmSampler:
         self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_model_len=max_model_len,
                        gpu_memory_utilization=vllm_memory_fraction, enforce_eager=enforce_eager,
                        enable_sleep_mode=self.can_sleep, logprobs_mode="processed_logprobs",
-                       generation_config="vllm")
+                       generation_config="vllm", skip_tokenizer_init=True)
         torch.set_num_threads = set_num_threads
         executor = type(self.llm.llm_engine.model_executor).__name__
         if executor != "UniProcExecutor":

@@ -109,11 +109,12 @@ class VllmSampler:
         self.llm.reset_prefix_cache()
         self.num_syncs += 1
 
-    def sleep(self) -> None:
-        """Give the engine's GPU memory back for the update (level 1: weights kept in host
-        memory, KV cache dropped). A no-op where the installed vLLM has no sleep mode."""
+    def sleep(self, level: int = 1) -> None:
+        """Give the engine's GPU memory back for the update. Level 1 keeps the weights in host
+        memory (wake_up copies them back); level 2 drops them too, the cheaper choice when
+        `load_weights` follows the wake-up anyway. A no-op where vLLM has no sleep mode."""
         if self.can_sleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=level)
 
     def wake_up(self) -> None:
         if self.can_sleep:

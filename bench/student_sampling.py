@@ -51,6 +51,7 @@ def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             run(warm_up=False)
             seconds[name].append(time.perf_counter() - start)
+            print(f"  {name}: {seconds[name][-1]:.2f} s", flush=True)
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
@@ -101,7 +102,7 @@ def main() -> None:
         engine = VllmSampler(model_dir, device=args.device, dtype=dtype,
                              vllm_memory_fraction=args.vllm_memory_fraction,
                              enforce_eager=args.device == "cpu")
-        print(f"vllm engine start: {time.perf_counter() - start:.1f} s")
+        print(f"vllm engine start: {time.perf_counter() - start:.1f} s", flush=True)
 
         def run_vllm(warm_up):
             done = engine.sample(prompts[:2] if warm_up else prompts, seed=0,

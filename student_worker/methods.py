@@ -26,7 +26,7 @@ import torch
 from student_worker import divergences as D
 from student_worker.data import Example
 from student_worker.rollout import Rollout, TeacherBatch, TokenBatch
-from student_worker.sampling import sample
+from student_worker.sampling import Completion, sample
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.tasks import Task
@@ -34,6 +34,7 @@ from student_worker.teacher import Teacher
 
 if TYPE_CHECKING:   # config validates method names against METHODS, so it imports this module
     from student_worker.config import MethodConfig, RunConfig
+    from student_worker.vllm_sampling import VllmSampler
 
 
 @dataclass
@@ -47,9 +48,21 @@ class Context:
     pad_id: int
     task: Task | None
     teacher: Teacher | None         # patient with outages; None when the method needs none
+    sampler: VllmSampler | None = None  # sampling.engine=vllm: this rank's engine; None: hf
 
     def text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def sample_student(self, prompts: list[list[int]]) -> list[Completion]:
+        """The student's completions by the configured engine (sampling.engine)."""
+        s = self.cfg.sampling
+        options = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                       eos_ids=self.eos_ids)
+        if self.sampler is None:
+            return sample(self.model, prompts, pad_id=self.pad_id, **options)
+        # vLLM seeds its own generators: the seed is drawn from torch's, which the trainer
+        # seeds per (seed, step, rank), so a resume replays the same samples
+        return self.sampler.sample(prompts, seed=int(torch.randint(1 << 30, ())), **options)
 
 
 # ---- completion sources: examples -> Rollout ----------------------------------------------------
@@ -77,11 +90,10 @@ class StudentSamples:
     calls_teacher = False
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
-        s = ctx.cfg.sampling
-        completions = sample(ctx.model, [ex.prompt_ids for ex in examples], max_new_tokens=s.max_new_tokens,
-                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id)
+        completions = ctx.sample_student([ex.prompt_ids for ex in examples])
         rollout = Rollout([ex.prompt_ids for ex in examples], [c.token_ids for c in completions], "student",
-                          sampled_logprobs=[c.logprobs for c in completions])
+                          sampled_logprobs=[c.logprobs for c in completions],
+                          sampler_weights_step=ctx.sampler.weights_step if ctx.sampler else None)
         if ctx.task is not None:
             rollout.rewards = torch.tensor([ctx.task.check(ex.prompt, ctx.text(c.token_ids))
                                             for ex, c in zip(examples, completions)])
@@ -113,6 +125,7 @@ class InterleavedDrafts:
     with its own sample; Verify's log-probs come along as the training targets."""
 
     calls_teacher = True
+    hf_engine_only = True   # drafts need q's full distribution (return_probs): vLLM returns none
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -139,6 +152,10 @@ class Mixture:
     def calls_teacher(self) -> bool:
         return self.first.calls_teacher or self.second.calls_teacher
 
+    @property
+    def hf_engine_only(self) -> bool:
+        return any(getattr(part, "hf_engine_only", False) for part in (self.first, self.second))
+
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         coin = random.Random(derive_seed(ctx.cfg.train.seed, "mixture", step)).random()
         chosen = self.first if coin < ctx.cfg.method.student_fraction else self.second
@@ -162,6 +179,11 @@ def _token_logprobs(student_logprobs_BSV: torch.Tensor, batch: TokenBatch) -> to
     return student_logprobs_BSV.gather(-1, batch.targets_BS[..., None])[..., 0]
 
 
+def _weighted(loss_BS: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """Per-token losses times the batch's token weights, when it has any (sampling.tis_cap)."""
+    return loss_BS if batch.token_weights_BS is None else loss_BS * batch.token_weights_BS
+
+
 class TokenNLL:
     needs_scores = False
 
@@ -169,7 +191,8 @@ class TokenNLL:
         return 0
 
     def __call__(self, m, student_logprobs_BSV, batch, teacher, rollout):
-        loss = -D.masked_mean(_token_logprobs(student_logprobs_BSV, batch), batch.mask_BS, m.reduction)
+        loss = -D.masked_mean(_weighted(_token_logprobs(student_logprobs_BSV, batch), batch), batch.mask_BS,
+                              m.reduction)
         return loss, {"nll": loss.item()}
 
 
@@ -194,7 +217,7 @@ class TopKDivergence:
             teacher_topk_logprobs_BTK=teacher.topk_logprobs_BSK[rows][None],
             teacher_tail_logprobs_BT=teacher.tail_logprobs_BS[rows][None], beta=m.beta, alpha=m.alpha)[0]
         div_BS = torch.zeros(rows.shape, dtype=div_M.dtype, device=div_M.device).masked_scatter(rows, div_M)
-        loss = D.masked_mean(div_BS, batch.mask_BS, m.reduction)
+        loss = D.masked_mean(_weighted(div_BS, batch), batch.mask_BS, m.reduction)
         return loss, {"divergence": loss.item(), "on_policy": float(rollout.source != "data")}
 
 
@@ -218,7 +241,7 @@ class PolicyGradient:
             rewards_B = rollout.rewards.to(token_lp_BS)
             advantage_BS = advantage_BS + (rewards_B - rewards_B.mean())[:, None]
             reward = rewards_B.mean().item()
-        loss = -D.masked_mean(advantage_BS * token_lp_BS, batch.mask_BS, m.reduction)
+        loss = -D.masked_mean(_weighted(advantage_BS * token_lp_BS, batch), batch.mask_BS, m.reduction)
         return loss, {"reverse_kl_estimate": D.masked_mean(kl_BS, batch.mask_BS).item(), "reward": reward}
 
 

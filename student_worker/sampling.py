@@ -72,25 +72,28 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     out = model(input_ids=input_ids_BP, attention_mask=mask_BP, position_ids=position_BP,
                 use_cache=True, logits_to_keep=1)
     position_B1 = position_BP[:, -1:]
-    for step in range(max_new_tokens):
-        token_B, logprobs_BV = choose(mask_padded_logits(out.logits[:, -1].float(), real_vocab),
-                                     temperature, top_p)
-        token_B = token_B.masked_fill(~running_B, pad_id)    # rows that ended are fed padding
-        tokens.append(token_B)
-        logprobs.append(logprobs_BV.gather(-1, token_B[:, None])[:, 0])
-        if return_probs:
-            probs.append(logprobs_BV.exp())
-        running_B &= ~torch.isin(token_B, eos)
-        unfinished = running_B.any()
-        if synced:   # every rank's batch: the same number of steps everywhere
-            unfinished = unfinished.float()
-            dist.all_reduce(unfinished)
-        if step == max_new_tokens - 1 or not unfinished:   # note: a device sync per step
+    step = 0
+    while True:
+        if step < max_new_tokens:   # (under FSDP, a rank past its own budget only keeps in step)
+            token_B, logprobs_BV = choose(mask_padded_logits(out.logits[:, -1].float(), real_vocab),
+                                         temperature, top_p)
+            token_B = token_B.masked_fill(~running_B, pad_id)    # rows that ended are fed padding
+            tokens.append(token_B)
+            logprobs.append(logprobs_BV.gather(-1, token_B[:, None])[:, 0])
+            if return_probs:
+                probs.append(logprobs_BV.exp())
+            running_B &= ~torch.isin(token_B, eos)
+        more = running_B.any() & (step < max_new_tokens - 1)
+        if synced:   # every rank's batch: the same number of forward passes everywhere
+            more = more.float()
+            dist.all_reduce(more)
+        if not more:   # note: a device sync per step
             break
         mask_BP = torch.cat([mask_BP, mask_BP.new_ones(len(prompts), 1)], -1)
         position_B1 = position_B1 + 1
         out = model(input_ids=token_B[:, None], attention_mask=mask_BP, position_ids=position_B1,
                     past_key_values=out.past_key_values, use_cache=True)
+        step += 1
     new_BL, logprobs_BL = torch.stack(tokens, 1).cpu(), torch.stack(logprobs, 1).cpu()
     probs_BLV = torch.stack(probs, 1).cpu() if return_probs else None
     completions = []

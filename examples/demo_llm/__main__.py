@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import time
+from dataclasses import astuple
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from student_worker.data import PromptData
 from student_worker.methods import Method, TeacherSamples, TopKDivergence, register_method
 from student_worker.prune import prune
 from student_worker.sampling import sample
+from student_worker.stats import paired_bootstrap
 from student_worker.teacher_client import TeacherClient
 from student_worker.tokens import eos_ids_of, pad_id_of
 from student_worker.trainer import train
@@ -94,15 +96,6 @@ class Judge:
         agree = [float(trim(a) == trim(t)) for a, t in zip(answers, self.teacher_text)]
         return {"reverse_kl": rkl, "agreement": agree, "answers": answers,
                 "length": [len(g.token_ids) for g in greedy]}
-
-
-def paired_interval(a, b, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a - b) and its 95% interval from a paired bootstrap over prompts. (A stand-in for
-    student_worker.stats.paired_bootstrap, on another branch when this was written.)"""
-    diff = np.asarray(a) - np.asarray(b)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, (resamples, diff.size))].mean(1)
-    return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def run_method(name, out, student_dir, data, target, seed, p) -> tuple[pathlib.Path, float, int]:
@@ -210,8 +203,8 @@ def markdown(results, per_prompt, judge, seeds, methods, test) -> str:
         for off in ("seqkd", "kd"):
             if on in methods and off in methods:
                 a, b = per_prompt[(on, s)], per_prompt[(off, s)]
-                d, lo, hi = paired_interval(a["reverse_kl"], b["reverse_kl"])
-                g, glo, ghi = paired_interval(a["agreement"], b["agreement"])
+                d, lo, hi, _ = astuple(paired_bootstrap(a["reverse_kl"], b["reverse_kl"]))
+                g, glo, ghi, _ = astuple(paired_bootstrap(a["agreement"], b["agreement"]))
                 lines.append(f"- {on} - {off}: reverse KL {d:+.3f} [{lo:+.3f}, {hi:+.3f}], "
                              f"agreement {g:+.0%} [{glo:+.0%}, {ghi:+.0%}]")
     lines += ["", "Sample answers (greedy):", ""]

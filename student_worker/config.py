@@ -30,11 +30,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import CliSettingsSource
 
-from student_worker.parallel import LoraSettings, Parallel
+from student_worker.parallel import Parallel
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraConfig(_Section):
+    """`student.lora`: PEFT's LoraConfig under PEFT's names (parallel.prepare_student reads it)."""
+
+    r: int = Field(16, ge=1, description="rank of the adapters")
+    alpha: float = Field(32, gt=0, description="scale: the update is alpha / r x B A")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field(
+        "all-linear", description="module names (q_proj, v_proj, ...) or 'all-linear'")
 
 
 class StudentConfig(_Section):
@@ -48,7 +58,7 @@ class StudentConfig(_Section):
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass")
-    lora: LoraSettings | None = Field(
+    lora: LoraConfig | None = Field(
         None, description="train PEFT LoRA adapters (r, alpha, dropout, target_modules); absent: "
                           "full fine-tuning")
     autocast: Literal["none", "bfloat16"] = Field(

@@ -76,7 +76,8 @@ class Context:
             return sample(self.model, prompts, pad_id=self.pad_id, real_vocab=self.real_vocab, **options)
         # vLLM seeds its own generators: the seed is drawn from torch's, which the trainer
         # seeds per (seed, step, rank), so a resume replays the same samples
-        return self.sampler.sample(prompts, seed=int(torch.randint(1 << 30, ())), **options)
+        return self.sampler.sample(prompts, seed=int(torch.randint(1 << 30, ())), real_vocab=self.real_vocab,
+                                   **options)
 
 
 # ---- completion sources: examples -> Rollout ----------------------------------------------------

@@ -61,6 +61,17 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     An FSDP-sharded model all-gathers every layer's weights in each forward pass, so all ranks
     must take the same number of steps: they keep stepping (feeding padding to finished rows)
     until every rank's batch is done."""
+    was_training = model.training
+    model.eval()   # no dropout; and gradient checkpointing in training mode would turn the cache off
+    try:
+        return _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id, return_probs,
+                       real_vocab)
+    finally:
+        model.train(was_training)
+
+
+def _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id, return_probs,
+            real_vocab) -> list[Completion]:
     device = next(model.parameters()).device
     synced = is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
     input_ids_BP, mask_BP = (t.to(device) for t in pad(prompts, pad_id, side="left"))

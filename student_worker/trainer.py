@@ -246,7 +246,7 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     if batch.token_weights_BS is not None:   # sampling.tis_cap
         weights_M = weights_M * batch.token_weights_BS[batch.mask_BS]
     loss, token_logprobs_M = accumulate_gradients(
-        run.ddp_model, RealVocabHead(run.model.get_output_embeddings(), run.ctx.real_vocab),
+        run.ddp_model, RealVocabHead(run.model.get_output_embeddings(), _mask_limit(run, batch)),
         batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
         loss_row.per_token(cfg.method), weights_M, inputs, micro_batch_size=cfg.train.micro_batch_size,
         chunk_size=cfg.train.loss_chunk_size, autocast_dtype=_AUTOCAST[cfg.student.autocast])
@@ -402,6 +402,17 @@ def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model
     from student_worker.vllm_sampling import start_sampler   # vLLM only when asked for
 
     return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step)
+
+
+def _mask_limit(run: Run, batch) -> int | None:
+    """The tokenizer's size when every target is a real token (then padded ids get no mass in
+    the student's log-softmax), else None: a completion holding a padded id (only a teacher that
+    samples its own embedding padding makes one; the teacher-side mask is not wired yet) would
+    otherwise cost an infinite loss."""
+    real = run.ctx.real_vocab
+    if real is None or not bool((batch.targets_BS[batch.mask_BS] >= real).any()):
+        return real
+    return None
 
 
 def _compare_with_sampler(run: Run, rollout: Rollout, batch) -> dict:

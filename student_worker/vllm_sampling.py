@@ -84,9 +84,12 @@ class VllmSampler:
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, eos_ids: list[int], seed: int | None = None,
-               pad_id: int | None = None, return_probs: bool = False) -> list[Completion]:
+               pad_id: int | None = None, return_probs: bool = False,
+               real_vocab: int | None = None) -> list[Completion]:
         """Continue each prompt once (sampling.sample's contract; its pad_id and return_probs
         are accepted and ignored: vLLM needs no padding and returns no full distributions).
+        real_vocab: the tokenizer's size; ids at or beyond it (embedding padding) are never drawn
+        and carry no probability (vLLM's allowed_token_ids, applied before the log-probs).
         With a seed, prompt i is drawn with seed + i: repeatable, and equal prompts still get
         different completions."""
         from vllm import SamplingParams
@@ -97,7 +100,8 @@ class VllmSampler:
         params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=None if seed is None else seed + i, ignore_eos=True,
                                  stop_token_ids=list(eos_ids), logprobs=0, flat_logprobs=True,
-                                 detokenize=False)
+                                 detokenize=False,
+                                 allowed_token_ids=None if real_vocab is None else list(range(real_vocab)))
                   for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                     use_tqdm=False)
@@ -198,7 +202,10 @@ def start_sampler(cfg, model_dir: str, model: torch.nn.Module, device: torch.dev
     model's own weights, whether they came from the folder, a checkpoint or a random init."""
     s = cfg.sampling
     sampler = VllmSampler(
-        model_dir, device=device.type, dtype=cfg.student.dtype, vllm_memory_fraction=s.vllm_memory_fraction,
+        # the training model's own dtype (student.dtype may be "auto", which vLLM would read
+        # as bfloat16 on a CPU): the sampler must run what the trainer trains
+        model_dir, device=device.type, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        vllm_memory_fraction=s.vllm_memory_fraction,
         enforce_eager=device.type == "cpu", seed=cfg.train.seed, load_format="dummy",
         # torchrun started the ranks: each engine joins their process group, as TRL's colocate
         # mode does, instead of starting a world of its own

@@ -114,7 +114,7 @@ def test_fsdp_on_two_ranks_equals_ddp_and_resumes_on_one(teacher, student_dir, d
 
     resumed = train(config(student_dir, teacher.target, data_file, "train.steps=4", "train.parallel=fsdp",
                            "optim.lr=1e-3", "data.batch_size=2", "teacher.top_k=8", preset="kd"),
-                    tmp_path / "fsdp", resume=True, progress=False)
+                    tmp_path / "fsdp", resume=True, progress=False, allow_config_change=True)
     assert [json.loads(x)["step"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 3, 4]
     assert (resumed / "sharded").is_dir() and (resumed / "hf" / "model.safetensors").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import grpc
@@ -29,3 +30,11 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's certificate")
     parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
     parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """--api-key (default $TEACHER_API_KEY) and the TLS options: what a command-line client of a
+    shared teacher needs to be let in."""
+    parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
+                        help="the tenant's bearer token (default: $TEACHER_API_KEY)")
+    add_tls_arguments(parser)

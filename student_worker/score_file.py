@@ -33,7 +33,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from distill.fingerprint import tokenizer_fingerprint
 from distill.results import TeacherScores
-from distill.tls import add_tls_arguments
+from distill.tls import add_client_arguments
 from student_worker.teacher_client import TeacherClient
 
 
@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sequences", type=int, default=32, help="sequences per request")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
-                        help="the tenant's bearer token (default: $TEACHER_API_KEY)")
-    add_tls_arguments(parser)
+    add_client_arguments(parser)
     args = parser.parse_args(argv)
     tokenizer = None
     if args.tokenizer:

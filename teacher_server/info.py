@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import grpc
 from google.protobuf import json_format
 
-from distill.tls import add_tls_arguments, channel_credentials
+from distill.tls import add_client_arguments, channel_credentials
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 
@@ -29,9 +28,7 @@ def info_dict(info: pb.InfoResponse) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distill-teacher info", description=__doc__.splitlines()[2])
     parser.add_argument("address", metavar="HOST:PORT", help="the teacher's gRPC address")
-    parser.add_argument("--api-key", default=os.environ.get("TEACHER_API_KEY"),
-                        help="the tenant's bearer token (default: $TEACHER_API_KEY)")
-    add_tls_arguments(parser)
+    add_client_arguments(parser)
     parser.add_argument("--server-name", help="name in the server's certificate, if not the address")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
     args = parser.parse_args(argv)

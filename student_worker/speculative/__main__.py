@@ -2,6 +2,7 @@
 
     python -m student_worker.speculative --teacher 127.0.0.1:50051 --student DIR --prompt "37=" \
         [--gamma 4] [--max-new-tokens 32] [--mode speculative|topk|greedy] [--compare]
+        [--api-key TOKEN] [--tls] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key K.pem]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.tls import add_client_arguments
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.speculative.baseline import teacher_decode
 from student_worker.teacher_client import TeacherClient
@@ -31,10 +33,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--compare", action="store_true",
                         help="also decode calling the teacher once per token, and report the speedup")
+    add_client_arguments(parser)
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.student)
     model = AutoModelForCausalLM.from_pretrained(args.student).eval()
-    client = TeacherClient(args.teacher)
+    client = TeacherClient(args.teacher, api_key=args.api_key, tls=args.tls, tls_ca=args.tls_ca,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key)
     prompts = [tokenizer(p).input_ids for p in args.prompt]
     eos = [tokenizer.eos_token_id]
     start = time.perf_counter()

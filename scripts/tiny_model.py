@@ -30,24 +30,33 @@ PRESETS = {
 }
 
 
+CHARS = SPECIALS + list(dict.fromkeys(string.printable))
+
+
 def char_tokenizer(extra_tokens: int = 0) -> PreTrainedTokenizerFast:
-    """A character-level tokenizer: specials, printable ASCII, then `extra_tokens` filler pieces."""
-    pieces = SPECIALS + list(dict.fromkeys(string.printable)) + [f"<x{i}>" for i in range(extra_tokens)]
-    vocab = {piece: i for i, piece in enumerate(pieces)}
+    """A character-level tokenizer: specials, printable ASCII, then `extra_tokens` filler pieces
+    ("<x0>", "<x1>", ...; added tokens, so decoding and encoding again gives the same ids)."""
+    vocab = {piece: i for i, piece in enumerate(CHARS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()  # characters join without spaces when decoded
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+    tokenizer.add_tokens([f"<x{i}>" for i in range(extra_tokens)])
+    return tokenizer
 
 
 def make_tiny_model(out_dir: str | pathlib.Path, preset: str = "tiny", seed: int = 0,
-                    extra_tokens: int = 0, **overrides) -> pathlib.Path:
-    """Write a random-weight Llama and a char tokenizer to `out_dir`; return the path."""
+                    extra_tokens: int | None = None, **overrides) -> pathlib.Path:
+    """Write a random-weight Llama and a char tokenizer to `out_dir`; return the path.
+    extra_tokens: filler tokens after the characters; None fills the vocabulary (every id is a
+    token), fewer leaves embedding rows past the tokenizer (a padded vocabulary)."""
     out_dir = pathlib.Path(out_dir)
-    tokenizer = char_tokenizer(extra_tokens)
     cfg = dict(PRESETS[preset], **overrides)
+    if extra_tokens is None:
+        extra_tokens = cfg["vocab_size"] - len(CHARS)
+    tokenizer = char_tokenizer(extra_tokens)
     config = LlamaConfig(
         **cfg, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,

@@ -406,9 +406,9 @@ def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model
 
 def _mask_limit(run: Run, batch) -> int | None:
     """The tokenizer's size when every target is a real token (then padded ids get no mass in
-    the student's log-softmax), else None: a completion holding a padded id (only a teacher that
-    samples its own embedding padding makes one; the teacher-side mask is not wired yet) would
-    otherwise cost an infinite loss."""
+    the student's log-softmax), else None: a completion holding a padded id would otherwise cost
+    an infinite loss. Our teacher never draws padded ids; a teacher server from before it masked
+    them could."""
     real = run.ctx.real_vocab
     if real is None or not bool((batch.targets_BS[batch.mask_BS] >= real).any()):
         return real

@@ -10,6 +10,7 @@ import torch
 from transformers import LogitsProcessor
 
 from distill.results import TeacherSample
+from teacher_server.scoring import mask_padded
 
 
 @dataclass
@@ -37,6 +38,17 @@ class GenerateItem:
     def options(self) -> tuple:
         """Items with equal options can be decoded in one batched call."""
         return self.temperature, self.top_p, self.max_new_tokens, tuple(self.stop_ids)
+
+
+class MaskPadded(LogitsProcessor):
+    """Puts the embedding's padded ids (at or beyond the tokenizer's size) at -inf during
+    `generate`, so they are never drawn and get no share of the chosen tokens' log-probs."""
+
+    def __init__(self, real_vocab: int | None):
+        self.real_vocab = real_vocab
+
+    def __call__(self, input_ids_BL: torch.Tensor, scores_BV: torch.Tensor) -> torch.Tensor:
+        return mask_padded(scores_BV, self.real_vocab)
 
 
 class ChosenLogprobs(LogitsProcessor):

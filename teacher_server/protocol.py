@@ -54,6 +54,7 @@ class Limits:
     tenant: str = ""
     tenant_max_queued_tokens: int = 0
     tenant_tokens_per_minute: int = 0
+    real_vocab: int = 0           # the tokenizer's size when the embedding is padded past it (0: none)
 
     def for_tenant(self, tenant) -> "Limits":
         """These limits plus `tenant`'s: a request larger than its queue or its whole per-minute
@@ -70,7 +71,8 @@ def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
     top_k = min(max_top_k or backend_top_k, backend_top_k)
     context = min(max_context or info.max_context, info.max_context)
     return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
-                  max_request_tokens, backend_top_k, info.backend, info.features)
+                  max_request_tokens, backend_top_k, info.backend, info.features,
+                  real_vocab=info.real_vocab or 0)
 
 
 @dataclass
@@ -349,9 +351,12 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:
 
 def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> torch.Tensor:
     """The student's q at the G draft positions as full float32 [G, V] rows, from either wire
-    form. In the top-k form the mass 1 - sum(probs) of each row is spread evenly over the V - k
-    ids not listed (an approximation of q: the student sent no more)."""
+    form. Full rows may stop at the real vocabulary R (the tokenizer's size, when the embedding is
+    padded past it); the padded ids then get 0. In the top-k form the mass 1 - sum(probs) of each
+    row is spread evenly over the R - k real ids not listed (an approximation of q: the student
+    sent no more)."""
     V = limits.vocab_size
+    R = limits.real_vocab or V
     if not seq.HasField("draft_probs"):
         raise InvalidRequest(f"{where}: draft_probs is required in VERIFY_MODE_SPECULATIVE (the "
                              f"student's probabilities at each draft position)")
@@ -372,9 +377,12 @@ def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> 
             row, col = repeats[0].tolist()
             raise InvalidRequest(f"{where}: draft_topk_ids row {row} repeats token id "
                                  f"{ids_sorted[row, col].item()}; each row lists distinct ids")
-    shape = [G, V] if ids is None else [G, ids.shape[1]]
-    if seq.draft_probs.dtype != pb.DTYPE_FLOAT32 or list(probs.shape) != shape:
-        form = "[G, V] (full rows)" if ids is None else "[G, k] (matching draft_topk_ids)"
+    shapes = [[G, V], [G, R]] if ids is None else [[G, ids.shape[1]]]
+    if seq.draft_probs.dtype != pb.DTYPE_FLOAT32 or list(probs.shape) not in shapes:
+        shape = shapes[0]
+        form = ("[G, V] (full rows)" + (f", or [{G}, {R}] (rows over the real vocabulary)"
+                                        if R < V else "")
+                if ids is None else "[G, k] (matching draft_topk_ids)")
         raise InvalidRequest(f"{where}: draft_probs must be DTYPE_FLOAT32 of shape {shape} {form}, "
                              f"got {pb.DType.Name(seq.draft_probs.dtype)} {list(probs.shape)}")
     bad = np.argwhere(~np.isfinite(probs) | (probs < 0))
@@ -383,7 +391,7 @@ def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> 
         raise InvalidRequest(f"{where}: draft_probs[{row}, {col}] = {probs[row, col]:.6g} is not a "
                              f"probability (negative or not finite)")
     sums = probs.sum(-1, dtype=np.float64)
-    full_rows = ids is None or ids.shape[1] == V     # then nothing is left to spread
+    full_rows = ids is None or ids.shape[1] >= R     # then nothing is left to spread
     off = np.nonzero((sums > 1 + PROB_SUM_TOLERANCE)
                      | (full_rows & (sums < 1 - PROB_SUM_TOLERANCE)))[0]
     if off.size:
@@ -393,9 +401,11 @@ def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> 
                              f"{rule} (within {PROB_SUM_TOLERANCE:g})")
     q = torch.from_numpy(probs.astype(np.float32))
     if ids is None:
-        return q
-    rest_G1 = (1 - q.sum(-1, keepdim=True)).clamp(min=0) / max(V - ids.shape[1], 1)
-    return rest_G1.expand(G, V).clone().scatter_(-1, ids, q)
+        return torch.nn.functional.pad(q, (0, V - q.shape[1]))
+    rest_G1 = (1 - q.sum(-1, keepdim=True)).clamp(min=0) / max(R - ids.shape[1], 1)
+    spread_GV = rest_G1.expand(G, V).clone()
+    spread_GV[:, R:] = 0
+    return spread_GV.scatter_(-1, ids, q)
 
 
 def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Parsed:

@@ -25,8 +25,8 @@ EXAMPLES = [{"prompt": "rev abc="}, {"prompt": "rev hello="}, {"prompt": "rev xy
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("padded")
     small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
-    return {vocab: make_tiny_model(root / f"v{vocab}", seed=vocab, vocab_size=vocab, **small)
-            for vocab in (384, 640)}
+    return {vocab: make_tiny_model(root / f"v{vocab}", seed=vocab, vocab_size=vocab, extra_tokens=0,
+                                   **small) for vocab in (384, 640)}
 
 
 @pytest.mark.parametrize("teacher_vocab, student_vocab", [(640, 384), (384, 640)])
@@ -67,6 +67,37 @@ def test_teacher_masks_padded_ids():
     assert int(scores.topk_ids.max()) < 40
     expected = torch.log_softmax(logits_NV[:, :40], -1)
     assert torch.allclose(scores.token_logprobs, expected[:, 0], atol=1e-5)
+
+
+def test_served_teacher_never_scores_or_draws_padded_ids(models):
+    """Through the real server on a padded teacher: Score's top-k and normaliser, Generate's
+    draws and Verify's probabilities all stay within the tokenizer's real ids."""
+    from student_worker.teacher_client import TeacherClient
+
+    path = models[640]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    real = len(tokenizer)
+    ids = tokenizer("rev hello=olleh").input_ids
+    server = TeacherProcess(path)
+    try:
+        server.wait_serving()
+        with TeacherClient(server.target, timeout=60) as client:
+            assert client.info().tokenizer_size == real < client.info().vocab_size == 640
+            [scores] = client.score([ids], [1], top_k=64)
+            samples = client.generate([ids[:4]] * 4, temperature=1.0, max_new_tokens=24, seed=3)
+            q_GR = torch.full((2, real), 1.0 / real)      # full rows over the real vocabulary
+            [verdict] = client.verify([ids[:4]], [ids[4:6]], draft_probs=[q_GR], seed=0)
+    finally:
+        server.terminate()
+    assert int(scores.topk_ids.max()) < real
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1, :real].double()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    assert torch.allclose(scores.token_logprobs.double(), expected, atol=1e-4)
+    drawn = torch.cat([s.token_ids for per_prompt in samples for s in per_prompt])
+    assert drawn.numel() > 0 and int(drawn.max()) < real
+    assert 0 <= verdict.num_accepted <= 2 and verdict.next_token < real
 
 
 def test_unreachable_teacher_ids_fold_into_the_tail():

@@ -28,6 +28,7 @@ from dataclasses import astuple
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from examples.demo_llm.prompts import write as write_prompts
 from scripts.fetch_model import fetch
@@ -58,9 +59,8 @@ KEEP_LAYERS = 8
 # thread each for the worker and the teacher. Measured on a loaded machine (load ~16 on 2 cores):
 # a seqkd step took 45-70 s (teacher Generate 30-50 s, update 10-23 s); on idle cores expect ~4x
 # less. Not yet timed end to end: adjust steps here after the first full run.
-FULL = dict(steps=20, save_every=10, test_prompts=50, batch=4, max_new_tokens=32)
-QUICK = dict(steps=6, save_every=3, test_prompts=16, batch=4, max_new_tokens=24)
-LR = 1e-4
+FULL = dict(warm_steps=20, steps=20, save_every=10, test_prompts=50, batch=4, max_new_tokens=32, lr=1e-4)
+QUICK = dict(warm_steps=6, steps=6, save_every=3, test_prompts=16, batch=4, max_new_tokens=24, lr=1e-4)
 
 
 def trim(text: str) -> str:
@@ -98,15 +98,14 @@ class Judge:
                 "length": [len(g.token_ids) for g in greedy]}
 
 
-def run_method(name, out, student_dir, data, target, seed, p) -> tuple[pathlib.Path, float, int]:
+def run_method(name, run_dir, student_dir, data, target, seed, p) -> tuple[pathlib.Path, float, int]:
     preset, extra = METHODS[name]
     cfg = load_config(None, preset, [
         f"student.path={student_dir}", f"teacher.target={target}", f"data.source={data}",
         f"data.batch_size={p['batch']}", f"sampling.max_new_tokens={p['max_new_tokens']}",
-        "teacher.top_k=20", f"optim.lr={LR}", "optim.warmup_steps=0", f"train.steps={p['steps']}",
+        "teacher.top_k=20", f"optim.lr={p['lr']}", "optim.warmup_steps=0", f"train.steps={p['steps']}",
         f"train.save_every={p['save_every']}", "train.eval_every=0", f"train.seed={seed}",
         "student.num_threads=1", *extra])
-    run_dir = out / "runs" / f"{name}-seed{seed}"
     start = time.monotonic()
     train(cfg, run_dir, progress=False)
     wall = time.monotonic() - start
@@ -122,9 +121,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("QUICK")))
     parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "0")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--eval-split", choices=["test", "dev"], default="test",
+                        help="dev: measure on the dev prompts (for choosing settings; test stays unseen)")
+    for key, kind in (("steps", int), ("warm_steps", int), ("batch", int), ("lr", float)):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, help="overrides the run's setting")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    p = QUICK if args.quick else FULL
+    hf_logging.disable_progress_bar()
+    p = dict(QUICK if args.quick else FULL)
+    p.update({key: getattr(args, key) for key in ("steps", "warm_steps", "batch", "lr")
+              if getattr(args, key) is not None})
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     out = pathlib.Path(args.out)
@@ -138,7 +144,7 @@ def main() -> None:
         tokenizer.save_pretrained(student_dir)
         del teacher
     paths = write_prompts(out / "prompts")
-    test = PromptData(DataConfig(source=str(paths["test"])), tokenizer).examples[:p["test_prompts"]]
+    test = PromptData(DataConfig(source=str(paths[args.eval_split])), tokenizer).examples[:p["test_prompts"]]
     prompts = [e.prompt_ids for e in test]
     server = TeacherProcess(teacher_dir, "--max-context", "512", start_timeout=600)
     try:
@@ -146,9 +152,11 @@ def main() -> None:
         with TeacherClient(server.target, timeout=300) as client:
             judge = Judge(client, tokenizer, prompts, p["max_new_tokens"])
             results = {"teacher": {"model": "SmolLM2-135M-Instruct", "path": str(teacher_dir),
-                                   "student_layers": KEEP_LAYERS, "settings": p, "lr": LR,
+                                   "student_layers": KEEP_LAYERS, "settings": p,
                                    "answer_length": float(np.mean([len(t) for t in judge.teacher_ids]))},
-                       "initial": {"reverse_kl": [], "agreement": []}, "methods": {}}
+                       "initial": {"reverse_kl": [], "agreement": []},
+                       "warm_start": {"reverse_kl": [], "agreement": [], "teacher_tokens": 0,
+                                      "wall_seconds": 0.0}, "methods": {}}
             per_prompt = {}   # (name, seed) -> measure
             curves = {}       # name -> [(step, teacher tokens, reverse KL)] (first seed)
             for seed in seeds:
@@ -156,9 +164,26 @@ def main() -> None:
                 per_prompt[("initial", seed)] = m0
                 results["initial"]["reverse_kl"].append(float(np.mean(m0["reverse_kl"])))
                 results["initial"]["agreement"].append(float(np.mean(m0["agreement"])))
+                start_dir = student_dir
+                if p["warm_steps"]:   # every method starts from the pruned student healed by seqkd
+                    warm = dict(p, steps=p["warm_steps"], save_every=p["warm_steps"])
+                    warm_dir, wall, tokens = run_method("seqkd", out / "runs" / f"warm-seed{seed}",
+                                                        student_dir, paths["train"], server.target,
+                                                        seed, warm)
+                    start_dir = checkpoint_dir(warm_dir, p["warm_steps"])
+                    m0 = judge.measure(start_dir, seed)
+                    per_prompt[("warm_start", seed)] = m0
+                    entry = results["warm_start"]
+                    entry["reverse_kl"].append(float(np.mean(m0["reverse_kl"])))
+                    entry["agreement"].append(float(np.mean(m0["agreement"])))
+                    entry["answer_length"] = float(np.mean(m0["length"]))
+                    entry["teacher_tokens"] += tokens
+                    entry["wall_seconds"] += wall
+                    print(f"seed {seed} warm start ({p['warm_steps']} seqkd steps): reverse KL "
+                          f"{entry['reverse_kl'][-1]:.3f}, agreement {entry['agreement'][-1]:.0%}", flush=True)
                 for name in methods:
-                    run_dir, wall, tokens = run_method(name, out, student_dir, paths["train"],
-                                                       server.target, seed, p)
+                    run_dir, wall, tokens = run_method(name, out / "runs" / f"{name}-seed{seed}",
+                                                       start_dir, paths["train"], server.target, seed, p)
                     entry = results["methods"].setdefault(
                         name, {"reverse_kl": [], "agreement": [], "teacher_tokens": 0, "wall_seconds": 0.0})
                     curve = [(0, 0, float(np.mean(m0["reverse_kl"])))]
@@ -187,12 +212,17 @@ def main() -> None:
 def markdown(results, per_prompt, judge, seeds, methods, test) -> str:
     r = results
     lines = [f"# Distilling SmolLM2-135M-Instruct into {r['teacher']['student_layers']} of its 30 layers",
-             "", f"Settings: {r['teacher']['settings']}, lr {r['teacher']['lr']}; seeds {seeds}; "
+             "", f"Settings: {r['teacher']['settings']}; seeds {seeds}; "
              f"teacher answer length {r['teacher']['answer_length']:.1f} tokens.", "",
              "| method | reverse KL | agreement | answer length | teacher tokens | wall s |",
              "|---|---|---|---|---|---|",
              f"| initial | {np.mean(r['initial']['reverse_kl']):.3f} | {np.mean(r['initial']['agreement']):.0%} "
              f"| {r['initial']['answer_length']:.1f} | 0 | 0 |"]
+    w = r["warm_start"]
+    if w["reverse_kl"]:
+        lines.append(f"| warm start (seqkd, {r['teacher']['settings']['warm_steps']} steps; every method "
+                     f"starts here) | {np.mean(w['reverse_kl']):.3f} | {np.mean(w['agreement']):.0%} | "
+                     f"{w['answer_length']:.1f} | {w['teacher_tokens']} | {w['wall_seconds']:.0f} |")
     for name in methods:
         e = r["methods"][name]
         lines.append(f"| {name} | {np.mean(e['reverse_kl']):.3f} | {np.mean(e['agreement']):.0%} | "
@@ -211,7 +241,7 @@ def markdown(results, per_prompt, judge, seeds, methods, test) -> str:
     for i in range(min(3, len(test))):
         lines.append(f"**{test[i].prompt.split('user')[-1].split('<|im_end|>')[0].strip()}**")
         lines.append(f"- teacher: {judge.teacher_text[i].strip()!r}")
-        for name in ["initial", *methods]:
+        for name in ["initial", *(["warm_start"] if w["reverse_kl"] else []), *methods]:
             lines.append(f"- {name}: {per_prompt[(name, s)]['answers'][i].strip()!r}")
         lines.append("")
     return "\n".join(lines) + "\n"

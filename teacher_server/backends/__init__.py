@@ -46,6 +46,12 @@ class ModelInfo:
     max_top_k: int = 0         # largest top_k the backend can serve (0: the vocabulary size)
     features: Features = field(default_factory=lambda: Features())
 
+    @property
+    def real_vocab(self) -> int | None:
+        """The tokenizer's size when the embedding has rows past it (padding no token uses:
+        they get no probability anywhere), else None."""
+        return self.tokenizer_size if 0 < self.tokenizer_size < self.vocab_size else None
+
 
 def special_token_id(tokenizer, name: str) -> int:
     """The tokenizer's `name` (bos, eos, pad, unk) token id, -1 when it has none."""

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
-from teacher_server.generation import ChosenLogprobs, GenerateItem, cut_at_stop
-from teacher_server.scoring import ScoreItem, score_logits
+from teacher_server.generation import ChosenLogprobs, GenerateItem, MaskPadded, cut_at_stop
+from teacher_server.scoring import ScoreItem, mask_padded, score_logits
 from teacher_server.verify import VerifyItem, verify_draft
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class TransformersBackend:
                 sl = slice(start, start + self.chunk_tokens)
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
-                    None if cand_NC is None else cand_NC[sl]))
+                    None if cand_NC is None else cand_NC[sl], self.info.real_vocab))
             merged = TeacherScores.concat(parts)
             offset = 0
             for i, rows, _ in group:
@@ -160,7 +160,9 @@ class TransformersBackend:
         if not index:
             return {}
         spans = [(items[i].prefix.numel(), items[i].draft.numel()) for i in index]
-        logits_RV = self._logits(torch.cat([hidden_BLH[i, P - 1:P + G] for i, (P, G) in zip(index, spans)]))
+        logits_RV = mask_padded(self._logits(torch.cat([hidden_BLH[i, P - 1:P + G]
+                                                        for i, (P, G) in zip(index, spans)])),
+                                self.info.real_vocab)
         verdicts = {}
         for i, logits_GV1 in zip(index, logits_RV.split([G + 1 for _, G in spans])):
             item = items[i]
@@ -212,7 +214,8 @@ class TransformersBackend:
         out = self.model.generate(
             input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
             max_new_tokens=first.max_new_tokens, eos_token_id=stop_ids or None,
-            pad_token_id=self.pad_id, logits_processor=LogitsProcessorList([chosen]), **options)
+            pad_token_id=self.pad_id, logits_processor=LogitsProcessorList(
+                [MaskPadded(self.info.real_vocab), chosen]), **options)
         new_BL = out[:, width:]
         logprobs_BL = chosen.finish(new_BL).cpu()
         new_BL = new_BL.cpu()

@@ -147,6 +147,7 @@ class VllmBackend:
                 generate_temperature=False),
             **tokenizer_fields(tokenizer, generation_eos),
         )
+        self._real_ids = list(range(self.info.real_vocab or 0))
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
@@ -173,8 +174,14 @@ class VllmBackend:
         return self.engine.run([{"prompt_token_ids": p.tolist()} for p in prompts], params)
 
     def _params(self, **options):
-        # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts
-        return SamplingParams(detokenize=False, flat_logprobs=True, **options)
+        # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts.
+        # Drawn tokens never come from the embedding's padding (allowed_token_ids). vLLM's
+        # prompt_logprobs ignore that list: Score's normaliser includes the padded rows (trained
+        # models give them almost no mass) and a padded id in a top-k row is folded into the
+        # tail by the worker.
+        real = self.info.real_vocab
+        allowed = None if real is None else self._real_ids
+        return SamplingParams(detokenize=False, flat_logprobs=True, allowed_token_ids=allowed, **options)
 
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Verify items are decided first (`_verdicts`); then every item is scored in one call,

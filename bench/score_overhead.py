@@ -1,10 +1,10 @@
 """What serving Score over gRPC costs, measured side by side in one run.
 
-    python -m bench.score_overhead [--runs 5] [--threads 1] [--device cuda]
+    python -m bench.score_overhead [--runs 5] [--threads 1] [--device cuda] [--model smollm2|DIR]
 
 Prints three ratios (medians of --runs repetitions, interleaved so both sides see the same machine):
 1. Score over gRPC on 127.0.0.1 / the same forward + top-k in process   (target <= 1.10)
-   A ~20M-parameter Llama (vocabulary 32k), 8 sequences x 512 tokens, k = 64.
+   A ~20M-parameter random Llama (vocabulary 32k; or --model), 8 sequences x 512 tokens, k = 64.
 2. packed Tensor encode+decode / one protobuf value per number           (target >= 10x faster)
    The [4096, 64] ids and log-probs of that Score answer, serialized and parsed back to tensors.
 3. 8 concurrent clients, one sequence each: throughput batching on / off (target >= 1.5)
@@ -17,7 +17,6 @@ Prints three ratios (medians of --runs repetitions, interleaved so both sides se
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.tensors import pack, unpack_torch
 from distill.v1 import teacher_pb2 as pb
-from scripts.tiny_model import make_tiny_model
+from bench.models import add_model_argument, bench_model, describe, random_sequences
 from student_worker.teacher_client import TeacherClient
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.process import TeacherProcess
@@ -83,8 +82,7 @@ def bench_encoding(runs: int) -> tuple[float, float]:
 
 
 def bench_grpc_vs_in_process(model_dir, runs: int, device: str) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(0, 32000, (SEQ_LEN,), generator=g) for _ in range(SEQS)]
+    seqs = random_sequences(model_dir, SEQS, SEQ_LEN, seed=0)
     backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir).to(device),
                                   AutoTokenizer.from_pretrained(model_dir), str(model_dir))
     items = [ScoreItem(s, 1, TOP_K, 1.0, None) for s in seqs]
@@ -106,8 +104,7 @@ def bench_grpc_vs_in_process(model_dir, runs: int, device: str) -> tuple[float, 
 
 
 def bench_concurrency(model_dir, runs: int, seq_len: int, device: str) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(1)
-    seqs = [torch.randint(0, 32000, (seq_len,), generator=g) for _ in range(SEQS)]
+    seqs = random_sequences(model_dir, SEQS, seq_len, seed=1)
 
     def throughput(server) -> float:
         clients = [TeacherClient(server.target) for _ in seqs]
@@ -147,12 +144,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device of the servers and the in-process side")
     parser.add_argument("--concurrent-len", type=int, default=128,
                         help="tokens per sequence in the concurrency test")
+    add_model_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model(pathlib.Path(tmp) / "bench-model", preset="bench")
+        model_dir = bench_model(args.model, tmp)
         params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-        print(f"model: Llama, {params / 1e6:.1f}M parameters, vocabulary 32000; torch threads: "
+        print(f"model: {describe(model_dir)}, {params / 1e6:.1f}M parameters; torch threads: "
               f"{args.threads} here, 1 in each server; medians of {args.runs} runs\n")
         t_grpc, t_local = bench_grpc_vs_in_process(model_dir, args.runs, args.device)
         t_packed, t_value = bench_encoding(args.runs)

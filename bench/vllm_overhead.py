@@ -1,8 +1,8 @@
 """What serving Score on the vllm backend costs, measured side by side in one run.
 
-    python -m bench.vllm_overhead [--runs 3] [--top-k 20,64]
+    python -m bench.vllm_overhead [--runs 5] [--top-k 20,64] [--model smollm2|DIR]
 
-Needs vLLM (`make setup` installs the CPU build on Linux x86_64). A random-weight Llama (the
+Needs vLLM (`make setup` installs the CPU build on Linux x86_64). A random-weight Llama (or --model; the
 `bench` preset of scripts/tiny_model.py: hidden 256, 4 layers, vocabulary 32,000, float32),
 8 sequences x 512 tokens, at each k. Every timing is the median of --runs repetitions,
 interleaved so that every side sees the same machine. Printed per k:
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from bench.timing import median_time  # noqa: E402
-from scripts.tiny_model import make_tiny_model  # noqa: E402
+from bench.models import add_model_argument, bench_model, describe, random_sequences  # noqa: E402
 from student_worker.teacher_client import TeacherClient  # noqa: E402
 from teacher_server.backends import vllm_backend  # noqa: E402
 from teacher_server.backends.hf import TransformersBackend  # noqa: E402
@@ -126,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="interleaved runs (medians; 3 was noisy here)")
     parser.add_argument("--top-k", default="20,64", help="comma-separated k values (<= 64)")
+    add_model_argument(parser)
     args = parser.parse_args()
     ks = [int(k) for k in args.top_k.split(",")]
     torch.set_num_threads(1)
@@ -133,9 +134,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        model_dir = make_tiny_model(tmp / "bench-model", preset="bench")
-        g = torch.Generator().manual_seed(0)
-        seqs = [torch.randint(0, 32000, (SEQ_LEN,), generator=g) for _ in range(SEQS)]
+        model_dir = bench_model(args.model, tmp)
+        seqs = random_sequences(model_dir, SEQS, SEQ_LEN, seed=0)
         positions = SEQS * (SEQ_LEN - 1)
         hf = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir),
                                  AutoTokenizer.from_pretrained(model_dir), str(model_dir))
@@ -157,8 +157,8 @@ def main() -> None:
         openai = OpenAIServer(model_dir, tmp / "cache-openai")
         try:
             server.wait_serving(timeout=300)
-            print(f"model: Llama, {sum(p.numel() for p in hf.model.parameters()) / 1e6:.1f}M "
-                  f"parameters, vocabulary 32000, float32; {SEQS} x {SEQ_LEN} tokens "
+            print(f"model: {describe(model_dir)}, {sum(p.numel() for p in hf.model.parameters()) / 1e6:.1f}M "
+                  f"parameters, float32; {SEQS} x {SEQ_LEN} tokens "
                   f"({positions} scored positions); medians of {args.runs} runs\n")
             rows = []
             with TeacherClient(server.target, timeout=600) as client:

@@ -1,17 +1,20 @@
 """The real-LLM demo: distill SmolLM2-135M-Instruct into a copy pruned to a quarter of its layers.
 
-    make demo-llm                 # full run (about 30 minutes on 2 idle cores)
-    make demo-llm QUICK=1         # short run (about 8 minutes)
+    make demo-llm                 # full run (under 30 minutes on 2 cores)
+    make demo-llm QUICK=1         # short run (under 8 minutes)
+    python -m examples.demo_llm --eval-split dev --steps 12 ...   # choosing settings
     make demo-llm SEEDS=1,2 OUT=elsewhere
 
 1. The teacher (scripts/fetch_model.py's cached folder) is served by `python -m teacher_server`.
 2. The student: the teacher with 8 of its 30 decoder layers kept (student_worker.prune).
 3. The prompts: examples/demo_llm/prompts.py's chat records, train/dev/test; test is never trained on.
-4. Per seed and method (same steps, batch and learning rate), the student worker trains a copy of
-   the pruned student, saving checkpoints; each checkpoint is measured on the test prompts:
+4. Per seed, the pruned student is healed by a short seqkd run (the warm start); then per method
+   (same steps, batch and learning rate) the student worker trains a copy of the warm start,
+   saving checkpoints; each checkpoint is measured on the test prompts:
    - reverse KL: the student samples at temperature 1, the teacher scores, mean over completion
      tokens of log q - log p (per prompt; 0 when the samples are as likely under the teacher);
-   - agreement: the student's greedy answer equals the teacher's after trimming whitespace.
+   - agreement: the student's greedy answer equals the teacher's after trimming whitespace;
+   - prefix match: the share of the teacher's greedy answer the student's repeats before they differ.
 Writes OUT/results.json, OUT/results.md (also printed, with paired 95% bootstrap intervals over
 the test prompts and side-by-side answers) and OUT/reverse_kl.png.
 """

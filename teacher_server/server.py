@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import socket
@@ -166,6 +167,10 @@ class TeacherServer:
         """One forward pass (allocations, lazy init), then SERVING."""
         await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
                                              1, 1, 1.0, None)])
+        # The model, the libraries and their caches are loaded for good: moved out of the
+        # collector's sight, a full collection (one every few large requests, whose per-sequence
+        # objects it counts) walks only what requests allocate, not the ~400k startup objects.
+        gc.freeze()
         await self._set_ready(True)
         if self.settings.max_forward_seconds:
             self._watchdog = asyncio.create_task(self._watch_forward(), name="forward-watchdog")

@@ -41,6 +41,13 @@ class TeacherScores:
         return TeacherScores(self.topk_ids[start:stop], self.topk_logprobs[start:stop],
                              self.token_logprobs[start:stop], self.tail_logprobs[start:stop], cands)
 
+    def split(self, sizes: list[int]) -> list["TeacherScores"]:
+        """Consecutive blocks of sizes[i] rows (views), one split per field."""
+        parts = [None if getattr(self, f.name) is None else getattr(self, f.name).split(sizes)
+                 for f in fields(TeacherScores)]
+        parts[-1] = parts[-1] or [None] * len(sizes)
+        return [TeacherScores(*row) for row in zip(*parts)]
+
     @staticmethod
     def concat(parts: list["TeacherScores"]) -> "TeacherScores":
         """The parts' rows one after another; they all have candidates or none has."""
@@ -104,10 +111,7 @@ def scores_to_packed(outputs: list[TeacherScores], dtype: int) -> tuple[pb.Score
 def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[TeacherScores]:
     """The inverse of scores_to_packed: one TeacherScores (views) per sequence."""
     whole, sizes = whole_scores_from_packed(result, offsets)
-    split = [None if getattr(whole, f.name) is None else getattr(whole, f.name).split(sizes)
-             for f in fields(TeacherScores)]
-    split[-1] = split[-1] or [None] * len(sizes)
-    return [TeacherScores(*parts) for parts in zip(*split)]
+    return whole.split(sizes)
 
 
 def whole_scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> tuple[TeacherScores, list[int]]:

@@ -132,8 +132,11 @@ def score_request(sequences: Sequence[TokenSeq], score_from: int | Sequence[int]
     packed form has one C for the request)."""
     request = pb.ScoreRequest(top_k=top_k, temperature=temperature, logprob_dtype=wire_dtype(dtype))
     starts = _per_sequence(score_from, len(sequences), "score_from")
-    cands = _per_sequence(candidates, len(sequences), "candidates")
-    cands = None if all(c is None for c in cands) else [np.asarray(c) if c is not None else c for c in cands]
+    cands = None
+    if candidates is not None:
+        cands = _per_sequence(candidates, len(sequences), "candidates")
+        cands = None if all(c is None for c in cands) else [np.asarray(c) if c is not None else c
+                                                             for c in cands]
     if packed and (cands is None or (all(c is not None for c in cands)
                                      and len({c.shape[1:] for c in cands}) == 1)):
         ids, lengths = _packed_ids(sequences)

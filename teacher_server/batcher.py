@@ -22,15 +22,16 @@ any forward pass and counted.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import contextlib
 import heapq
 import itertools
 import logging
+import operator
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from teacher_server.errors import Expired, Overloaded, Unavailable
 from teacher_server.metrics import Metrics
@@ -46,16 +47,29 @@ class Item(Protocol):
 
 
 class _Request:
-    """One submit call: its items' outputs, filled in as forward passes finish, and the one
-    future its caller waits on (a future per item would cost more than a short item's share
-    of the forward pass)."""
+    """One submit call, queued as one heap entry (start tag, arrival order, _Request): its items
+    are taken in order from `taken` on, as many as fit a forward pass, so queueing costs per
+    request, not per item. Outputs are filled in as forward passes finish; its caller waits on
+    the one future (a future per item would cost more than a short item's share of the pass)."""
 
-    __slots__ = ("future", "outputs", "remaining")
+    __slots__ = ("future", "items", "sizes", "ends", "taken", "outputs", "remaining", "start",
+                 "tenant", "deadline", "enqueued")
 
-    def __init__(self, future: asyncio.Future, num_items: int):
+    def __init__(self, future: asyncio.Future, items: Sequence, sizes: list[int], start: float,
+                 tenant: str, deadline: float | None):
         self.future = future
-        self.outputs: list = [None] * num_items
-        self.remaining = num_items
+        self.items, self.sizes = items, sizes
+        self.ends = list(itertools.accumulate(sizes))   # tokens of items[:i + 1]
+        self.taken = 0                        # items[:taken] left the queue (taken or dropped)
+        self.outputs: list = [None] * len(items)
+        self.remaining = len(items)
+        self.start = start                    # virtual start tag
+        self.tenant = tenant
+        self.deadline = deadline              # time.monotonic() seconds
+        self.enqueued = time.monotonic()
+
+    def tokens_before(self, i: int) -> int:
+        return self.ends[i - 1] if i else 0
 
     def deliver(self, index: int, output) -> None:
         if not self.future.done():
@@ -63,22 +77,6 @@ class _Request:
             self.remaining -= 1
             if not self.remaining:
                 self.future.set_result(self.outputs)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A queued item. The heap holds (start tag, arrival order, _Pending) tuples: serving order
-    is start-tag order, ties by arrival, compared in C."""
-
-    start: float                           # virtual start tag
-    item: Any
-    tokens: int                            # item.num_tokens, read once
-    request: _Request
-    index: int                             # the item's place in its request
-    tenant: str
-    deadline: float | None                 # time.monotonic() seconds
-    enqueued: float
-    settled: bool = False                  # left the queue (taken or dropped)
 
 
 class Batcher:
@@ -90,7 +88,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queued_tokens = max_queued_tokens
         self._metrics = metrics
-        self._heap: list[tuple[float, int, _Pending]] = []
+        self._heap: list[tuple[float, int, _Request]] = []
         self._queued_tokens = 0
         self._tenant_tokens: collections.Counter[str] = collections.Counter()
         self._last_finish: dict[str, float] = {}
@@ -147,19 +145,18 @@ class Batcher:
                     f"request adds {tokens}, over its max_queued_tokens of "
                     f"{tenant.max_queued_tokens}; wait for answers before sending more",
                     retry_after_s=self._retry_hint(excess), reason="tenant_queue_full")
+        if not items:
+            return []
         if tenant:
             tenant.charge(tokens)
-        loop = asyncio.get_running_loop()
         start = max(self._clock, self._last_finish.get(name, 0.0))
         self._last_finish[name] = start + tokens / weight
-        request, now = _Request(loop.create_future(), len(items)), time.monotonic()
-        pending = [_Pending(start, item, size, request, i, name, deadline, now)
-                   for i, (item, size) in enumerate(zip(items, sizes))]
-        for p in pending:
-            heapq.heappush(self._heap, (start, next(self._order), p))
+        request = _Request(asyncio.get_running_loop().create_future(), items, sizes, start, name,
+                           deadline)
+        heapq.heappush(self._heap, (start, next(self._order), request))
         # done before all were taken (one failed or expired, or the caller gave up): the rest
         # need no forward pass
-        request.future.add_done_callback(lambda _: self._drop(pending))
+        request.future.add_done_callback(lambda _: self._drop(request))
         self._queued_tokens += tokens
         self._tenant_tokens[name] += tokens
         self._gauge(name)
@@ -170,28 +167,31 @@ class Batcher:
             request.future.cancel()
             raise
 
-    def _settle(self, p: _Pending) -> bool:
-        """Take `p` out of the queue's accounting, once (the caller updates the gauge)."""
-        if p.settled:
-            return False
-        p.settled = True
-        self._queued_tokens -= p.tokens
-        self._tenant_tokens[p.tenant] -= p.tokens
-        return True
+    def _settle(self, request: _Request, stop: int) -> int:
+        """Take request.items[request.taken:stop] out of the queue's accounting (the caller
+        updates the gauge); returns how many items that was."""
+        first = request.taken
+        if stop <= first:
+            return 0
+        tokens = request.tokens_before(stop) - request.tokens_before(first)
+        request.taken = stop
+        self._queued_tokens -= tokens
+        self._tenant_tokens[request.tenant] -= tokens
+        return stop - first
 
     def _gauge(self, tenant: str) -> None:
         if self._metrics is not None:
             self._metrics.queued_tokens.labels(tenant).set(self._tenant_tokens[tenant])
 
-    def _drop(self, pending: list[_Pending]) -> None:
+    def _drop(self, request: _Request) -> None:
         """A request is done: those of its items not yet taken are dropped (its caller gave up,
         its deadline passed, or another of its items failed)."""
-        dropped = [p for p in pending if self._settle(p)]
+        dropped = self._settle(request, len(request.items))
         if dropped and self._metrics is not None:
-            self._gauge(dropped[0].tenant)
-            p = dropped[0]
-            expired = p.deadline is not None and time.monotonic() >= p.deadline - _DEADLINE_SLACK_S
-            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc(len(dropped))
+            self._gauge(request.tenant)
+            expired = (request.deadline is not None
+                       and time.monotonic() >= request.deadline - _DEADLINE_SLACK_S)
+            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc(dropped)
 
     async def _loop(self) -> None:
         while True:
@@ -216,7 +216,8 @@ class Batcher:
 
     async def _fill(self) -> None:
         """Under the budget: give others up to max_wait from the oldest arrival to fill it."""
-        oldest = min((p.enqueued for _, _, p in self._heap if not p.settled), default=time.monotonic())
+        oldest = min((r.enqueued for _, _, r in self._heap if r.taken < len(r.items)),
+                     default=time.monotonic())
         deadline = oldest + self.max_wait_s
         while self._queued_tokens < self.max_batch_tokens:
             remaining = deadline - time.monotonic()
@@ -228,72 +229,76 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
-    def _take(self) -> list[_Pending]:
-        """Pop items in tag order up to the token budget (at least one), dropping those whose
-        caller is gone or whose deadline has passed."""
+    def _take(self) -> list[tuple[int, _Request, int]]:
+        """Take items in tag order up to the token budget (at least one), dropping requests whose
+        caller is gone or whose deadline has passed: (tokens, request, index) per item. A
+        request's items are taken as a run, its budget share found by bisection."""
         taken, tokens, now = [], 0, time.monotonic()
         while self._heap:
-            head = self._heap[0][2]
-            future = head.request.future
-            if not head.settled and head.deadline is not None and now >= head.deadline \
-                    and not future.done():
+            request = self._heap[0][2]
+            future = request.future
+            if request.deadline is not None and now >= request.deadline and not future.done():
                 future.set_exception(Expired("the request's deadline passed while it waited "
                                              "in the teacher's queue"))
-            if head.settled or future.done():
+            first = request.taken
+            if future.done() or first == len(request.items):
                 heapq.heappop(self._heap)
                 continue
-            if taken and tokens + head.tokens > self.max_batch_tokens:
+            base = request.tokens_before(first)
+            stop = bisect.bisect_right(request.ends, base + self.max_batch_tokens - tokens, first)
+            if stop == first:                  # the next item does not fit
+                if taken:
+                    break
+                stop = first + 1               # an item over the budget runs alone
+            taken += zip(request.sizes[first:stop], itertools.repeat(request), range(first, stop))
+            tokens += request.tokens_before(stop) - base
+            self._settle(request, stop)
+            self._clock = request.start
+            if stop < len(request.items):      # the budget is full
                 break
             heapq.heappop(self._heap)
-            self._settle(head)
-            self._clock = head.start
-            taken.append(head)
-            tokens += head.tokens
-        for tenant in {p.tenant for p in taken}:
+        for tenant in {request.tenant for _, request, _ in taken}:
             self._gauge(tenant)
         return taken
 
-    def _forward_groups(self, taken: list[_Pending]) -> list[list[_Pending]]:
+    def _forward_groups(self, taken: list) -> list[list]:
         """Sort by length and cut into runs whose padded size fits the budget."""
-        groups: list[list[_Pending]] = []
-        for p in sorted(taken, key=lambda p: p.tokens):
-            if groups and (len(groups[-1]) + 1) * p.tokens <= self.max_batch_tokens:
-                groups[-1].append(p)
+        groups: list[list] = []
+        for entry in sorted(taken, key=operator.itemgetter(0)):
+            if groups and (len(groups[-1]) + 1) * entry[0] <= self.max_batch_tokens:
+                groups[-1].append(entry)
             else:
-                groups.append([p])
+                groups.append([entry])
         return groups
 
-    async def _run(self, group: list[_Pending]) -> None:
+    async def _run(self, group: list[tuple[int, _Request, int]]) -> None:
         start = time.monotonic()
         running = (self._metrics.forward_running.track_inprogress() if self._metrics
                    else contextlib.nullcontext())
         try:
             with running:
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_batch, [p.item for p in group])
+                    self._executor, self._run_batch, [r.items[i] for _, r, i in group])
         except Exception as exc:  # one bad batch must not stop the loop
             log.exception("forward pass failed for %d sequences", len(group))
-            for p in group:
-                if not p.request.future.done():
-                    p.request.future.set_exception(exc)
+            for request in {r for _, r, _ in group}:
+                if not request.future.done():
+                    request.future.set_exception(exc)
             return
-        for p, out in zip(group, outputs):
-            p.request.deliver(p.index, out)
+        tokens_of = collections.Counter()     # tokens of each request in this pass
+        for (size, request, i), out in zip(group, outputs):
+            request.deliver(i, out)
+            tokens_of[request] += size
         elapsed = time.monotonic() - start
-        tokens = sum(p.tokens for p in group)
+        tokens = sum(tokens_of.values())
         rate = tokens / max(elapsed, 1e-6)
         self._tokens_per_s = 0.8 * self._tokens_per_s + 0.2 * rate if self._tokens_per_s else rate
         if self._metrics is not None:
             m = self._metrics
             m.forward_latency.observe(elapsed)
             m.batch_sequences.observe(len(group))
-            m.batch_tokens.observe(len(group) * max(p.tokens for p in group))
+            m.batch_tokens.observe(len(group) * group[-1][0])   # sorted: the last is the longest
             m.tokens_forward.inc(tokens)
-            by_tenant = collections.defaultdict(list)
-            for p in group:
-                by_tenant[p.tenant].append(p)
-            for tenant, pending in by_tenant.items():   # a label lookup per tenant, not per item
-                waited = m.queue_wait.labels(tenant)
-                for p in pending:
-                    waited.observe(start - p.enqueued)
-                m.tenant_tokens.labels(tenant).inc(sum(p.tokens for p in pending))
+            for request, size in tokens_of.items():   # once per request, not per item
+                m.queue_wait.labels(request.tenant).observe(start - request.enqueued)
+                m.tenant_tokens.labels(request.tenant).inc(size)

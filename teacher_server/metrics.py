@@ -77,7 +77,8 @@ class Metrics:
         self.batch_tokens = Histogram("teacher_batch_tokens", "Padded tokens per forward pass",
                                       buckets=tuple(2 ** i for i in range(6, 19)), registry=r)
         self.queue_wait = Histogram("teacher_queue_wait_seconds",
-                                    "Time a sequence waited before its forward pass, by tenant",
+                                    "Time a request's sequences waited before a forward pass, by tenant "
+                                    "(one observation per request and pass that ran some of them)",
                                     ["tenant"], buckets=_LATENCY_BUCKETS, registry=r)
         self.forward_latency = Histogram("teacher_forward_seconds",
                                          "Duration of one batched forward pass + scoring",

@@ -82,6 +82,8 @@ class Parsed:
     items: list
     respond: Callable[[list], object]   # the items' outputs (same order) -> the response message
     num_sequences: int                  # sequences asked for (Generate: prompts x samples)
+    num_tokens: int                     # tokens put through the model (the items' num_tokens)
+    num_scored: int = 0                 # Score: positions scored
 
 
 def _check_sequences(num_sequences: int, limits: Limits) -> None:
@@ -185,8 +187,9 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
     dtype = logprob_dtype(request.logprob_dtype)
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     if packed:
-        items = _packed_score_items(request.packed, top_k, temperature, limits)
-        return Parsed(items, lambda outputs: _packed_score_response(outputs, dtype), len(items))
+        items, tokens, scored = _packed_score_items(request.packed, top_k, temperature, limits)
+        return Parsed(items, lambda outputs: _packed_score_response(outputs, dtype), len(items),
+                      tokens, scored)
     _check_sequences(len(request.sequences), limits)
     items = []
     for i, seq in enumerate(request.sequences):
@@ -207,9 +210,11 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
             cands = torch.from_numpy(array.astype("int64"))
             _check_vocab(cands, f"{where} candidate_ids", limits)
         items.append(ScoreItem(ids, int(seq.score_from), top_k, temperature, cands))
-    _check_tokens(sum(item.num_tokens for item in items), limits)
+    tokens = sum(item.num_tokens for item in items)
+    _check_tokens(tokens, limits)
     return Parsed(items, lambda outputs: pb.ScoreResponse(
-        results=[scores_to_proto(o, dtype) for o in outputs]), len(items))
+        results=[scores_to_proto(o, dtype) for o in outputs]), len(items), tokens,
+        tokens - sum(item.score_from for item in items))
 
 
 def _check_score_from(score_from: np.ndarray, lengths: np.ndarray, first: int = 0) -> None:
@@ -233,9 +238,10 @@ def _index_array(tensor: pb.Tensor, where: str, size: int | None = None) -> np.n
 
 
 def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature: float,
-                        limits: Limits) -> list[ScoreItem]:
+                        limits: Limits) -> tuple[list[ScoreItem], int, int]:
     """The packed form's checks, each one array operation over the whole request; only the
-    cutting into per-sequence items (views of one id tensor) is per sequence."""
+    cutting into per-sequence items (views of one id tensor) is per sequence. Returns the items,
+    the tokens and the positions to score."""
     lengths = _index_array(packed.lengths, "packed.lengths")
     if not lengths.size:
         raise InvalidRequest("the request has no sequences (packed.lengths is empty)")
@@ -269,11 +275,11 @@ def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature
     scored = lengths - starts
     seqs = torch.from_numpy(ids.astype(np.int64)).split(lengths.tolist())
     starts_list = starts.tolist()
-    if not packed.HasField("candidate_ids"):
-        return [ScoreItem(seq, start, top_k, temperature, None)
-                for seq, start in zip(seqs, starts_list)]
-    _require(limits.features.score_candidates, limits, "candidate_ids")
     rows = int(scored.sum())
+    if not packed.HasField("candidate_ids"):
+        return ([ScoreItem(seq, start, top_k, temperature, None)
+                 for seq, start in zip(seqs, starts_list)], total, rows)
+    _require(limits.features.score_candidates, limits, "candidate_ids")
     array = _unpack(packed.candidate_ids, "packed.candidate_ids")
     if packed.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 or array.shape[0] != rows \
             or array.shape[1] < 1:
@@ -290,8 +296,8 @@ def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature
                              f"{[row - int(row_offsets[i]), col]} is outside the vocabulary "
                              f"[0, {limits.vocab_size})")
     cands = torch.from_numpy(array.astype(np.int64)).split(scored.tolist())
-    return [ScoreItem(seq, start, top_k, temperature, cand)
-            for seq, start, cand in zip(seqs, starts_list, cands)]
+    return ([ScoreItem(seq, start, top_k, temperature, cand)
+             for seq, start, cand in zip(seqs, starts_list, cands)], total, rows)
 
 
 def _packed_score_response(outputs: list, dtype: int) -> pb.ScoreResponse:
@@ -344,9 +350,10 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:
         # A stream per sequence: its answer depends on (seed, index), not on its batch-mates.
         seed = int(np.random.SeedSequence([base_seed, i]).generate_state(1, np.uint64)[0])
         items.append(VerifyItem(prefix, draft, q, mode, temperature, request.accept_top_k, top_k, seed))
-    _check_tokens(sum(item.num_tokens for item in items), limits)
+    tokens = sum(item.num_tokens for item in items)
+    _check_tokens(tokens, limits)
     return Parsed(items, lambda outputs: pb.VerifyResponse(
-        results=[verify_to_proto(o, dtype) for o in outputs]), len(items))
+        results=[verify_to_proto(o, dtype) for o in outputs]), len(items), tokens)
 
 
 def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> torch.Tensor:
@@ -449,7 +456,7 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Parse
     item = GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
     _check_tokens(item.num_tokens, limits)
     return Parsed([item], lambda outputs: samples_to_proto(outputs[0], dtype),
-                  len(prompts) * num_samples)
+                  len(prompts) * num_samples, item.num_tokens)
 
 
 def info_response(info: ModelInfo, limits: Limits, *, max_batch_tokens: int,

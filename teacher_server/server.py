@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import gc
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -166,6 +169,10 @@ class TeacherServer:
         """One forward pass (allocations, lazy init), then SERVING."""
         await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
                                              1, 1, 1.0, None)])
+        # The model, the libraries and their caches are loaded for good: moved out of the
+        # collector's sight, a full collection (one every few large requests, whose per-sequence
+        # objects it counts) walks only what requests allocate, not the ~400k startup objects.
+        gc.freeze()
         await self._set_ready(True)
         if self.settings.max_forward_seconds:
             self._watchdog = asyncio.create_task(self._watch_forward(), name="forward-watchdog")
@@ -235,8 +242,29 @@ class TeacherServer:
         await self._stopped.wait()
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next request (Linux; a no-op elsewhere).
+
+    By default glibc hands memory back to the OS once twice the last large block is free at the
+    top of the heap, so the MB-sized buffers of every large request (ids, logits, response
+    messages) come back as fresh pages, a page fault per 4 KiB: measured, 40% of the event
+    loop's time on a Score of 1024 sequences. Here blocks under 32 MiB (glibc's own ceiling for its
+    adaptive threshold) come from the heap, and up to 256 MiB of free heap is kept.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:     # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
+    keep_freed_memory()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     try:

@@ -140,13 +140,13 @@ class TeacherServicer(pb_grpc.TeacherServicer):
     async def _serve(self, parse, request, context, tenant: Tenant) -> tuple[protocol.Parsed, list]:
         """Validate (every check is the protocol's), queue, wait for the outputs."""
         parsed = parse(request, self.limits.for_tenant(tenant))
-        _call_size.set((parsed.num_sequences, sum(item.num_tokens for item in parsed.items)))
+        _call_size.set((parsed.num_sequences, parsed.num_tokens))
         return parsed, await self.batcher.submit(parsed.items, tenant, _deadline(context))
 
     @rpc("Score")
     async def Score(self, request: pb.ScoreRequest, context, tenant: Tenant) -> pb.ScoreResponse:
         parsed, outputs = await self._serve(protocol.parse_score_request, request, context, tenant)
-        self.metrics.tokens_scored.inc(sum(item.num_scored for item in parsed.items))
+        self.metrics.tokens_scored.inc(parsed.num_scored)
         return parsed.respond(outputs)
 
     @rpc("Verify")

@@ -64,6 +64,26 @@ def test_oversized_item_runs_alone():
     assert batches == [1, 1]
 
 
+def test_a_large_request_is_cut_into_passes_in_order():
+    """One queue entry per request: its items are taken as runs that fill each pass's budget,
+    in the request's order, and the outputs come back in that order."""
+    batches = []
+
+    def forward(items):
+        batches.append([i.owner for i in items])
+        return [i.owner for i in items]
+
+    async def main():
+        b = Batcher(forward, max_batch_tokens=10, max_wait_s=0.0, max_queued_tokens=1000)
+        b.start()
+        out = await b.submit([OwnedItem(2, str(i)) for i in range(11)])
+        await b.close()
+        return out
+
+    assert run(main()) == [str(i) for i in range(11)]
+    assert batches == [["0", "1", "2", "3", "4"], ["5", "6", "7", "8", "9"], ["10"]]
+
+
 def test_full_queue_is_refused_at_once():
     async def main():
         b = Batcher(lambda items: [0] * len(items), max_batch_tokens=10, max_wait_s=0,

@@ -146,7 +146,7 @@ def test_metrics_count_what_was_sent(teacher, client):
     assert delta(("teacher_tokens_scored_total", ())) == 22
     assert delta(("teacher_tokens_forward_total", ())) == 45
     assert delta(("teacher_tenant_tokens_total", (open_,))) == 45
-    assert delta(("teacher_queue_wait_seconds_count", (open_,))) == 3
+    assert delta(("teacher_queue_wait_seconds_count", (open_,))) == 2   # once per request
     assert delta(("teacher_forward_seconds_count", ())) >= 1
 
 

@@ -117,6 +117,38 @@ def test_verify_items_share_the_score_forward_pass(tiny_model_dir, reference_mod
     assert verify.num_tokens == 7 and verify.token_ids.tolist() == [0, 1, 2, 3, 4, 7, 8]
 
 
+def test_a_mixed_batch_equals_each_item_alone(tiny_model_dir, reference_model):
+    """The backend gathers a group's rows and cuts its results with one tensor op each: items
+    of different lengths, starts, k and candidate widths (ragged), and a Verify item, batched,
+    get what each gets alone."""
+    from transformers import AutoTokenizer
+    from teacher_server.backends.hf import TransformersBackend
+
+    backend = TransformersBackend(reference_model, AutoTokenizer.from_pretrained(tiny_model_dir),
+                                  str(tiny_model_dir))
+    g = torch.Generator().manual_seed(0)
+    cands = lambda n, c: torch.randint(0, 100, (n, c), generator=g)
+    items = [ScoreItem(torch.arange(10, 20), 3, 4, 1.0, None),
+             ScoreItem(torch.arange(30, 35), 1, 4, 1.0, None),
+             ScoreItem(torch.arange(40, 52), 5, 4, 1.0, cands(7, 3)),
+             ScoreItem(torch.arange(60, 66), 2, 4, 1.0, cands(4, 5)),
+             ScoreItem(torch.arange(70, 78), 4, 6, 1.0, None),
+             VerifyItem(torch.arange(5), torch.tensor([7, 8]), None, "greedy", 1.0, 0, 4, 0)]
+    together = backend.score(items)
+    for item, got in zip(items, together):
+        alone = backend.score([item])[0]
+        if isinstance(item, VerifyItem):
+            assert (got.num_accepted, got.next_token) == (alone.num_accepted, alone.next_token)
+            got, alone = got.scores, alone.scores
+        assert torch.equal(got.topk_ids, alone.topk_ids)
+        for name in ("topk_logprobs", "token_logprobs", "tail_logprobs", "candidate_logprobs"):
+            a, b = getattr(got, name), getattr(alone, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # Over the real server.
 
 def teacher_logprobs(model, prefix, draft, temperature=1.0) -> torch.Tensor:

@@ -92,16 +92,19 @@ class TransformersBackend:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def _padded(self, sequences: list[torch.Tensor]) -> torch.Tensor:
+        """The sequences right-padded with pad_id into one int64 [B, L] tensor (one copy in C++,
+        not a Python loop over rows)."""
+        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True,
+                                               padding_value=self.pad_id)
+
     @torch.inference_mode()
     def hidden_states(self, sequences: list[torch.Tensor]) -> torch.Tensor:
         """Decoder outputs [B, L, H] for right-padded sequences. Right padding keeps every real
         position's output independent of its batch-mates (attention is causal)."""
-        lengths = [s.numel() for s in sequences]
-        input_ids_BL = torch.full((len(sequences), max(lengths)), self.pad_id, dtype=torch.long)
-        mask_BL = torch.zeros_like(input_ids_BL)
-        for row, (seq, n) in enumerate(zip(sequences, lengths)):
-            input_ids_BL[row, :n] = seq
-            mask_BL[row, :n] = 1
+        input_ids_BL = self._padded(sequences)
+        lengths_B = torch.tensor([s.numel() for s in sequences])
+        mask_BL = (torch.arange(input_ids_BL.shape[1]) < lengths_B[:, None]).long()
         out = self.decoder(input_ids=input_ids_BL.to(self.device),
                            attention_mask=mask_BL.to(self.device), use_cache=False)
         return out.last_hidden_state
@@ -109,27 +112,37 @@ class TransformersBackend:
     @torch.inference_mode()
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """One decoder pass over every item's tokens. Verify items first settle their drafts
-        (see `_verdicts`); then every item is a block of hidden rows with target tokens, and
-        blocks asking for the same (k, temperature, candidates?) share LM-head chunks."""
-        hidden_BLH = self.hidden_states([item.token_ids for item in items])
+        (see `_verdicts`); then every item is a block of hidden rows with target tokens (hidden
+        at t-1 predicts token t): a Score item's positions score_from .. T-1, a Verify item's
+        P .. P+G, the last being the verdict's next token. Items asking for the same (k,
+        temperature, candidates?) share LM-head chunks; their blocks are gathered, and their
+        results cut, with one tensor operation per group, not per item."""
+        sequences = [item.token_ids for item in items]
+        hidden_BLH = self.hidden_states(sequences)
         verdicts = self._verdicts(items, hidden_BLH)
-        blocks = []   # (item index, hidden rows [N, H], targets [N]); hidden at t-1 predicts t
+        # targets: the padded ids plus a column for the token after each sequence
+        targets_BL1 = torch.nn.functional.pad(self._padded(sequences), (0, 1), value=self.pad_id)
+        first, last = [0] * len(items), [0] * len(items)   # first and last target position
         for i, item in enumerate(items):
             if i in verdicts:
-                P, G = item.prefix.numel(), item.draft.numel()
-                targets = torch.cat([item.draft, torch.tensor([verdicts[i][1]])])
-                blocks.append((i, hidden_BLH[i, P - 1:P + G], targets))
+                first[i], last[i] = item.prefix.numel(), item.num_tokens
+                targets_BL1[i, last[i]] = verdicts[i][1]
             else:
-                blocks.append((i, hidden_BLH[i, item.score_from - 1:item.num_tokens - 1],
-                               item.token_ids[item.score_from:]))
+                first[i], last[i] = item.score_from, item.num_tokens - 1
         cands_of = lambda i: None if i in verdicts else items[i].candidate_ids
-        key = lambda b: (items[b[0]].top_k, items[b[0]].temperature, cands_of(b[0]) is not None)
+        key = lambda i: (items[i].top_k, items[i].temperature, cands_of(i) is not None)
         outputs: list = [None] * len(items)
-        for (top_k, temperature, _), group in itertools.groupby(sorted(blocks, key=key), key):
+        for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
             group = list(group)
-            rows_NH = torch.cat([rows for _, rows, _ in group])
-            targets_N = torch.cat([targets for _, _, targets in group])
-            cands = [cands_of(i) for i, _, _ in group]
+            sizes = [last[i] - first[i] + 1 for i in group]
+            sizes_G = torch.tensor(sizes)
+            row_N = torch.tensor(group).repeat_interleave(sizes_G)
+            # position t of row r: first[r] + (n - where r's block starts in the group)
+            starts_G = torch.tensor([first[i] for i in group]) - (sizes_G.cumsum(0) - sizes_G)
+            pos_N = torch.arange(row_N.numel()) + starts_G.repeat_interleave(sizes_G)
+            rows_NH = hidden_BLH[row_N.to(hidden_BLH.device), (pos_N - 1).to(hidden_BLH.device)]
+            targets_N = targets_BL1[row_N, pos_N]
+            cands = [cands_of(i) for i in group]
             cand_NC = None if cands[0] is None else _cat_ragged(cands)
             parts = []
             for start in range(0, rows_NH.shape[0], self.chunk_tokens):
@@ -137,14 +150,10 @@ class TransformersBackend:
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
                     None if cand_NC is None else cand_NC[sl], self.info.real_vocab))
-            merged = TeacherScores.concat(parts)
-            offset = 0
-            for i, rows, _ in group:
-                n = rows.shape[0]
-                cands = cands_of(i)
-                scores = merged.rows(offset, offset + n, None if cands is None else cands.shape[1])
+            for i, scores in zip(group, TeacherScores.concat(parts).split(sizes)):
+                if cands_of(i) is not None and cands_of(i).shape[1] < cand_NC.shape[1]:
+                    scores.candidate_logprobs = scores.candidate_logprobs[:, :cands_of(i).shape[1]]
                 outputs[i] = VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores
-                offset += n
         return outputs
 
     def _verdicts(self, items, hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:

@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 # QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds
 demo: setup
-	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) $(PY) -m examples.demo
+	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) TASK=$(TASK) $(PY) -m examples.demo
 
 # the real-LLM demo (examples/demo_llm): OUT defaults to demo-llm-output
 demo-llm: setup

@@ -26,7 +26,8 @@ def main() -> None:
     variants = json.loads(os.environ["VARIANTS"])
     seeds = [int(s) for s in os.environ["SEEDS"].split(",")]
     out = pathlib.Path(os.environ["OUT"])
-    p = dict(demo.QUICK, steps=int(os.environ.get("STEPS", demo.QUICK["steps"])))
+    p = dict(demo.QUICK, steps=int(os.environ.get("STEPS", demo.QUICK["steps"])),
+             task=os.environ.get("TASK", demo.TASK))
     demo._worker_init()
     server = TeacherProcess(demo.TEACHER_DIR, "--max-wait-ms", "1", start_timeout=600)
     results = {}

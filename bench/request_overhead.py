@@ -18,6 +18,7 @@ far less than wall time.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import pathlib
 import statistics
@@ -32,6 +33,7 @@ from student_worker.teacher_client import TeacherClient, score_request, scores_f
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.process import TeacherProcess
 from teacher_server.scoring import ScoreItem
+from teacher_server.server import keep_freed_memory
 
 TOP_K = 20
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()   # the server's allocator setting, so both sides allocate alike
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_model(pathlib.Path(tmp) / "tiny", preset="tiny", hidden_size=16,
@@ -102,6 +105,7 @@ def measure(client: TeacherClient, pid: int, backend, n: int, seq_len: int, runs
     assert all(torch.equal(x.topk_logprobs, y.topk_logprobs) for x, y in zip(a, b))
     for fn, _ in forms.values():
         fn()  # warm
+    gc.freeze()   # as the server does after its warm-up: the in-process side runs as the server's does
     walls, cpus = {name: [] for name in forms}, {name: [] for name in forms}
     for _ in range(runs):
         for name, (fn, proc) in forms.items():

@@ -69,15 +69,15 @@ QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_p
 PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 
-def common_overrides(target: str, seed: int) -> list[str]:
-    return [f"teacher.target={target}", f"data.source={TASK}", "data.batch_size=128",
+def common_overrides(target: str, seed: int, task: str = TASK) -> list[str]:
+    return [f"teacher.target={target}", f"data.source={task}", "data.batch_size=128",
             "data.num_examples=50000", "sampling.max_new_tokens=10", "teacher.top_k=15",
             "student.num_threads=1", f"train.seed={seed}", "train.eval_acceptance_prompts=0"]
 
 
 def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathlib.Path:
     """sft from seeded random weights until sampled dev accuracy reaches the target."""
-    cfg = load_config(None, "sft", common_overrides(target, seed) + [
+    cfg = load_config(None, "sft", common_overrides(target, seed, p["task"]) + [
         f"student.path={STUDENT_DIR}", "student.init=config", "optim.lr=3e-3",
         "train.steps=3000", "train.eval_every=50", f"train.eval_prompts={p['eval_prompts']}",
         f"train.stop_at_accuracy={p['init_target']}"])
@@ -94,7 +94,7 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     rare odd sample), and a spike just before the last step must not decide the number.
     """
     preset, extra = method or METHODS[name]
-    cfg = load_config(None, preset, common_overrides(target, seed) + extra + [
+    cfg = load_config(None, preset, common_overrides(target, seed, p["task"]) + extra + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
         f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",
         f"train.eval_prompts={p['eval_prompts']}"])
@@ -125,7 +125,7 @@ def _scores(acc) -> dict:
 
 def test_accuracy(model_dir: pathlib.Path, p: dict):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return evaluate(model, AutoTokenizer.from_pretrained(model_dir), TASKS[TASK], "test",
+    return evaluate(model, AutoTokenizer.from_pretrained(model_dir), TASKS[p["task"]], "test",
                     num_prompts=p["test_prompts"], max_new_tokens=10)
 
 
@@ -139,15 +139,17 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT") or "demo-output"))
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"))
     parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "")
+    parser.add_argument("--task", choices=["digsum", "digsum-one-answer"], default=os.environ.get("TASK") or TASK,
+                        help="digsum-one-answer: the training data (sft, kd) holds one reference answer per sum")
     args = parser.parse_args()
-    p = QUICK if args.quick else FULL
+    p = dict(QUICK if args.quick else FULL, task=args.task)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
     _worker_init()
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:   # the demo starts over: a worker refuses a folder that holds another run
         shutil.rmtree(args.out / f"seed{seed}", ignore_errors=True)
     started = time.monotonic()
-    results = {"task": TASK, "seeds": seeds, "steps": p["steps"], "eval_every": p["eval_every"],
+    results = {"task": p["task"], "seeds": seeds, "steps": p["steps"], "eval_every": p["eval_every"],
                "quick": args.quick, "test_prompts": p["test_prompts"],
                "interval": "95% percentile bootstrap, paired: resample seeds, then each seed's test prompts",
                "initial": {"greedy": [], "sampled": [], "diversity": [], "sampled_correct": []},
@@ -241,7 +243,7 @@ def results_table(r: dict) -> str:
     seeds = ", ".join(map(str, r["seeds"]))
     n_prompts = r["test_prompts"]
     lines = [
-        f"## digsum: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
+        f"## {r['task']}: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
         "",
         f"Test split, {n_prompts:,} prompts, seeds {seeds}. Sampled = temperature 1, with 95% interval "
         "(bootstrap over seeds and prompts); greedy and diversity: mean over seeds. Diversity = distinct "

@@ -1,7 +1,7 @@
 """The real-LLM demo: distill SmolLM2-135M-Instruct into a copy pruned to a quarter of its layers.
 
     make demo-llm                 # full run (under 30 minutes on 2 cores)
-    make demo-llm QUICK=1         # short run (under 8 minutes)
+    make demo-llm QUICK=1         # short run (about 8 minutes)
     python -m examples.demo_llm --eval-split dev --steps 12 ...   # choosing settings
     make demo-llm SEEDS=1,2 OUT=elsewhere
 

@@ -64,8 +64,8 @@ METHODS = {
 }
 ON_POLICY = ("gkd", "onpolicy-rkl", "skd")   # trained on the student's own samples; the rest are off-policy
 # 2,500 test prompts: one sampled accuracy near 0.7 has a standard error of 0.9 points
-FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=2500)
-QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=2500)
+FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=2500, task=TASK)
+QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=2500, task=TASK)
 PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 

@@ -25,3 +25,15 @@ def test_written_files_are_chat_records(tmp_path):
         assert all(r == {"messages": [{"role": "user", "content": r["messages"][0]["content"]}]}
                    for r in records)
         assert [r["messages"][0]["content"] for r in records] == prompts.splits()[name]
+
+
+def test_prefix_match_credits_the_teacher_answer_repeated_before_the_first_difference():
+    from examples.demo_llm.__main__ import prefix_match
+
+    teacher = [5, 6, 7, 8]
+    assert prefix_match(teacher, teacher) == 1.0
+    assert prefix_match([5, 6, 9, 8], teacher) == 0.5
+    assert prefix_match([5, 6], teacher) == 0.5          # stopped early: only what it repeated counts
+    assert prefix_match([5, 6, 7, 8, 9], teacher) == 1.0   # ran on past the teacher's answer
+    assert prefix_match([1], teacher) == 0.0
+    assert prefix_match([], []) == 0.0

@@ -33,14 +33,6 @@ class TeacherScores:
     tail_logprobs: torch.Tensor              # float32 [N]: log of the mass outside the top-k
     candidate_logprobs: torch.Tensor | None  # float32 [N, C], or None when none were asked for
 
-    def rows(self, start: int, stop: int, num_candidates: int | None = None) -> "TeacherScores":
-        """Rows start .. stop-1 (views), candidates cut to their first `num_candidates` columns."""
-        cands = self.candidate_logprobs
-        if cands is not None:
-            cands = cands[start:stop, :num_candidates]
-        return TeacherScores(self.topk_ids[start:stop], self.topk_logprobs[start:stop],
-                             self.token_logprobs[start:stop], self.tail_logprobs[start:stop], cands)
-
     def split(self, sizes: list[int]) -> list["TeacherScores"]:
         """Consecutive blocks of sizes[i] rows (views), one split per field."""
         parts = [None if getattr(self, f.name) is None else getattr(self, f.name).split(sizes)

@@ -53,7 +53,7 @@ def test_the_client_sends_packed_and_falls_back_for_ragged_candidates():
 def test_the_client_refuses_offsets_that_do_not_cut_the_rows():
     rows = torch.zeros(5, 2)
     scores = TeacherScores(rows.int(), rows, rows[:, 0], rows[:, 0], None)
-    result, offsets = scores_to_packed([scores.rows(0, 2), scores.rows(2, 5)], pb.DTYPE_FLOAT32)
+    result, offsets = scores_to_packed(scores.split([2, 3]), pb.DTYPE_FLOAT32)
     assert [s.token_logprobs.shape[0] for s in scores_from_packed(result, offsets)] == [2, 3]
     for bad in ([0, 3, 2, 5], [0, 2, 6], [1, 5]):
         with pytest.raises(ValueError, match="do not cut"):

@@ -107,7 +107,7 @@ def test_verify_items_share_the_score_forward_pass(tiny_model_dir, reference_mod
                                   str(tiny_model_dir))
     calls = []
     hidden_states = backend.hidden_states
-    backend.hidden_states = lambda seqs: calls.append(len(seqs)) or hidden_states(seqs)
+    backend.hidden_states = lambda ids, lengths: calls.append(len(ids)) or hidden_states(ids, lengths)
     score = ScoreItem(torch.arange(10, 20), 3, 4, 1.0, None)
     verify = VerifyItem(torch.arange(5), torch.tensor([7, 8]), None, "greedy", 1.0, 0, 4, 0)
     out_score, out_verify = run_batch(backend, [score, verify])

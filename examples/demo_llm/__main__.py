@@ -133,7 +133,8 @@ def summary(entry: dict) -> str:
             f"prefix match {entry['prefix_match'][-1]:.0%}")
 
 
-def run_method(name, run_dir, student_dir, data, target, seed, p) -> tuple[pathlib.Path, float, int]:
+def run_method(name, run_dir, student_dir, data, target, seed, p) -> tuple[float, int]:
+    """Trains METHODS[name] from student_dir into run_dir; returns (wall seconds, teacher tokens)."""
     preset, extra = METHODS[name]
     cfg = load_config(None, preset, [
         f"student.path={student_dir}", f"teacher.target={target}", f"data.source={data}",
@@ -147,7 +148,7 @@ def run_method(name, run_dir, student_dir, data, target, seed, p) -> tuple[pathl
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     calls = 1 + int(name == "kd")   # kd: Generate, then Score on the same tokens
     tokens = calls * sum(x["completion_tokens"] for x in lines)
-    return run_dir, wall, tokens
+    return wall, tokens
 
 
 def main() -> None:
@@ -199,17 +200,18 @@ def main() -> None:
                 start_dir = student_dir
                 if p["warm_steps"]:   # every method starts from the pruned student healed by seqkd
                     warm = dict(p, steps=p["warm_steps"], save_every=p["warm_steps"])
-                    warm_dir, wall, tokens = run_method("seqkd", out / "runs" / f"warm-seed{seed}",
-                                                        student_dir, paths["train"], server.target,
-                                                        seed, warm)
+                    warm_dir = out / "runs" / f"warm-seed{seed}"
+                    wall, tokens = run_method("seqkd", warm_dir, student_dir, paths["train"],
+                                              server.target, seed, warm)
                     start_dir = checkpoint_dir(warm_dir, p["warm_steps"])
                     m0 = per_prompt[("warm_start", seed)] = judge.measure(start_dir, seed)
                     record(results["warm_start"], m0, tokens, wall)
                     print(f"seed {seed} warm start ({p['warm_steps']} seqkd steps): "
                           f"{summary(results['warm_start'])}", flush=True)
                 for name in methods:
-                    run_dir, wall, tokens = run_method(name, out / "runs" / f"{name}-seed{seed}",
-                                                       start_dir, paths["train"], server.target, seed, p)
+                    run_dir = out / "runs" / f"{name}-seed{seed}"
+                    wall, tokens = run_method(name, run_dir, start_dir, paths["train"], server.target,
+                                              seed, p)
                     curve = [(0, 0, float(np.mean(m0["reverse_kl"])))]
                     for step in range(p["save_every"], p["steps"] + 1, p["save_every"]):
                         m = judge.measure(checkpoint_dir(run_dir, step), seed)

@@ -92,18 +92,11 @@ class TransformersBackend:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def _padded(self, sequences: list[torch.Tensor]) -> torch.Tensor:
-        """The sequences right-padded with pad_id into one int64 [B, L] tensor (one copy in C++,
-        not a Python loop over rows)."""
-        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True,
-                                               padding_value=self.pad_id)
-
     @torch.inference_mode()
-    def hidden_states(self, sequences: list[torch.Tensor]) -> torch.Tensor:
-        """Decoder outputs [B, L, H] for right-padded sequences. Right padding keeps every real
-        position's output independent of its batch-mates (attention is causal)."""
-        input_ids_BL = self._padded(sequences)
-        lengths_B = torch.tensor([s.numel() for s in sequences])
+    def hidden_states(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs [B, L, H] for right-padded sequences of lengths_B tokens.
+        Right padding keeps every real position's output independent of its batch-mates
+        (attention is causal)."""
         mask_BL = (torch.arange(input_ids_BL.shape[1]) < lengths_B[:, None]).long()
         out = self.decoder(input_ids=input_ids_BL.to(self.device),
                            attention_mask=mask_BL.to(self.device), use_cache=False)
@@ -117,11 +110,13 @@ class TransformersBackend:
         P .. P+G, the last being the verdict's next token. Items asking for the same (k,
         temperature, candidates?) share LM-head chunks; their blocks are gathered, and their
         results cut, with one tensor operation per group, not per item."""
-        sequences = [item.token_ids for item in items]
-        hidden_BLH = self.hidden_states(sequences)
+        # right-padded with pad_id in one C++ copy, not a Python loop over rows
+        input_ids_BL = torch.nn.utils.rnn.pad_sequence([item.token_ids for item in items],
+                                                       batch_first=True, padding_value=self.pad_id)
+        hidden_BLH = self.hidden_states(input_ids_BL, torch.tensor([item.num_tokens for item in items]))
         verdicts = self._verdicts(items, hidden_BLH)
         # targets: the padded ids plus a column for the token after each sequence
-        targets_BL1 = torch.nn.functional.pad(self._padded(sequences), (0, 1), value=self.pad_id)
+        targets_BL1 = torch.nn.functional.pad(input_ids_BL, (0, 1), value=self.pad_id)
         first, last = [0] * len(items), [0] * len(items)   # first and last target position
         for i, item in enumerate(items):
             if i in verdicts:

@@ -147,7 +147,8 @@ class VllmBackend:
                 generate_temperature=False),
             **tokenizer_fields(tokenizer, generation_eos),
         )
-        self._real_ids = list(range(self.info.real_vocab or 0))
+        real = self.info.real_vocab
+        self._allowed_ids = None if real is None else list(range(real))
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
@@ -179,9 +180,8 @@ class VllmBackend:
         # prompt_logprobs ignore that list: Score's normaliser includes the padded rows (trained
         # models give them almost no mass) and a padded id in a top-k row is folded into the
         # tail by the worker.
-        real = self.info.real_vocab
-        allowed = None if real is None else self._real_ids
-        return SamplingParams(detokenize=False, flat_logprobs=True, allowed_token_ids=allowed, **options)
+        return SamplingParams(detokenize=False, flat_logprobs=True,
+                              allowed_token_ids=self._allowed_ids, **options)
 
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Verify items are decided first (`_verdicts`); then every item is scored in one call,

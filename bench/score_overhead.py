@@ -85,7 +85,7 @@ def bench_grpc_vs_in_process(model_dir, runs: int, device: str) -> tuple[float, 
     seqs = random_sequences(model_dir, SEQS, SEQ_LEN, seed=0)
     backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir).to(device),
                                   AutoTokenizer.from_pretrained(model_dir), str(model_dir))
-    items = [ScoreItem(s, 1, TOP_K, 1.0, None) for s in seqs]
+    items = [ScoreItem.pack(seqs, 1, TOP_K)]
     server = TeacherProcess(model_dir, "--max-batch-tokens", str(SEQS * SEQ_LEN), "--device", device,
                             "--dtype", "float32")
     try:

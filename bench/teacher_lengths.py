@@ -144,7 +144,7 @@ def main() -> None:
             print("| k | Score (prompt_logprobs at all 511 positions) | prefill alone | ratio |")
             print("|---|---|---|---|")
             for k in (20, 64):
-                items = [ScoreItem(s, 496, k, 1.0, None) for s in seqs]
+                items = [ScoreItem.pack(seqs, 496, k)]
                 sides = dict(score=lambda: vllm.score(items),
                              prefill=lambda: vllm.engine.run(prompts, [plain] * len(prompts)))
                 for fn in sides.values():

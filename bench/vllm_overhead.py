@@ -163,7 +163,7 @@ def main() -> None:
             rows = []
             with TeacherClient(server.target, timeout=600) as client:
                 for k in ks:
-                    items = [ScoreItem(s, 1, k, 1.0, None) for s in seqs]
+                    items = [ScoreItem.pack(seqs, 1, k)]
                     sides = dict(
                         ours=lambda: client.score(seqs, 1, top_k=k),
                         local=lambda: local.score(items),

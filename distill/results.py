@@ -40,9 +40,16 @@ class TeacherScores:
         parts[-1] = parts[-1] or [None] * len(sizes)
         return [TeacherScores(*row) for row in zip(*parts)]
 
+    def take(self, index: torch.Tensor) -> "TeacherScores":
+        """Rows `index` (int64 [M]), in that order."""
+        return TeacherScores(*(None if getattr(self, f.name) is None
+                               else getattr(self, f.name)[index] for f in fields(TeacherScores)))
+
     @staticmethod
     def concat(parts: list["TeacherScores"]) -> "TeacherScores":
         """The parts' rows one after another; they all have candidates or none has."""
+        if len(parts) == 1:
+            return parts[0]
         cat = lambda name: (None if getattr(parts[0], name) is None
                             else torch.cat([getattr(p, name) for p in parts]))
         return TeacherScores(*(cat(f.name) for f in fields(TeacherScores)))
@@ -92,16 +99,9 @@ def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
                             if result.HasField("candidate_logprobs") else None))
 
 
-def scores_to_packed(outputs: list[TeacherScores], dtype: int) -> tuple[pb.ScoreResult, pb.Tensor]:
-    """Many sequences' scores as one ScoreResult (their rows one after another) and the int32
-    [B + 1] row offsets: ScoreResponse's packed form."""
-    rows = np.fromiter((o.token_logprobs.shape[0] for o in outputs), np.int64, len(outputs))
-    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int32)
-    return scores_to_proto(TeacherScores.concat(outputs), dtype), pack(offsets)
-
-
 def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[TeacherScores]:
-    """The inverse of scores_to_packed: one TeacherScores (views) per sequence."""
+    """ScoreResponse's packed form (every sequence's rows one after another, and the int32
+    [B + 1] row offsets that cut them) as one TeacherScores (views) per sequence."""
     whole, sizes = whole_scores_from_packed(result, offsets)
     return whole.split(sizes)
 

@@ -9,11 +9,13 @@ request from a tenant that was waiting its turn starts at the clock, so it is se
 the forward pass under way ends. A request's items stay together and in order.
 
 The batching loop takes items in tag order until `max_batch_tokens` real tokens are taken or
-nothing else arrived within `max_wait_s` of the oldest, sorts them by length and cuts them into
-forward passes whose padded size (count x longest) fits the budget. Forward passes run on
-dedicated threads, so the event loop keeps accepting requests while the model works: one at a
-time by default; up to `batches_in_flight` at once for a backend that batches across calls
-itself (vLLM's engine: the next batch joins the running one at its next step).
+nothing else arrived within `max_wait_s` of the oldest, sorts them by width and cuts them into
+forward passes whose padded size (rows x widest) fits the budget. An item is a block of rows
+(`padded_shape`): a packed Score item holds many sequences (cut to fit a pass when parsed).
+Forward passes run on dedicated threads, so the event loop keeps accepting requests while the
+model works: one at a time by default; up to `batches_in_flight` at once for a backend that
+batches across calls itself (vLLM's engine: the next batch joins the running one at its next
+step).
 
 Items whose caller gave up (cancelled, or its deadline passed) while queued are dropped before
 any forward pass and counted.
@@ -43,7 +45,8 @@ _DEADLINE_SLACK_S = 0.05   # a cancellation this close to the deadline counts as
 
 
 class Item(Protocol):
-    num_tokens: int
+    num_tokens: int                 # real tokens: what queues and budgets count
+    padded_shape: tuple[int, int]   # (rows, width) it adds to a padded forward pass
 
 
 class _Request:
@@ -229,10 +232,10 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
-    def _take(self) -> list[tuple[int, _Request, int]]:
+    def _take(self) -> list[tuple[_Request, int]]:
         """Take items in tag order up to the token budget (at least one), dropping requests whose
-        caller is gone or whose deadline has passed: (tokens, request, index) per item. A
-        request's items are taken as a run, its budget share found by bisection."""
+        caller is gone or whose deadline has passed: (request, index) per item. A request's
+        items are taken as a run, its budget share found by bisection."""
         taken, tokens, now = [], 0, time.monotonic()
         while self._heap:
             request = self._heap[0][2]
@@ -250,45 +253,49 @@ class Batcher:
                 if taken:
                     break
                 stop = first + 1               # an item over the budget runs alone
-            taken += zip(request.sizes[first:stop], itertools.repeat(request), range(first, stop))
+            taken += zip(itertools.repeat(request), range(first, stop))
             tokens += request.tokens_before(stop) - base
             self._settle(request, stop)
             self._clock = request.start
             if stop < len(request.items):      # the budget is full
                 break
             heapq.heappop(self._heap)
-        for tenant in {request.tenant for _, request, _ in taken}:
+        for tenant in {request.tenant for request, _ in taken}:
             self._gauge(tenant)
         return taken
 
-    def _forward_groups(self, taken: list) -> list[list]:
-        """Sort by length and cut into runs whose padded size fits the budget."""
+    def _forward_groups(self, taken: list[tuple[_Request, int]]) -> list[list]:
+        """Sort by width and cut into runs whose padded size (rows x widest) fits the budget."""
         groups: list[list] = []
-        for entry in sorted(taken, key=operator.itemgetter(0)):
-            if groups and (len(groups[-1]) + 1) * entry[0] <= self.max_batch_tokens:
-                groups[-1].append(entry)
+        rows = 0                          # of the last group
+        shaped = [(*request.items[i].padded_shape, request, i) for request, i in taken]
+        for entry in sorted(shaped, key=operator.itemgetter(1)):
+            if groups and (rows + entry[0]) * entry[1] <= self.max_batch_tokens:
+                groups[-1].append(entry[2:])
+                rows += entry[0]
             else:
-                groups.append([entry])
+                groups.append([entry[2:]])
+                rows = entry[0]
         return groups
 
-    async def _run(self, group: list[tuple[int, _Request, int]]) -> None:
+    async def _run(self, group: list[tuple[_Request, int]]) -> None:
         start = time.monotonic()
         running = (self._metrics.forward_running.track_inprogress() if self._metrics
                    else contextlib.nullcontext())
         try:
             with running:
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_batch, [r.items[i] for _, r, i in group])
+                    self._executor, self._run_batch, [r.items[i] for r, i in group])
         except Exception as exc:  # one bad batch must not stop the loop
             log.exception("forward pass failed for %d sequences", len(group))
-            for request in {r for _, r, _ in group}:
+            for request in {r for r, _ in group}:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
         tokens_of = collections.Counter()     # tokens of each request in this pass
-        for (size, request, i), out in zip(group, outputs):
+        for (request, i), out in zip(group, outputs):
             request.deliver(i, out)
-            tokens_of[request] += size
+            tokens_of[request] += request.sizes[i]
         elapsed = time.monotonic() - start
         tokens = sum(tokens_of.values())
         rate = tokens / max(elapsed, 1e-6)
@@ -296,8 +303,10 @@ class Batcher:
         if self._metrics is not None:
             m = self._metrics
             m.forward_latency.observe(elapsed)
-            m.batch_sequences.observe(len(group))
-            m.batch_tokens.observe(len(group) * group[-1][0])   # sorted: the last is the longest
+            shapes = [r.items[i].padded_shape for r, i in group]
+            rows = sum(n for n, _ in shapes)
+            m.batch_sequences.observe(rows)
+            m.batch_tokens.observe(rows * shapes[-1][1])   # sorted: the last is the widest
             m.tokens_forward.inc(tokens)
             for request, size in tokens_of.items():   # once per request, not per item
                 m.queue_wait.labels(request.tenant).observe(start - request.enqueued)

@@ -35,6 +35,11 @@ class GenerateItem:
         return sum(p.numel() + self.max_new_tokens for p in self.prompts) * self.num_samples
 
     @property
+    def padded_shape(self) -> tuple[int, int]:
+        """One block of its tokens in the batcher's passes (`generate` runs them separately)."""
+        return 1, self.num_tokens
+
+    @property
     def options(self) -> tuple:
         """Items with equal options can be decoded in one batched call."""
         return self.temperature, self.top_p, self.max_new_tokens, tuple(self.stop_ids)

@@ -19,14 +19,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from distill.results import (VERIFY_MODE_NAMES, samples_to_proto, scores_to_packed, scores_to_proto,
+from distill.results import (VERIFY_MODE_NAMES, TeacherScores, samples_to_proto, scores_to_proto,
                              verify_to_proto)
-from distill.tensors import PackError, unpack
+from distill.tensors import PackError, pack, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import Features, ModelInfo
 from teacher_server.errors import InvalidRequest, NotSupported
 from teacher_server.generation import GenerateItem
-from teacher_server.scoring import ScoreItem
+from teacher_server.scoring import ScoreItem, unsort_rows
 from teacher_server.verify import VerifyItem
 
 DEFAULT_TOP_K = 20
@@ -55,6 +55,7 @@ class Limits:
     tenant_max_queued_tokens: int = 0
     tenant_tokens_per_minute: int = 0
     real_vocab: int = 0           # the tokenizer's size when the embedding is padded past it (0: none)
+    max_batch_tokens: int = 0     # a packed Score request is cut into forward passes of this (0: never)
 
     def for_tenant(self, tenant) -> "Limits":
         """These limits plus `tenant`'s: a request larger than its queue or its whole per-minute
@@ -66,13 +67,13 @@ class Limits:
 
 def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
                max_draft_tokens: int = 16, max_request_sequences: int = 4096,
-               max_request_tokens: int = 1 << 20) -> Limits:
+               max_request_tokens: int = 1 << 20, max_batch_tokens: int = 0) -> Limits:
     backend_top_k = min(info.max_top_k or info.vocab_size, info.vocab_size)
     top_k = min(max_top_k or backend_top_k, backend_top_k)
     context = min(max_context or info.max_context, info.max_context)
     return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
                   max_request_tokens, backend_top_k, info.backend, info.features,
-                  real_vocab=info.real_vocab or 0)
+                  real_vocab=info.real_vocab or 0, max_batch_tokens=max_batch_tokens)
 
 
 @dataclass
@@ -187,9 +188,12 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
     dtype = logprob_dtype(request.logprob_dtype)
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     if packed:
-        items, tokens, scored = _packed_score_items(request.packed, top_k, temperature, limits)
-        return Parsed(items, lambda outputs: _packed_score_response(outputs, dtype), len(items),
-                      tokens, scored)
+        item, scored = _packed_score_item(request.packed, top_k, temperature, limits)
+        items, row_order = item.chunks(limits.max_batch_tokens)
+        offsets = np.concatenate([[0], np.cumsum(scored)]).astype(np.int32)
+        return Parsed(items, lambda outputs: pb.ScoreResponse(
+            packed=scores_to_proto(unsort_rows(TeacherScores.concat(outputs), row_order), dtype),
+            offsets=pack(offsets)), item.num_sequences, item.num_tokens, item.num_scored)
     _check_sequences(len(request.sequences), limits)
     items = []
     for i, seq in enumerate(request.sequences):
@@ -209,12 +213,12 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
                     f"{list(array.shape)}")
             cands = torch.from_numpy(array.astype("int64"))
             _check_vocab(cands, f"{where} candidate_ids", limits)
-        items.append(ScoreItem(ids, int(seq.score_from), top_k, temperature, cands))
+        items.append(ScoreItem.one(ids, int(seq.score_from), top_k, temperature, cands))
     tokens = sum(item.num_tokens for item in items)
     _check_tokens(tokens, limits)
     return Parsed(items, lambda outputs: pb.ScoreResponse(
         results=[scores_to_proto(o, dtype) for o in outputs]), len(items), tokens,
-        tokens - sum(item.score_from for item in items))
+        sum(item.num_scored for item in items))
 
 
 def _check_score_from(score_from: np.ndarray, lengths: np.ndarray, first: int = 0) -> None:
@@ -237,11 +241,10 @@ def _index_array(tensor: pb.Tensor, where: str, size: int | None = None) -> np.n
     return array.astype(np.int64)
 
 
-def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature: float,
-                        limits: Limits) -> tuple[list[ScoreItem], int, int]:
-    """The packed form's checks, each one array operation over the whole request; only the
-    cutting into per-sequence items (views of one id tensor) is per sequence. Returns the items,
-    the tokens and the positions to score."""
+def _packed_score_item(packed: pb.PackedScoreSequences, top_k: int, temperature: float,
+                       limits: Limits) -> tuple[ScoreItem, np.ndarray]:
+    """The packed form's checks, each one array operation over the whole request. Returns the
+    request as one item and the positions scored per sequence."""
     lengths = _index_array(packed.lengths, "packed.lengths")
     if not lengths.size:
         raise InvalidRequest("the request has no sequences (packed.lengths is empty)")
@@ -273,12 +276,11 @@ def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature
                              f"outside the vocabulary [0, {limits.vocab_size})")
     _check_score_from(starts, lengths)
     scored = lengths - starts
-    seqs = torch.from_numpy(ids.astype(np.int64)).split(lengths.tolist())
-    starts_list = starts.tolist()
     rows = int(scored.sum())
+    item = lambda cands: ScoreItem(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(lengths),
+                                   torch.from_numpy(starts), top_k, temperature, cands)
     if not packed.HasField("candidate_ids"):
-        return ([ScoreItem(seq, start, top_k, temperature, None)
-                 for seq, start in zip(seqs, starts_list)], total, rows)
+        return item(None), scored
     _require(limits.features.score_candidates, limits, "candidate_ids")
     array = _unpack(packed.candidate_ids, "packed.candidate_ids")
     if packed.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 or array.shape[0] != rows \
@@ -295,14 +297,7 @@ def _packed_score_items(packed: pb.PackedScoreSequences, top_k: int, temperature
         raise InvalidRequest(f"sequence {i} candidate_ids: token id {array[row, col]} at position "
                              f"{[row - int(row_offsets[i]), col]} is outside the vocabulary "
                              f"[0, {limits.vocab_size})")
-    cands = torch.from_numpy(array.astype(np.int64)).split(scored.tolist())
-    return ([ScoreItem(seq, start, top_k, temperature, cand)
-             for seq, start, cand in zip(seqs, starts_list, cands)], total, rows)
-
-
-def _packed_score_response(outputs: list, dtype: int) -> pb.ScoreResponse:
-    result, offsets = scores_to_packed(outputs, dtype)
-    return pb.ScoreResponse(packed=result, offsets=offsets)
+    return item(torch.from_numpy(array.astype(np.int64))), scored
 
 
 def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:

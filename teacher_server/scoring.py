@@ -12,21 +12,111 @@ from distill.results import TeacherScores
 
 @dataclass
 class ScoreItem:
-    """One sequence to score, validated. Positions score_from .. T-1 are scored (N of them)."""
+    """Sequences to score, validated, packed one after another: sequence i is
+    token_ids[offsets[i]:offsets[i + 1]] (lengths[i] tokens) and its positions score_from[i] ..
+    lengths[i] - 1 are scored. A backend answers with one TeacherScores holding every scored
+    position, sequence by sequence, so a request of many short sequences costs its tokens, not a
+    Python step per sequence."""
 
-    token_ids: torch.Tensor            # int64 [T]
-    score_from: int
+    token_ids: torch.Tensor            # int64 [T]: every sequence's ids one after another
+    lengths: torch.Tensor              # int64 [B]
+    score_from: torch.Tensor           # int64 [B]: 1 <= score_from[i] <= lengths[i] - 1
     top_k: int
     temperature: float
-    candidate_ids: torch.Tensor | None  # int64 [N, C] or None
+    candidate_ids: torch.Tensor | None  # int64 [N, C]: a row per scored position, or None
+
+    def __post_init__(self):
+        # read by the batcher and the servicer for every request: plain ints, computed once
+        self.num_tokens = self.token_ids.numel()
+        self.num_sequences = self.lengths.numel()
+        self.num_scored = self.num_tokens - int(self.score_from.sum())
+        self.padded_shape = (self.num_sequences, int(self.lengths.max()))
+
+    @classmethod
+    def pack(cls, sequences, score_from, top_k: int, temperature: float = 1.0,
+             candidate_ids: list[torch.Tensor] | None = None) -> "ScoreItem":
+        """Sequences (int64 [T_i] each) as one item; score_from one int for all or one per
+        sequence; candidate_ids one [N_i, C] block per sequence, or None."""
+        lengths = torch.tensor([len(seq) for seq in sequences])
+        return cls(torch.cat(list(sequences)), lengths,
+                   torch.as_tensor(score_from, dtype=torch.int64).expand(lengths.numel()).clone(),
+                   top_k, temperature, None if candidate_ids is None else torch.cat(candidate_ids))
+
+    @classmethod
+    def one(cls, token_ids: torch.Tensor, score_from: int, top_k: int, temperature: float = 1.0,
+            candidate_ids: torch.Tensor | None = None) -> "ScoreItem":
+        """A single sequence."""
+        return cls(token_ids, torch.tensor([token_ids.numel()]), torch.tensor([score_from]),
+                   top_k, temperature, candidate_ids)
 
     @property
-    def num_tokens(self) -> int:
-        return self.token_ids.numel()
+    def rows(self) -> torch.Tensor:
+        """Scored positions per sequence, int64 [B]."""
+        return self.lengths - self.score_from
 
-    @property
-    def num_scored(self) -> int:
-        return self.num_tokens - self.score_from
+    def sequences(self) -> list[tuple[torch.Tensor, int]]:
+        """(ids, score_from) per sequence: for a backend that takes sequences one by one."""
+        return list(zip(self.token_ids.split(self.lengths.tolist()), self.score_from.tolist()))
+
+    def select(self, first: int, stop: int) -> "ScoreItem":
+        """Sequences first .. stop - 1 (views)."""
+        offsets = _offsets(self.lengths)
+        row_offsets = _offsets(self.rows)
+        cands = self.candidate_ids
+        return ScoreItem(self.token_ids[offsets[first]:offsets[stop]], self.lengths[first:stop],
+                         self.score_from[first:stop], self.top_k, self.temperature,
+                         None if cands is None else cands[row_offsets[first]:row_offsets[stop]])
+
+    def reorder(self, order: torch.Tensor) -> "ScoreItem":
+        """The same sequences in the order `order` (a permutation of 0 .. B - 1)."""
+        token_index = _gather_index(self.lengths, order)
+        cands = self.candidate_ids
+        return ScoreItem(self.token_ids[token_index], self.lengths[order], self.score_from[order],
+                         self.top_k, self.temperature,
+                         None if cands is None else cands[_gather_index(self.rows, order)])
+
+    def chunks(self, budget: int) -> tuple[list["ScoreItem"], torch.Tensor | None]:
+        """Cut into runs of sequences whose padded size (count x longest) fits `budget` tokens,
+        for forward passes of at most that many. A request that fits is returned whole. One that
+        does not is sorted by length first, so each pass pads little; the second value is then
+        the row order of the chunks' answers (see `unsort_rows`), else None. Budget 0: no limit."""
+        count, longest = self.padded_shape
+        if count * longest <= budget or count == 1 or not budget:
+            return [self], None
+        order = torch.sort(self.lengths, stable=True).indices
+        ordered = self.reorder(order)
+        lengths = ordered.lengths
+        chunks, first = [], 0
+        while first < count:
+            # padded size of the runs first..j: nondecreasing in j (lengths are sorted)
+            padded = lengths[first:] * torch.arange(1, count - first + 1)
+            stop = first + max(1, int(torch.searchsorted(padded, budget, right=True)))
+            chunks.append(ordered.select(first, stop))
+            first = stop
+        return chunks, _gather_index(self.rows, order)
+
+
+def _offsets(sizes: torch.Tensor) -> list[int]:
+    return [0, *sizes.cumsum(0).tolist()]
+
+
+def _gather_index(sizes: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Indices that take the blocks of `sizes` (consecutive, block i has sizes[i] elements) in
+    the order `order`: x[_gather_index(sizes, order)] is block order[0], then order[1], ..."""
+    starts = sizes.cumsum(0) - sizes
+    picked = sizes[order]
+    within = torch.arange(int(picked.sum())) - (picked.cumsum(0) - picked).repeat_interleave(picked)
+    return starts[order].repeat_interleave(picked) + within
+
+
+def unsort_rows(scores: TeacherScores, row_order: torch.Tensor | None) -> TeacherScores:
+    """The chunks' answers (rows in sorted-sequence order, `ScoreItem.chunks`) back in the
+    request's order."""
+    if row_order is None:
+        return scores
+    back = torch.empty_like(row_order)
+    back[row_order] = torch.arange(row_order.numel())
+    return scores.take(back)
 
 
 def mask_padded(logits_NV: torch.Tensor, real_vocab: int | None) -> torch.Tensor:

@@ -97,7 +97,7 @@ class TeacherServer:
                         settings.host, settings.port)
         self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context,
                                           settings.max_draft_tokens, settings.max_request_sequences,
-                                          settings.max_request_tokens)
+                                          settings.max_request_tokens, settings.max_batch_tokens)
         self.info = protocol.info_response(
             self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
             max_message_bytes=settings.max_message_bytes, server_version=__version__)
@@ -167,8 +167,8 @@ class TeacherServer:
 
     async def warm_up(self) -> None:
         """One forward pass (allocations, lazy init), then SERVING."""
-        await self.batcher.submit([ScoreItem(torch.tensor([max(self.backend.info.bos, 0)] * 2),
-                                             1, 1, 1.0, None)])
+        await self.batcher.submit([ScoreItem.one(torch.tensor([max(self.backend.info.bos, 0)] * 2),
+                                                 1, 1)])
         # The model, the libraries and their caches are loaded for good: moved out of the
         # collector's sight, a full collection (one every few large requests, whose per-sequence
         # objects it counts) walks only what requests allocate, not the ~400k startup objects.

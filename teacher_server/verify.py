@@ -39,6 +39,10 @@ class VerifyItem:
     def num_tokens(self) -> int:
         return self.prefix.numel() + self.draft.numel()
 
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return 1, self.num_tokens
+
 
 def verify_draft(p_GV1: torch.Tensor, q_GV: torch.Tensor | None, draft_G: torch.Tensor, mode: str,
                  accept_top_k: int, generator: torch.Generator) -> tuple[int, int, torch.Tensor]:

@@ -15,13 +15,24 @@ from teacher_server.tenants import Tenant, TenantSpec
 
 @dataclass
 class Item:
+    """A single sequence of num_tokens tokens, or `rows` of them (a packed item)."""
+
     num_tokens: int
+    rows: int = 1
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.rows, self.num_tokens // self.rows
 
 
 @dataclass
 class OwnedItem:
     num_tokens: int
     owner: str
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return 1, self.num_tokens
 
 
 def run(coro):
@@ -48,6 +59,25 @@ def test_merges_concurrent_requests_under_the_budget():
     assert sorted(n for batch in batches for n in batch) == [10, 20, 30, 40]
     for batch in batches:
         assert batch == sorted(batch) and len(batch) * max(batch) <= 100
+
+
+def test_a_pass_counts_every_row_of_a_packed_item():
+    """Padded size is rows x widest: 4 rows of 10 and 3 rows of 10 share a pass (70 tokens); one
+    row of 20 would make it 8 x 20 > 100, so it runs apart."""
+    batches = []
+
+    def forward(items):
+        batches.append([(i.rows, i.num_tokens) for i in items])
+        return [0] * len(items)
+
+    async def main():
+        b = Batcher(forward, max_batch_tokens=100, max_wait_s=0.2, max_queued_tokens=10_000)
+        b.start()
+        await asyncio.gather(*(b.submit([Item(n, rows)]) for n, rows in ((20, 1), (40, 4), (30, 3))))
+        await b.close()
+
+    run(main())
+    assert sorted(sorted(batch) for batch in batches) == [[(1, 20)], [(3, 30), (4, 40)]]
 
 
 def test_oversized_item_runs_alone():

@@ -252,7 +252,7 @@ def test_run_batch_sends_each_kind_to_its_method_in_order():
             return [("generate", item.num_samples) for item in items]
 
     gen = lambda n: GenerateItem([torch.tensor([1, 2])], n, 1.0, 1.0, 4, [], None)
-    score = lambda start: ScoreItem(torch.tensor([1, 2, 3]), start, 1, 1.0, None)
+    score = lambda start: ScoreItem.one(torch.tensor([1, 2, 3]), start, 1)
     items = [gen(1), score(1), gen(2), score(2)]
     assert run_batch(Fake(), items) == [("generate", 1), ("score", 1), ("generate", 2), ("score", 2)]
     assert gen(3).num_tokens == (2 + 4) * 3

@@ -108,7 +108,7 @@ def test_verify_items_share_the_score_forward_pass(tiny_model_dir, reference_mod
     calls = []
     hidden_states = backend.hidden_states
     backend.hidden_states = lambda ids, lengths: calls.append(len(ids)) or hidden_states(ids, lengths)
-    score = ScoreItem(torch.arange(10, 20), 3, 4, 1.0, None)
+    score = ScoreItem.one(torch.arange(10, 20), 3, 4, 1.0, None)
     verify = VerifyItem(torch.arange(5), torch.tensor([7, 8]), None, "greedy", 1.0, 0, 4, 0)
     out_score, out_verify = run_batch(backend, [score, verify])
     assert calls == [2]
@@ -128,11 +128,11 @@ def test_a_mixed_batch_equals_each_item_alone(tiny_model_dir, reference_model):
                                   str(tiny_model_dir))
     g = torch.Generator().manual_seed(0)
     cands = lambda n, c: torch.randint(0, 100, (n, c), generator=g)
-    items = [ScoreItem(torch.arange(10, 20), 3, 4, 1.0, None),
-             ScoreItem(torch.arange(30, 35), 1, 4, 1.0, None),
-             ScoreItem(torch.arange(40, 52), 5, 4, 1.0, cands(7, 3)),
-             ScoreItem(torch.arange(60, 66), 2, 4, 1.0, cands(4, 5)),
-             ScoreItem(torch.arange(70, 78), 4, 6, 1.0, None),
+    items = [ScoreItem.one(torch.arange(10, 20), 3, 4, 1.0, None),
+             ScoreItem.one(torch.arange(30, 35), 1, 4, 1.0, None),
+             ScoreItem.one(torch.arange(40, 52), 5, 4, 1.0, cands(7, 3)),
+             ScoreItem.one(torch.arange(60, 66), 2, 4, 1.0, cands(4, 5)),
+             ScoreItem.one(torch.arange(70, 78), 4, 6, 1.0, None),
              VerifyItem(torch.arange(5), torch.tensor([7, 8]), None, "greedy", 1.0, 0, 4, 0)]
     together = backend.score(items)
     for item, got in zip(items, together):

@@ -96,7 +96,7 @@ def test_score_equals_the_transformers_backend(vclient, hf):
     starts = [5, 1, 100, 1]
     for top_k in (1, 16, MAX_TOP_K):
         got = vclient.score(seqs, starts, top_k=top_k)
-        ref = hf.score([ScoreItem(torch.tensor(s), f, top_k, 1.0, None) for s, f in zip(seqs, starts)])
+        ref = hf.score([ScoreItem.one(torch.tensor(s), f, top_k) for s, f in zip(seqs, starts)])
         for g, r in zip(got, ref):
             assert g.topk_ids.shape == r.topk_ids.shape == (r.token_logprobs.numel(), top_k)
             for name in ("topk_logprobs", "token_logprobs", "tail_logprobs"):
@@ -128,7 +128,7 @@ def test_concurrent_clients_share_the_engine_and_get_the_models_answers(vllm_tea
         scored = pool.map(score, seqs)
         generated = pool.map(generate, prompts)
         scored, generated = list(scored), list(generated)
-    ref = hf.score([ScoreItem(torch.tensor(s), 1, 8, 1.0, None) for s in seqs])
+    ref = hf.score([ScoreItem.one(torch.tensor(s), 1, 8) for s in seqs])
     for g, r in zip(scored, ref):
         for name in ("topk_logprobs", "token_logprobs", "tail_logprobs"):
             torch.testing.assert_close(getattr(g, name), getattr(r, name), atol=1e-4, rtol=0)

@@ -104,37 +104,41 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
-        """One decoder pass over every item's tokens. Verify items first settle their drafts
-        (see `_verdicts`); then every item is a block of hidden rows with target tokens (hidden
-        at t-1 predicts token t): a Score item's positions score_from .. T-1, a Verify item's
-        P .. P+G, the last being the verdict's next token. Items asking for the same (k,
+        """One decoder pass over every sequence of every item. Verify items first settle their
+        drafts (see `_verdicts`); then every sequence is a block of hidden rows with target tokens
+        (hidden at t-1 predicts token t): a Score sequence's positions score_from .. T-1, a Verify
+        item's P .. P+G, the last being the verdict's next token. Items asking for the same (k,
         temperature, candidates?) share LM-head chunks; their blocks are gathered, and their
-        results cut, with one tensor operation per group, not per item."""
-        # right-padded with pad_id in one C++ copy, not a Python loop over rows
-        input_ids_BL = torch.nn.utils.rnn.pad_sequence([item.token_ids for item in items],
-                                                       batch_first=True, padding_value=self.pad_id)
-        hidden_BLH = self.hidden_states(input_ids_BL, torch.tensor([item.num_tokens for item in items]))
-        verdicts = self._verdicts(items, hidden_BLH)
-        # targets: the padded ids plus a column for the token after each sequence
+        results cut, with one tensor operation per group, not per sequence."""
+        spans = [(item.lengths, item.score_from) if isinstance(item, ScoreItem)
+                 else (torch.tensor([item.num_tokens]), torch.tensor([item.prefix.numel()]))
+                 for item in items]
+        lengths_B = torch.cat([lengths for lengths, _ in spans])
+        first_row = [0, *itertools.accumulate(lengths.numel() for lengths, _ in spans)]
+        input_ids_BL = pad_packed(torch.cat([item.token_ids for item in items]), lengths_B,
+                                  self.pad_id)
+        hidden_BLH = self.hidden_states(input_ids_BL, lengths_B)
+        verdicts = self._verdicts(items, first_row, hidden_BLH)
+        # targets: the padded ids plus a column for the token after each sequence (a Verify
+        # item's next token: its last scored position is its length, not length - 1)
         targets_BL1 = torch.nn.functional.pad(input_ids_BL, (0, 1), value=self.pad_id)
-        first, last = [0] * len(items), [0] * len(items)   # first and last target position
-        for i, item in enumerate(items):
-            if i in verdicts:
-                first[i], last[i] = item.prefix.numel(), item.num_tokens
-                targets_BL1[i, last[i]] = verdicts[i][1]
-            else:
-                first[i], last[i] = item.score_from, item.num_tokens - 1
+        last_B = lengths_B - 1
+        for i, (_, next_token, _) in verdicts.items():
+            targets_BL1[first_row[i], int(lengths_B[first_row[i]])] = next_token
+            last_B[first_row[i]] += 1
+        first_B = torch.cat([starts for _, starts in spans])
+        sizes_B = last_B - first_B + 1      # scored rows per sequence
         cands_of = lambda i: None if i in verdicts else items[i].candidate_ids
         key = lambda i: (items[i].top_k, items[i].temperature, cands_of(i) is not None)
         outputs: list = [None] * len(items)
         for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
             group = list(group)
-            sizes = [last[i] - first[i] + 1 for i in group]
-            sizes_G = torch.tensor(sizes)
-            row_N = torch.tensor(group).repeat_interleave(sizes_G)
-            # position t of row r: first[r] + (n - where r's block starts in the group)
-            starts_G = torch.tensor([first[i] for i in group]) - (sizes_G.cumsum(0) - sizes_G)
-            pos_N = torch.arange(row_N.numel()) + starts_G.repeat_interleave(sizes_G)
+            seq_S = torch.cat([torch.arange(first_row[i], first_row[i + 1]) for i in group])
+            sizes_S = sizes_B[seq_S]
+            row_N = seq_S.repeat_interleave(sizes_S)
+            # position of row n (of sequence s): first[s] + (n - where s's block starts in the group)
+            starts_S = first_B[seq_S] - (sizes_S.cumsum(0) - sizes_S)
+            pos_N = torch.arange(row_N.numel()) + starts_S.repeat_interleave(sizes_S)
             rows_NH = hidden_BLH[row_N.to(hidden_BLH.device), (pos_N - 1).to(hidden_BLH.device)]
             targets_N = targets_BL1[row_N, pos_N]
             cands = [cands_of(i) for i in group]
@@ -145,15 +149,16 @@ class TransformersBackend:
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
                     None if cand_NC is None else cand_NC[sl], self.info.real_vocab))
-            for i, scores in zip(group, TeacherScores.concat(parts).split(sizes)):
+            item_rows = [int(sizes_B[first_row[i]:first_row[i + 1]].sum()) for i in group]
+            for i, scores in zip(group, TeacherScores.concat(parts).split(item_rows)):
                 if cands_of(i) is not None and cands_of(i).shape[1] < cand_NC.shape[1]:
                     scores.candidate_logprobs = scores.candidate_logprobs[:, :cands_of(i).shape[1]]
                 outputs[i] = VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores
         return outputs
 
-    def _verdicts(self, items, hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:
+    def _verdicts(self, items, first_row: list[int], hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:
         """Accept/reject every Verify item's draft: {item index: (num_accepted, next_token,
-        accept_probs)}.
+        accept_probs)}. Item i's sequence is row first_row[i] of the batch.
 
         Hidden states at P-1 .. P+G-1 predict tokens P .. P+G: the G draft tokens and the one
         after the draft, which is why prefix + draft (P + G tokens) is all the decoder needs.
@@ -164,7 +169,7 @@ class TransformersBackend:
         if not index:
             return {}
         spans = [(items[i].prefix.numel(), items[i].draft.numel()) for i in index]
-        logits_RV = mask_padded(self._logits(torch.cat([hidden_BLH[i, P - 1:P + G]
+        logits_RV = mask_padded(self._logits(torch.cat([hidden_BLH[first_row[i], P - 1:P + G]
                                                         for i, (P, G) in zip(index, spans)])),
                                 self.info.real_vocab)
         verdicts = {}
@@ -232,6 +237,15 @@ class TransformersBackend:
                 start += item.num_samples
             results.append(per_prompt)
         return results
+
+
+def pad_packed(ids_T: torch.Tensor, lengths_B: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Packed sequences (one after another, lengths_B tokens each) as a right-padded [B, L]
+    batch, in one masked copy: the mask's True cells, in row-major order, are the packed ids."""
+    mask_BL = torch.arange(int(lengths_B.max())) < lengths_B[:, None]
+    ids_BL = torch.full(mask_BL.shape, pad_id, dtype=ids_T.dtype)
+    ids_BL[mask_BL] = ids_T
+    return ids_BL
 
 
 def _cat_ragged(cands: list[torch.Tensor]) -> torch.Tensor:

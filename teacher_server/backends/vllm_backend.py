@@ -184,24 +184,26 @@ class VllmBackend:
                               allowed_token_ids=self._allowed_ids, **options)
 
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
-        """Verify items are decided first (`_verdicts`); then every item is scored in one call,
-        a Verify item as prefix + draft + [next token] from the first draft position."""
+        """Verify items are decided first (`_verdicts`); then every sequence is scored in one
+        call, a Verify item as prefix + draft + [next token] from the first draft position. vLLM
+        takes prompts one by one, so here a packed Score item is cut into its sequences."""
         verdicts = self._verdicts({i: item for i, item in enumerate(items)
                                    if isinstance(item, VerifyItem)})
-        to_score = [item if i not in verdicts else
-                    ScoreItem(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]),
-                              item.prefix.numel(), item.top_k, 1.0, None)
-                    for i, item in enumerate(items)]
-        outs = self._run([item.token_ids for item in to_score],
-                         [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=item.top_k)
-                          for item in to_score])
+        sequences = [item.sequences() if i not in verdicts else
+                     [(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]), item.prefix.numel())]
+                     for i, item in enumerate(items)]
+        outs = iter(self._run([ids for per_item in sequences for ids, _ in per_item],
+                              [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=item.top_k)
+                               for item, per_item in zip(items, sequences) for _ in per_item]))
         outputs = []
-        for i, (item, out) in enumerate(zip(to_score, outs)):
-            ids_NK1, logprobs_NK1 = prompt_rows(out.prompt_logprobs, item.top_k, item.score_from)
+        for i, (item, per_item) in enumerate(zip(items, sequences)):
+            rows = [prompt_rows(next(outs).prompt_logprobs, item.top_k, start) for _, start in per_item]
+            ids_NK1 = np.concatenate([ids for ids, _ in rows])
+            logprobs_NK1 = np.concatenate([logprobs for _, logprobs in rows])
             logprobs_NK = torch.from_numpy(logprobs_NK1[:, 1:])
             scores = TeacherScores(torch.from_numpy(ids_NK1[:, 1:]), logprobs_NK,
-                                 torch.from_numpy(logprobs_NK1[:, 0]),
-                                 tail_from_topk(logprobs_NK, self.info.vocab_size), None)
+                                   torch.from_numpy(logprobs_NK1[:, 0]),
+                                   tail_from_topk(logprobs_NK, self.info.vocab_size), None)
             outputs.append(VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores)
         return outputs
 

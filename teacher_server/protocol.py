@@ -189,36 +189,60 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     if packed:
         item, scored = _packed_score_item(request.packed, top_k, temperature, limits)
-        items, row_order = item.chunks(limits.max_batch_tokens)
-        offsets = np.concatenate([[0], np.cumsum(scored)]).astype(np.int32)
-        return Parsed(items, lambda outputs: pb.ScoreResponse(
-            packed=scores_to_proto(unsort_rows(TeacherScores.concat(outputs), row_order), dtype),
-            offsets=pack(offsets)), item.num_sequences, item.num_tokens, item.num_scored)
-    _check_sequences(len(request.sequences), limits)
-    items = []
-    for i, seq in enumerate(request.sequences):
+        widths = None
+    else:
+        item, widths = _per_sequence_score_item(request.sequences, top_k, temperature, limits)
+        scored = item.rows.numpy()
+    # one item for the whole request, cut into forward passes only when over the batch budget
+    items, row_order = item.chunks(limits.max_batch_tokens)
+
+    def respond(outputs: list[TeacherScores]) -> pb.ScoreResponse:
+        scores = unsort_rows(TeacherScores.concat(outputs), row_order)
+        if widths is None:
+            offsets = np.concatenate([[0], np.cumsum(scored)]).astype(np.int32)
+            return pb.ScoreResponse(packed=scores_to_proto(scores, dtype), offsets=pack(offsets))
+        results = scores.split(scored.tolist())
+        for result, width in zip(results, widths):   # each sequence its own candidates, if any
+            result.candidate_logprobs = result.candidate_logprobs[:, :width] if width else None
+        return pb.ScoreResponse(results=[scores_to_proto(r, dtype) for r in results])
+
+    return Parsed(items, respond, item.num_sequences, item.num_tokens, item.num_scored)
+
+
+def _per_sequence_score_item(sequences, top_k: int, temperature: float,
+                             limits: Limits) -> tuple[ScoreItem, list[int]]:
+    """The per-sequence form, checked message by message, packed into one item like the packed
+    form. Candidate blocks of different widths are padded to the widest (with id 0; a sequence
+    without candidates gets a block of them); the second value is each sequence's own width (0:
+    none), for cutting the answer back."""
+    _check_sequences(len(sequences), limits)
+    ids, starts, cands = [], [], []
+    for i, seq in enumerate(sequences):
         where = f"sequence {i}"
-        ids = _token_ids(seq.token_ids, where, limits)
-        _check_score_from(np.array([seq.score_from]), np.array([ids.numel()]), i)
-        cands = None
+        ids.append(_token_ids(seq.token_ids, where, limits))
+        starts.append(int(seq.score_from))
+        _check_score_from(np.array([seq.score_from]), np.array([ids[-1].numel()]), i)
+        cands.append(None)
         if seq.HasField("candidate_ids"):
             _require(limits.features.score_candidates, limits, "candidate_ids")
             array = _unpack(seq.candidate_ids, f"{where} candidate_ids")
-            n = ids.numel() - seq.score_from
+            n = ids[-1].numel() - seq.score_from
             if seq.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 \
                     or array.shape[0] != n or array.shape[1] < 1:
                 raise InvalidRequest(
                     f"{where}: candidate_ids must be DTYPE_INT32 of shape [{n}, C] with C >= 1 "
                     f"(one row per scored position), got {pb.DType.Name(seq.candidate_ids.dtype)} "
                     f"{list(array.shape)}")
-            cands = torch.from_numpy(array.astype("int64"))
-            _check_vocab(cands, f"{where} candidate_ids", limits)
-        items.append(ScoreItem.one(ids, int(seq.score_from), top_k, temperature, cands))
-    tokens = sum(item.num_tokens for item in items)
-    _check_tokens(tokens, limits)
-    return Parsed(items, lambda outputs: pb.ScoreResponse(
-        results=[scores_to_proto(o, dtype) for o in outputs]), len(items), tokens,
-        sum(item.num_scored for item in items))
+            cands[-1] = torch.from_numpy(array.astype("int64"))
+            _check_vocab(cands[-1], f"{where} candidate_ids", limits)
+    _check_tokens(sum(seq.numel() for seq in ids), limits)
+    widths = [0 if c is None else c.shape[1] for c in cands]
+    widest = max(widths)
+    blocks = None if not widest else [
+        torch.zeros(seq.numel() - start, widest, dtype=torch.int64) if c is None
+        else torch.nn.functional.pad(c, (0, widest - c.shape[1]))
+        for seq, start, c in zip(ids, starts, cands)]
+    return ScoreItem.pack(ids, starts, top_k, temperature, blocks), widths
 
 
 def _check_score_from(score_from: np.ndarray, lengths: np.ndarray, first: int = 0) -> None:

@@ -59,6 +59,24 @@ def test_a_packed_request_over_the_batch_budget_equals_the_per_sequence_form(stu
             torch.testing.assert_close(getattr(x, name), getattr(y, name), atol=1e-5, rtol=0)
 
 
+def test_per_sequence_candidates_of_different_widths_come_back_at_their_own_width(stub):
+    """The per-sequence form is packed into one item too: candidate blocks are padded to the
+    widest and each answer is cut back to its own width (or None)."""
+    seqs, starts = ragged(6, 4)
+    g = np.random.default_rng(7)
+    cands = [g.integers(0, VOCAB, (len(s) - f, c)) if c else None
+             for s, f, c in zip(seqs, starts, (1, 3, 0, 2))]
+    together = scores_from_response(stub.Score(score_request(seqs, starts, 4, 1.0, cands, "float32"),
+                                               timeout=60))
+    for seq, start, cand, got in zip(seqs, starts, cands, together):
+        alone = scores_from_response(stub.Score(score_request(
+            [seq], [start], 4, 1.0, None if cand is None else [cand], "float32"), timeout=60))[0]
+        assert (got.candidate_logprobs is None) == (cand is None)
+        for name in ("topk_logprobs", "token_logprobs", "candidate_logprobs"):
+            if getattr(alone, name) is not None:
+                torch.testing.assert_close(getattr(got, name), getattr(alone, name), atol=1e-5, rtol=0)
+
+
 def test_chunks_fit_the_budget_and_unsort_restores_the_order():
     seqs, starts = ragged(5, 40)
     item = ScoreItem.pack([torch.as_tensor(s) for s in seqs], starts, 3)

@@ -128,12 +128,14 @@ class TransformersBackend:
             last_B[first_row[i]] += 1
         first_B = torch.cat([starts for _, starts in spans])
         sizes_B = last_B - first_B + 1      # scored rows per sequence
+        rows_before = [0, *sizes_B.cumsum(0).tolist()]   # of sequence b, in batch order
         cands_of = lambda i: None if i in verdicts else items[i].candidate_ids
         key = lambda i: (items[i].top_k, items[i].temperature, cands_of(i) is not None)
         outputs: list = [None] * len(items)
         for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
             group = list(group)
-            seq_S = torch.cat([torch.arange(first_row[i], first_row[i + 1]) for i in group])
+            seq_S = (torch.arange(first_row[-1]) if len(group) == len(items) else  # all, in order
+                     torch.cat([torch.arange(first_row[i], first_row[i + 1]) for i in group]))
             sizes_S = sizes_B[seq_S]
             row_N = seq_S.repeat_interleave(sizes_S)
             # position of row n (of sequence s): first[s] + (n - where s's block starts in the group)
@@ -149,7 +151,7 @@ class TransformersBackend:
                 parts.append(score_logits(
                     self._logits(rows_NH[sl]), targets_N[sl], top_k, temperature,
                     None if cand_NC is None else cand_NC[sl], self.info.real_vocab))
-            item_rows = [int(sizes_B[first_row[i]:first_row[i + 1]].sum()) for i in group]
+            item_rows = [rows_before[first_row[i + 1]] - rows_before[first_row[i]] for i in group]
             for i, scores in zip(group, TeacherScores.concat(parts).split(item_rows)):
                 if cands_of(i) is not None and cands_of(i).shape[1] < cand_NC.shape[1]:
                     scores.candidate_logprobs = scores.candidate_logprobs[:, :cands_of(i).shape[1]]

@@ -189,12 +189,13 @@ class Batcher:
     def _drop(self, request: _Request) -> None:
         """A request is done: those of its items not yet taken are dropped (its caller gave up,
         its deadline passed, or another of its items failed)."""
-        dropped = self._settle(request, len(request.items))
-        if dropped and self._metrics is not None:
-            self._gauge(request.tenant)
-            expired = (request.deadline is not None
-                       and time.monotonic() >= request.deadline - _DEADLINE_SLACK_S)
-            self._metrics.dropped.labels("deadline" if expired else "cancelled").inc(dropped)
+        first = request.taken
+        if not self._settle(request, len(request.items)) or self._metrics is None:
+            return
+        self._gauge(request.tenant)
+        expired = request.deadline is not None and time.monotonic() >= request.deadline - _DEADLINE_SLACK_S
+        sequences = sum(item.padded_shape[0] for item in request.items[first:])
+        self._metrics.dropped.labels("deadline" if expired else "cancelled").inc(sequences)
 
     async def _loop(self) -> None:
         while True:
@@ -287,7 +288,8 @@ class Batcher:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._run_batch, [r.items[i] for r, i in group])
         except Exception as exc:  # one bad batch must not stop the loop
-            log.exception("forward pass failed for %d sequences", len(group))
+            log.exception("forward pass failed for %d sequences",
+                          sum(r.items[i].padded_shape[0] for r, i in group))
             for request in {r for r, _ in group}:
                 if not request.future.done():
                     request.future.set_exception(exc)

@@ -58,10 +58,9 @@ class ScoreItem:
         """(ids, score_from) per sequence: for a backend that takes sequences one by one."""
         return list(zip(self.token_ids.split(self.lengths.tolist()), self.score_from.tolist()))
 
-    def select(self, first: int, stop: int) -> "ScoreItem":
-        """Sequences first .. stop - 1 (views)."""
-        offsets = _offsets(self.lengths)
-        row_offsets = _offsets(self.rows)
+    def _select(self, first: int, stop: int, offsets: list[int], row_offsets: list[int]) -> "ScoreItem":
+        """Sequences first .. stop - 1 (views), given where each sequence's tokens and scored
+        rows start (`_offsets` of lengths and rows)."""
         cands = self.candidate_ids
         return ScoreItem(self.token_ids[offsets[first]:offsets[stop]], self.lengths[first:stop],
                          self.score_from[first:stop], self.top_k, self.temperature,
@@ -86,12 +85,13 @@ class ScoreItem:
         order = torch.sort(self.lengths, stable=True).indices
         ordered = self.reorder(order)
         lengths = ordered.lengths
+        offsets, row_offsets = _offsets(lengths), _offsets(ordered.rows)
         chunks, first = [], 0
         while first < count:
             # padded size of the runs first..j: nondecreasing in j (lengths are sorted)
             padded = lengths[first:] * torch.arange(1, count - first + 1)
             stop = first + max(1, int(torch.searchsorted(padded, budget, right=True)))
-            chunks.append(ordered.select(first, stop))
+            chunks.append(ordered._select(first, stop, offsets, row_offsets))
             first = stop
         return chunks, _gather_index(self.rows, order)
 

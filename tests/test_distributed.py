@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -105,10 +106,18 @@ def _join(rank: int, fn, port: int, world: int, args: tuple) -> None:
     fn(rank, *args)
 
 
-def spawn_ranks(fn, *args, world: int = 2) -> None:
+def spawn_ranks(fn, *args, world: int = 2, timeout: float = 300) -> None:
     """fn(rank, *args) in `world` fresh processes of one job, as torchrun would start them
-    (RANK, LOCAL_RANK, WORLD_SIZE and a free port in the environment)."""
-    mp.start_processes(_join, args=(fn, _free_port(), world, args), nprocs=world, start_method="spawn")
+    (RANK, LOCAL_RANK, WORLD_SIZE and a free port in the environment). A rank that has not
+    finished after `timeout` seconds fails the test instead of hanging the suite."""
+    ranks = mp.start_processes(_join, args=(fn, _free_port(), world, args), nprocs=world,
+                               start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the ranks did not finish within {timeout:.0f} s")
 
 
 def _rank(rank: int, model_dir: str, out: str) -> None:
@@ -141,6 +150,10 @@ def _rank(rank: int, model_dir: str, out: str) -> None:
     if rank == 0:
         torch.save({"loss": stats[0].item(), "grads": {n: p.grad for n, p in model.named_parameters()},
                     "seen": seen, "same_weights": len(set(digests)) == 1}, out)
+    # DDP's reducer goes while the group is still registered, as in the trainer: freed after
+    # destroy_process_group, it took the group's last reference and its gloo threads once hung
+    # joining in the destructor
+    del ddp
     dist.destroy_process_group()
 
 

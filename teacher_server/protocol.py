@@ -188,11 +188,10 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
     dtype = logprob_dtype(request.logprob_dtype)
     top_k, temperature = _top_k(request, limits), _temperature(request, limits)
     if packed:
-        item, scored = _packed_score_item(request.packed, top_k, temperature, limits)
-        widths = None
+        item, widths = _packed_score_item(request.packed, top_k, temperature, limits), None
     else:
         item, widths = _per_sequence_score_item(request.sequences, top_k, temperature, limits)
-        scored = item.rows.numpy()
+    scored = item.rows.numpy()
     # one item for the whole request, cut into forward passes only when over the batch budget
     items, row_order = item.chunks(limits.max_batch_tokens)
 
@@ -266,9 +265,9 @@ def _index_array(tensor: pb.Tensor, where: str, size: int | None = None) -> np.n
 
 
 def _packed_score_item(packed: pb.PackedScoreSequences, top_k: int, temperature: float,
-                       limits: Limits) -> tuple[ScoreItem, np.ndarray]:
-    """The packed form's checks, each one array operation over the whole request. Returns the
-    request as one item and the positions scored per sequence."""
+                       limits: Limits) -> ScoreItem:
+    """The packed form's checks, each one array operation over the whole request; the request
+    as one item."""
     lengths = _index_array(packed.lengths, "packed.lengths")
     if not lengths.size:
         raise InvalidRequest("the request has no sequences (packed.lengths is empty)")
@@ -304,7 +303,7 @@ def _packed_score_item(packed: pb.PackedScoreSequences, top_k: int, temperature:
     item = lambda cands: ScoreItem(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(lengths),
                                    torch.from_numpy(starts), top_k, temperature, cands)
     if not packed.HasField("candidate_ids"):
-        return item(None), scored
+        return item(None)
     _require(limits.features.score_candidates, limits, "candidate_ids")
     array = _unpack(packed.candidate_ids, "packed.candidate_ids")
     if packed.candidate_ids.dtype != pb.DTYPE_INT32 or array.ndim != 2 or array.shape[0] != rows \
@@ -321,7 +320,7 @@ def _packed_score_item(packed: pb.PackedScoreSequences, top_k: int, temperature:
         raise InvalidRequest(f"sequence {i} candidate_ids: token id {array[row, col]} at position "
                              f"{[row - int(row_offsets[i]), col]} is outside the vocabulary "
                              f"[0, {limits.vocab_size})")
-    return item(torch.from_numpy(array.astype(np.int64))), scored
+    return item(torch.from_numpy(array.astype(np.int64)))
 
 
 def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:

@@ -46,8 +46,8 @@ class ScoreItem:
     def one(cls, token_ids: torch.Tensor, score_from: int, top_k: int, temperature: float = 1.0,
             candidate_ids: torch.Tensor | None = None) -> "ScoreItem":
         """A single sequence."""
-        return cls(token_ids, torch.tensor([token_ids.numel()]), torch.tensor([score_from]),
-                   top_k, temperature, candidate_ids)
+        return cls.pack([token_ids], [score_from], top_k, temperature,
+                        None if candidate_ids is None else [candidate_ids])
 
     @property
     def rows(self) -> torch.Tensor:
@@ -66,13 +66,13 @@ class ScoreItem:
                          self.score_from[first:stop], self.top_k, self.temperature,
                          None if cands is None else cands[row_offsets[first]:row_offsets[stop]])
 
-    def reorder(self, order: torch.Tensor) -> "ScoreItem":
-        """The same sequences in the order `order` (a permutation of 0 .. B - 1)."""
-        token_index = _gather_index(self.lengths, order)
+    def _reorder(self, order: torch.Tensor, row_index: torch.Tensor) -> "ScoreItem":
+        """The same sequences in the order `order` (a permutation of 0 .. B - 1); row_index is
+        `_gather_index(self.rows, order)`, which the caller keeps too."""
         cands = self.candidate_ids
-        return ScoreItem(self.token_ids[token_index], self.lengths[order], self.score_from[order],
-                         self.top_k, self.temperature,
-                         None if cands is None else cands[_gather_index(self.rows, order)])
+        return ScoreItem(self.token_ids[_gather_index(self.lengths, order)], self.lengths[order],
+                         self.score_from[order], self.top_k, self.temperature,
+                         None if cands is None else cands[row_index])
 
     def chunks(self, budget: int) -> tuple[list["ScoreItem"], torch.Tensor | None]:
         """Cut into runs of sequences whose padded size (count x longest) fits `budget` tokens,
@@ -83,7 +83,8 @@ class ScoreItem:
         if count * longest <= budget or count == 1 or not budget:
             return [self], None
         order = torch.sort(self.lengths, stable=True).indices
-        ordered = self.reorder(order)
+        row_order = _gather_index(self.rows, order)
+        ordered = self._reorder(order, row_order)
         lengths = ordered.lengths
         offsets, row_offsets = _offsets(lengths), _offsets(ordered.rows)
         chunks, first = [], 0
@@ -93,7 +94,7 @@ class ScoreItem:
             stop = first + max(1, int(torch.searchsorted(padded, budget, right=True)))
             chunks.append(ordered._select(first, stop, offsets, row_offsets))
             first = stop
-        return chunks, _gather_index(self.rows, order)
+        return chunks, row_order
 
 
 def _offsets(sizes: torch.Tensor) -> list[int]:

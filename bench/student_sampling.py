@@ -89,7 +89,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
-    model_dir = args.model or default_student(tempfile.mkdtemp(prefix="student-"))
+    scratch = tempfile.TemporaryDirectory(prefix="student-")   # removed when main returns
+    model_dir = args.model or default_student(scratch.name)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model = model.to(args.device).eval()
     vocab = model.config.vocab_size

@@ -78,20 +78,27 @@ def _float(tensor: pb.Tensor) -> torch.Tensor:
     return unpack_torch(tensor).float()
 
 
-def scores_to_proto(scores: TeacherScores, dtype: int) -> pb.ScoreResult:
-    """`dtype`: the wire DType of the log-probs."""
-    result = pb.ScoreResult(topk_ids=pack(scores.topk_ids, "int32"),
-                            topk_logprobs=pack(scores.topk_logprobs, dtype),
-                            token_logprobs=pack(scores.token_logprobs, dtype),
-                            tail_logprobs=pack(scores.tail_logprobs, dtype))
+def _ids(tensor: pb.Tensor) -> torch.Tensor:
+    """int64 ids from an int32 Tensor, in one copy."""
+    return torch.from_numpy(unpack(tensor).astype(np.int64))
+
+
+def scores_to_proto(scores: TeacherScores, dtype: int, into: pb.ScoreResult | None = None) -> pb.ScoreResult:
+    """`dtype`: the wire DType of the log-probs. `into`: a field of the response being built,
+    filled in place (see `pack`)."""
+    result = pb.ScoreResult() if into is None else into
+    pack(scores.topk_ids, "int32", into=result.topk_ids)
+    pack(scores.topk_logprobs, dtype, into=result.topk_logprobs)
+    pack(scores.token_logprobs, dtype, into=result.token_logprobs)
+    pack(scores.tail_logprobs, dtype, into=result.tail_logprobs)
     if scores.candidate_logprobs is not None:
-        result.candidate_logprobs.CopyFrom(pack(scores.candidate_logprobs, dtype))
+        pack(scores.candidate_logprobs, dtype, into=result.candidate_logprobs)
     return result
 
 
 def scores_from_proto(result: pb.ScoreResult) -> TeacherScores:
     return TeacherScores(
-        topk_ids=unpack_torch(result.topk_ids).long(),
+        topk_ids=_ids(result.topk_ids),
         topk_logprobs=_float(result.topk_logprobs),
         token_logprobs=_float(result.token_logprobs),
         tail_logprobs=_float(result.tail_logprobs),
@@ -119,10 +126,13 @@ def whole_scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> tupl
     return whole, np.diff(bounds).tolist()
 
 
-def verify_to_proto(outcome: VerifyOutcome, dtype: int) -> pb.VerifyResult:
-    return pb.VerifyResult(num_accepted=outcome.num_accepted, next_token=outcome.next_token,
-                           accept_probs=pack(outcome.accept_probs, "float32"),
-                           scores=scores_to_proto(outcome.scores, dtype))
+def verify_to_proto(outcome: VerifyOutcome, dtype: int, into: pb.VerifyResult | None = None) -> pb.VerifyResult:
+    """`into`: as in scores_to_proto."""
+    result = pb.VerifyResult() if into is None else into
+    result.num_accepted, result.next_token = outcome.num_accepted, outcome.next_token
+    pack(outcome.accept_probs, "float32", into=result.accept_probs)
+    scores_to_proto(outcome.scores, dtype, into=result.scores)
+    return result
 
 
 def verify_from_proto(result: pb.VerifyResult) -> VerifyOutcome:
@@ -133,11 +143,13 @@ def verify_from_proto(result: pb.VerifyResult) -> VerifyOutcome:
 
 def samples_to_proto(samples: list[list[TeacherSample]], dtype: int) -> pb.GenerateResponse:
     """samples[i]: prompt i's samples. On the wire they are grouped by prompt, in that order."""
-    return pb.GenerateResponse(samples=[
-        pb.GenerateSample(prompt_index=i, token_ids=pack(s.token_ids, "int32"),
-                          token_logprobs=pack(s.logprobs, dtype),
-                          finish_reason=FINISH_REASONS[s.finish_reason])
-        for i, per_prompt in enumerate(samples) for s in per_prompt])
+    response = pb.GenerateResponse()
+    for i, per_prompt in enumerate(samples):
+        for s in per_prompt:
+            sample = response.samples.add(prompt_index=i, finish_reason=FINISH_REASONS[s.finish_reason])
+            pack(s.token_ids, "int32", into=sample.token_ids)
+            pack(s.logprobs, dtype, into=sample.token_logprobs)
+    return response
 
 
 def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[list[TeacherSample]]:
@@ -145,6 +157,6 @@ def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[
     grouped: list[list[TeacherSample]] = [[] for _ in range(num_prompts)]
     for sample in response.samples:
         grouped[sample.prompt_index].append(TeacherSample(
-            token_ids=unpack_torch(sample.token_ids).long(), logprobs=_float(sample.token_logprobs),
+            token_ids=_ids(sample.token_ids), logprobs=_float(sample.token_logprobs),
             finish_reason=FINISH_REASON_NAMES.get(sample.finish_reason, "unspecified")))
     return grouped

@@ -37,8 +37,11 @@ def wire_dtype(name: str | int) -> int:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_NAMES)}") from None
 
 
-def pack(array: np.ndarray | torch.Tensor, dtype: str | int | None = None) -> pb.Tensor:
-    """Pack an array (numpy or torch, any device) into a Tensor, converting to `dtype` if given."""
+def pack(array: np.ndarray | torch.Tensor, dtype: str | int | None = None,
+         into: pb.Tensor | None = None) -> pb.Tensor:
+    """Pack an array (numpy or torch, any device) into a Tensor, converting to `dtype` if given.
+    `into`: a Tensor field of a message being built, filled in place (a message passed to a
+    constructor or assigned is copied whole, its bytes included)."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     elif not isinstance(array, np.ndarray):
@@ -51,7 +54,10 @@ def pack(array: np.ndarray | torch.Tensor, dtype: str | int | None = None) -> pb
     if array.dtype != _NUMPY[wire]:          # big-endian input: swap to the wire's order
         array = array.astype(_NUMPY[wire])
     # tobytes() writes C order whatever the strides: a called-per-sequence hot path, kept lean
-    return pb.Tensor(dtype=wire, shape=array.shape, data=array.tobytes())
+    tensor = pb.Tensor() if into is None else into
+    tensor.dtype, tensor.data = wire, array.tobytes()
+    tensor.shape[:] = array.shape
+    return tensor
 
 
 def unpack(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:

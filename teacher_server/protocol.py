@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from distill.results import (VERIFY_MODE_NAMES, TeacherScores, samples_to_proto, scores_to_proto,
-                             verify_to_proto)
+from distill.results import (VERIFY_MODE_NAMES, TeacherScores, VerifyOutcome, samples_to_proto,
+                             scores_to_proto, verify_to_proto)
 from distill.tensors import PackError, pack, unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import Features, ModelInfo
@@ -197,13 +197,16 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
 
     def respond(outputs: list[TeacherScores]) -> pb.ScoreResponse:
         scores = unsort_rows(TeacherScores.concat(outputs), row_order)
+        response = pb.ScoreResponse()
         if widths is None:
-            offsets = np.concatenate([[0], np.cumsum(scored)]).astype(np.int32)
-            return pb.ScoreResponse(packed=scores_to_proto(scores, dtype), offsets=pack(offsets))
-        results = scores.split(scored.tolist())
-        for result, width in zip(results, widths):   # each sequence its own candidates, if any
+            scores_to_proto(scores, dtype, into=response.packed)
+            pack(np.concatenate([[0], np.cumsum(scored)]), "int32", into=response.offsets)
+            return response
+        for result, width in zip(scores.split(scored.tolist()), widths):
+            # each sequence its own candidates, if any
             result.candidate_logprobs = result.candidate_logprobs[:, :width] if width else None
-        return pb.ScoreResponse(results=[scores_to_proto(r, dtype) for r in results])
+            scores_to_proto(result, dtype, into=response.results.add())
+        return response
 
     return Parsed(items, respond, item.num_sequences, item.num_tokens, item.num_scored)
 
@@ -370,8 +373,13 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:
         items.append(VerifyItem(prefix, draft, q, mode, temperature, request.accept_top_k, top_k, seed))
     tokens = sum(item.num_tokens for item in items)
     _check_tokens(tokens, limits)
-    return Parsed(items, lambda outputs: pb.VerifyResponse(
-        results=[verify_to_proto(o, dtype) for o in outputs]), len(items), tokens)
+    def respond(outputs: list[VerifyOutcome]) -> pb.VerifyResponse:
+        response = pb.VerifyResponse()
+        for outcome in outputs:
+            verify_to_proto(outcome, dtype, into=response.results.add())
+        return response
+
+    return Parsed(items, respond, len(items), tokens)
 
 
 def _draft_probs(seq: pb.VerifySequence, G: int, where: str, limits: Limits) -> torch.Tensor:

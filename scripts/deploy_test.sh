@@ -12,7 +12,8 @@
 #   5. Checks: /metrics counts the workers' Score calls; on the checkpoints volume each run has
 #      its checkpoints, which load with transformers.
 # Everything the run made (containers, volumes, networks) is removed at the end, also on failure;
-# the images and the base stay as a cache (docker image rm distill-base:bookworm ... to drop them).
+# the images, their build stages and the base stay as a cache (docker image rm
+# distill-base:bookworm ... to drop them), and earlier runs' untagged images are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,15 +65,22 @@ cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$LOCAL/ca-certificates.crt
 build=(docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE"
        ${PIP_INDEX_URL:+--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL"}
        --build-arg PIP_CERT=/tmp/local/ca-certificates.crt)
-start=$SECONDS
-"${build[@]}" -f docker/worker.Dockerfile -t distill-worker:deploy-test \
-    --build-arg "TORCH_INDEX=${PIP_INDEX_URL:-https://pypi.org/simple}" \
-    --build-arg TORCH_VERSION=2.13.0+cpu .
-echo "worker image: $((SECONDS - start)) s"
-start=$SECONDS
-"${build[@]}" -f docker/teacher.Dockerfile -t distill-teacher:deploy-test \
-    --build-arg ENGINE=torch==2.13.0+cpu --build-arg TEACHER_BACKEND=transformers .
-echo "teacher image: $((SECONDS - start)) s"
+# image NAME DOCKERFILE ARGS...: its `build` stage tagged NAME-build:deploy-test (so the next
+# run's cache is a tagged image, not a dangling one), then the image NAME:deploy-test
+image() {
+    local name=$1 file=$2 start=$SECONDS
+    shift 2
+    "${build[@]}" -f "$file" --target build -t "$name-build:deploy-test" "$@" .
+    "${build[@]}" -f "$file" -t "$name:deploy-test" "$@" .
+    echo "$name image: $((SECONDS - start)) s"
+}
+image distill-worker docker/worker.Dockerfile \
+    --build-arg "TORCH_INDEX=${PIP_INDEX_URL:-https://pypi.org/simple}" --build-arg TORCH_VERSION=2.13.0+cpu
+image distill-teacher docker/teacher.Dockerfile \
+    --build-arg ENGINE=torch==2.13.0+cpu --build-arg TEACHER_BACKEND=transformers
+# Every image this run built is tagged, so the dangling ones are earlier runs' (~3 GB a run that
+# changed the code): removed, or repeated runs fill the disk.
+docker image prune --force >/dev/null
 
 # --- 4. the stack ---------------------------------------------------------------------------------
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -47,6 +47,15 @@ def test_pack_converts_and_is_little_endian():
     assert msg.data == np.array([1.5, -2.0], dtype="<f4").tobytes()
 
 
+def test_pack_into_a_field_fills_it_in_place_and_replaces_what_was_there():
+    response = pb.ScoreResponse()
+    pack(np.zeros((2, 3), np.float32), into=response.packed.topk_logprobs)
+    array = np.arange(4, dtype=np.int32)
+    assert pack(array, into=response.packed.topk_logprobs) is response.packed.topk_logprobs
+    assert response.packed.topk_logprobs == pack(array)
+    assert response.HasField("packed") and not response.packed.HasField("topk_ids")
+
+
 @pytest.mark.parametrize("shape,nbytes,dtype,match", [
     ([4], 12, pb.DTYPE_INT32, "do not match shape"),
     ([2, -1], 0, pb.DTYPE_INT32, "negative dimension"),

@@ -90,9 +90,10 @@ def serve_floor(model_dir, sizes: list[int], seq_len: int, port_pipe) -> None:
         items = [ScoreItem.pack(sequences(n, seq_len), 1, TOP_K)]
         scores = backend.score(items)[0]
         offsets = torch.arange(n + 1, dtype=torch.int32) * (seq_len - 1)
-        answer = pb.ScoreResponse(packed=scores_to_proto(scores, pb.DTYPE_FLOAT32),
-                                  offsets=pack(offsets)).SerializeToString()
-        work[n] = (items, answer)
+        answer = pb.ScoreResponse()
+        scores_to_proto(scores, pb.DTYPE_FLOAT32, into=answer.packed)
+        pack(offsets, into=answer.offsets)
+        work[n] = (items, answer.SerializeToString())
     forward = concurrent.futures.ThreadPoolExecutor(1)
 
     def method(n: int):

@@ -42,11 +42,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
-from distill.results import scores_to_proto
-from distill.tensors import pack
-from distill.v1 import teacher_pb2 as pb
 from student_worker.teacher_client import (TeacherClient, channel_options, score_request,
                                            scores_from_response, whole_scores_from_response)
+from teacher_server import protocol
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.process import TeacherProcess
 from teacher_server.scoring import ScoreItem
@@ -79,21 +77,22 @@ def sequences(n: int, seq_len: int) -> torch.Tensor:
     return torch.randint(4, VOCAB, (n, seq_len), generator=torch.Generator().manual_seed(n))
 
 
+def request_for(n: int, seq_len: int):
+    """The packed Score request of n sequences, as the client sends it."""
+    return score_request(sequences(n, seq_len), 1, TOP_K, 1.0, None, "float32", packed=True)
+
+
 def serve_floor(model_dir, sizes: list[int], seq_len: int, port_pipe) -> None:
     """The floor server (see the module's doc): method /floor/S{n} runs the forward pass of the n
     sequences on a thread, then answers with the packed answer's bytes."""
     torch.set_num_threads(1)
     keep_freed_memory()
     backend = load_backend(model_dir)
+    limits = protocol.limits_for(backend.info)
     work = {}
-    for n in sizes:
-        items = [ScoreItem.pack(sequences(n, seq_len), 1, TOP_K)]
-        scores = backend.score(items)[0]
-        offsets = torch.arange(n + 1, dtype=torch.int32) * (seq_len - 1)
-        answer = pb.ScoreResponse()
-        scores_to_proto(scores, pb.DTYPE_FLOAT32, into=answer.packed)
-        pack(offsets, into=answer.offsets)
-        work[n] = (items, answer.SerializeToString())
+    for n in sizes:   # the teacher's own checks and answer, once, ahead of the calls
+        parsed = protocol.parse_score_request(request_for(n, seq_len), limits)
+        work[n] = (parsed.items, parsed.respond(backend.score(parsed.items)).SerializeToString())
     forward = concurrent.futures.ThreadPoolExecutor(1)
 
     def method(n: int):
@@ -178,7 +177,7 @@ def measure(client: TeacherClient, pid: int, floor_channel: grpc.Channel, floor_
     seqs = sequences(n, seq_len)
     items = [ScoreItem.pack(seqs, 1, TOP_K)]
     floor_call = floor_channel.unary_unary(f"/floor/S{n}")
-    floor_request = score_request(seqs, 1, TOP_K, 1.0, None, "float32", packed=True).SerializeToString()
+    floor_request = request_for(n, seq_len).SerializeToString()
 
     def over_grpc(packed: bool):
         request = score_request(seqs, 1, TOP_K, 1.0, None, "float32", packed=packed)
@@ -190,6 +189,7 @@ def measure(client: TeacherClient, pid: int, floor_channel: grpc.Channel, floor_
              "per_seq": (lambda: over_grpc(False), pid), "packed": (lambda: over_grpc(True), pid)}
     per_seq, packed = over_grpc(False), over_grpc(True)
     assert torch.equal(torch.cat([s.topk_logprobs for s in per_seq]), packed.topk_logprobs)
+    assert floor_call(floor_request) == client.stub.Score(request_for(n, seq_len)).SerializeToString()
     for fn, _ in forms.values():
         fn()  # warm
     gc.freeze()   # as the server does after its warm-up: the in-process side runs as the server's does

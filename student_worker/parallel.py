@@ -12,9 +12,9 @@ two optimizer moments: 16 bytes per trained parameter with its gradient):
   states only for the adapters; checkpoints hold only the adapters.
 * FSDP2 (`fully_shard` per decoder layer and the root): weights, gradients and optimizer states
   are split over the ranks (16P / world bytes each); one layer's full weights exist at a time.
-  During sampling (`generate`), FSDP gathers each layer's weights for every decode step and
-  frees them after (reshard_after_forward): memory stays sharded, at the cost of an all-gather
-  per layer per generated token.
+  During sampling, `full_weights` keeps each layer's gathered weights for the whole rollout:
+  one all-gather per layer per rollout (not per generated token), and the full weights in
+  memory while sampling.
 * bf16 autocast (micro_batches.accumulate_gradients(autocast_dtype=torch.bfloat16)): matmuls in
   bfloat16, weights, gradients and optimizer states in float32; the loss in float32.
 
@@ -26,6 +26,8 @@ shard; loadable at another world size) and exports a full Hugging Face folder.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -100,6 +102,33 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return hasattr(model, "unshard")   # an FSDP2 module
 
 
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module) -> Iterator[None]:
+    """FSDP2: every rank keeps each decoder layer's full weights from its first forward in the
+    block to the block's end, instead of gathering them for every forward and freeing them after.
+
+    Sampling runs one forward per generated token: without this, every token costs an all-gather
+    per layer and all ranks must decode in lock step. Inside the block the first forward (the
+    prefill) gathers each layer once, collectively; after it, ranks run as many forwards as
+    their own batch needs. Costs the full weights' memory (in the all-gather's dtype) for the
+    block's length. The root module is left alone: FSDP already keeps its parameters (embedding,
+    final norm, head) after the forward. Elsewhere (DDP, one process), and nested, a no-op."""
+    layers = [m for m in model.modules() if is_sharded(m) and m is not model]
+    if not layers or getattr(model, "_holds_full_weights", False):
+        yield
+        return
+    for layer in layers:
+        layer.set_reshard_after_forward(False, recurse=False)
+    model._holds_full_weights = True
+    try:
+        yield
+    finally:
+        model._holds_full_weights = False
+        for layer in layers:
+            layer.set_reshard_after_forward(True, recurse=False)
+            layer.reshard()
+
+
 # --------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -126,10 +155,11 @@ def export_hf(path: Path, model: torch.nn.Module, tokenizer=None) -> Path | None
     (this consumes its adapters: call it last), an FSDP model gathered to rank 0 on the CPU.
     Collective for FSDP; only rank 0 writes. Returns the folder on rank 0."""
     path = Path(path)
-    if hasattr(model, "merge_and_unload"):   # PEFT
+    sharded = is_sharded(model)   # asked first: merging LoRA returns the base model, not FSDP's root
+    if hasattr(model, "merge_and_unload"):   # PEFT (under FSDP, merged shard by shard)
         model = model.merge_and_unload()
     state = None
-    if is_sharded(model):
+    if sharded:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_initialized() and dist.get_rank() != 0:
         return None

@@ -42,16 +42,67 @@ class Rollout:
     def num_completion_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
 
-    @staticmethod
-    def concat(parts: list["Rollout"]) -> "Rollout":
-        """The parts' sequences one after another (parts of one step: one source, no acceptance)."""
+    @classmethod
+    def concat(cls, parts: list["Rollout"]) -> "Rollout":
+        """The parts' sequences one after another (train.pipeline_halves: the halves of one step).
+
+        Every field is merged by its rule in _MERGE; a field without one is an error, so a field
+        added later is never dropped here. A field is None in every part or in none."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if missing := [name for name in names if name not in _MERGE]:
+            raise TypeError(f"Rollout.concat has no rule for {missing}: add one to rollout._MERGE")
+        if not parts:
+            raise ValueError("no rollouts to concat")
         if len(parts) == 1:
             return parts[0]
-        joined = lambda name: (None if getattr(parts[0], name) is None
-                               else [x for p in parts for x in getattr(p, name)])
-        rewards = None if parts[0].rewards is None else torch.cat([p.rewards for p in parts])
-        return Rollout(joined("prompt_ids"), joined("completion_ids"), parts[0].source,
-                       joined("sampled_logprobs"), rewards, joined("teacher_scores"))
+        merged = {}
+        for name in names:
+            values = [getattr(part, name) for part in parts]
+            if all(v is None for v in values):
+                merged[name] = None
+            elif any(v is None for v in values):
+                raise ValueError(f"cannot concat rollouts: {name} is set in some parts only")
+            else:
+                merged[name] = _MERGE[name](name, values)
+        return cls(**merged)
+
+
+def _joined(name: str, values: list[list]) -> list:
+    """Per-sequence lists: the parts' items one after another."""
+    return [x for v in values for x in v]
+
+
+def _catted(name: str, values: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sequence tensors ([B, ...]): concatenated along B."""
+    return torch.cat(values)
+
+
+def _agreed(name: str, values: list):
+    """A property of the whole batch (its source, the weights it was sampled with): the parts
+    must agree, or the merged batch would state it wrongly for some of its rows."""
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(f"cannot concat rollouts with different {name}: {values}")
+    return values[0]
+
+
+def _refused(name: str, values: list):
+    """acceptance is a rate: merging rates needs each part's draft count, which a Rollout does not
+    keep (skd never samples in halves: it calls the teacher)."""
+    raise ValueError(f"cannot concat rollouts that carry {name}: a rate without its draft counts "
+                     f"cannot be merged")
+
+
+# Rollout.concat's rule for every field of Rollout: rule(field name, the parts' values) -> value
+_MERGE = {
+    "prompt_ids": _joined,
+    "completion_ids": _joined,
+    "source": _agreed,
+    "sampled_logprobs": _joined,
+    "rewards": _catted,
+    "teacher_scores": _joined,
+    "acceptance": _refused,
+    "sampler_weights_step": _agreed,
+}
 
 
 @dataclass

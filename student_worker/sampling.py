@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from student_worker.parallel import is_sharded
+from student_worker.parallel import full_weights
 from student_worker.tokens import cut_at_eos, pad
 from student_worker.vocab import mask_padded_logits
 
@@ -49,7 +48,7 @@ def choose(logits_BV: torch.Tensor, temperature: float, top_p: float) -> tuple[t
     return torch.multinomial(scores_BV.softmax(-1), 1)[:, 0], logprobs_BV
 
 
-@torch.inference_mode()
+@torch.no_grad()   # not inference_mode: FSDP2 would make its gathered weights inference tensors
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, eos_ids: list[int], pad_id: int,
            return_probs: bool = False, real_vocab: int | None = None) -> list[Completion]:
@@ -58,14 +57,14 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
     distribution softmax(logits / temperature) (a speculative draft's q; costs L x V floats).
     real_vocab: the tokenizer's size; ids at or beyond it (embedding padding) are never drawn.
 
-    An FSDP-sharded model all-gathers every layer's weights in each forward pass, so all ranks
-    must take the same number of steps: they keep stepping (feeding padding to finished rows)
-    until every rank's batch is done."""
+    An FSDP-sharded model gathers its weights once, in the prefill (collective: every rank
+    samples at the same time), and keeps them to the end (parallel.full_weights)."""
     was_training = model.training
     model.eval()   # no dropout; and gradient checkpointing in training mode would turn the cache off
     try:
-        return _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id, return_probs,
-                       real_vocab)
+        with full_weights(model):
+            return _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id, return_probs,
+                           real_vocab)
     finally:
         model.train(was_training)
 
@@ -73,7 +72,6 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, temperature:
 def _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id, return_probs,
             real_vocab) -> list[Completion]:
     device = next(model.parameters()).device
-    synced = is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
     input_ids_BP, mask_BP = (t.to(device) for t in pad(prompts, pad_id, side="left"))
     position_BP = (mask_BP.cumsum(-1) - 1).clamp(min=0)   # real tokens count from 0 (pads: 0)
     eos = torch.tensor(eos_ids, device=device)
@@ -85,20 +83,15 @@ def _decode(model, prompts, max_new_tokens, temperature, top_p, eos_ids, pad_id,
     position_B1 = position_BP[:, -1:]
     step = 0
     while True:
-        if step < max_new_tokens:   # (under FSDP, a rank past its own budget only keeps in step)
-            token_B, logprobs_BV = choose(mask_padded_logits(out.logits[:, -1].float(), real_vocab),
-                                         temperature, top_p)
-            token_B = token_B.masked_fill(~running_B, pad_id)    # rows that ended are fed padding
-            tokens.append(token_B)
-            logprobs.append(logprobs_BV.gather(-1, token_B[:, None])[:, 0])
-            if return_probs:
-                probs.append(logprobs_BV.exp())
-            running_B &= ~torch.isin(token_B, eos)
-        more = running_B.any() & (step < max_new_tokens - 1)
-        if synced:   # every rank's batch: the same number of forward passes everywhere
-            more = more.float()
-            dist.all_reduce(more)
-        if not more:   # note: a device sync per step
+        token_B, logprobs_BV = choose(mask_padded_logits(out.logits[:, -1].float(), real_vocab),
+                                      temperature, top_p)
+        token_B = token_B.masked_fill(~running_B, pad_id)    # rows that ended are fed padding
+        tokens.append(token_B)
+        logprobs.append(logprobs_BV.gather(-1, token_B[:, None])[:, 0])
+        if return_probs:
+            probs.append(logprobs_BV.exp())
+        running_B &= ~torch.isin(token_B, eos)
+        if not (running_B.any() and step < max_new_tokens - 1):   # note: a device sync per step
             break
         mask_BP = torch.cat([mask_BP, mask_BP.new_ones(len(prompts), 1)], -1)
         position_B1 = position_B1 + 1

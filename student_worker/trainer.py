@@ -38,9 +38,10 @@ from student_worker.config import RunConfig
 from student_worker.data import PromptData
 from student_worker.distributed import init_distributed
 from student_worker.evaluate import evaluate
-from student_worker.methods import Context, InterleavedDrafts, Method, get_method
+from student_worker.methods import Context, Method, get_method
 from student_worker.micro_batches import accumulate_gradients
-from student_worker.parallel import export_hf, load_sharded, prepare_student, save_sharded, wrap_for_training
+from student_worker.parallel import (export_hf, full_weights, load_sharded, prepare_student, save_sharded,
+                                     wrap_for_training)
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.sampler_mismatch import compare_with_sampler
 from student_worker.seeding import derive_seed
@@ -130,10 +131,6 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
     model = _load_student(cfg, ckpt, device)
     method = get_method(cfg)
-    if cfg.train.parallel == "fsdp" and world > 1 and isinstance(method.source, InterleavedDrafts):
-        # every FSDP forward is collective; each rank's drafts need their own number of rounds
-        raise SystemExit(f"method {cfg.method.name!r} drafts a different number of rounds on each rank, "
-                         "which FSDP's collective forwards cannot follow: use train.parallel=ddp")
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     if rank == 0:
         run_record.write(output_dir, cfg, info)
@@ -202,7 +199,8 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
         cut = len(examples) // 2 if halves and len(examples) > 1 else 0
         parts, pending = [], []
         for part in [examples[:cut], examples[cut:]] if cut else [examples]:
-            rollout = method.source.rollout(part, run.ctx, step)
+            with full_weights(run.model):   # FSDP: gathered once per rollout, not per token
+                rollout = method.source.rollout(part, run.ctx, step)
             if method.needs_scores(rollout):
                 pending.append(pool.submit(score, rollout))   # scored while the next part samples
             parts.append(rollout)
@@ -274,6 +272,11 @@ def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
 def evaluate_run(run: Run) -> dict:
     """Task accuracy on cfg.train.eval_split and, with a Verify-capable teacher, DistillSpec's
     acceptance rate of the student's drafts. Seeded: every rank draws the same samples."""
+    with full_weights(run.model):   # FSDP: gathered once for the whole evaluation
+        return _evaluate(run)
+
+
+def _evaluate(run: Run) -> dict:
     cfg, split = run.cfg, run.cfg.train.eval_split
     acc = evaluate(run.model, run.tokenizer, run.data.task, split, cfg.train.eval_prompts,
                    max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.train.seed)

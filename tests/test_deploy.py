@@ -25,7 +25,8 @@ from teacher_server.server import TeacherServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {kind: ROOT / "docker" / f"{kind}.Dockerfile" for kind in ("teacher", "worker")}
-PROFILES = ("cpu", "monitoring")
+PROFILES = ("cpu", "monitoring", "gpu-replicas")
+GPUS = 8   # docker-compose.yml: teacher on GPU 0, teacher-1 ... teacher-7 on GPUs 1-7
 
 
 def image_env(**variables: str) -> dict[str, str]:
@@ -42,11 +43,12 @@ def _tool(name: str) -> str:
     return path
 
 
-def compose(*args: str, file: Path = ROOT / "docker-compose.yml") -> subprocess.CompletedProcess:
-    """The Compose CLI on our file with every profile on (`config` needs no Docker engine). The
-    variables the file reads are cleared so that its defaults are what is checked."""
+def compose(*args: str, file: Path = ROOT / "docker-compose.yml",
+            profiles: tuple[str, ...] = PROFILES) -> subprocess.CompletedProcess:
+    """The Compose CLI on our file with every profile on unless told (`config` needs no Docker
+    engine). The variables the file reads are cleared so that its defaults are what is checked."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEACHER_", "WORKER_", "COMPOSE_"))}
-    profiles = [arg for p in PROFILES for arg in ("--profile", p)]
+    profiles = [arg for p in profiles for arg in ("--profile", p)]
     return subprocess.run([_tool("docker-compose"), "-f", str(file), *profiles, *args],
                           capture_output=True, text=True, env=env, timeout=60)
 
@@ -57,6 +59,11 @@ def services() -> dict:
     done = compose("config", "--format", "json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["services"]
+
+
+def gpu_devices(service: dict) -> list[dict]:
+    """The devices a service reserves (deploy.resources.reservations.devices), [] for none."""
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
 def dockerfile(kind: str) -> list[tuple[str, str]]:
@@ -110,13 +117,12 @@ def test_compose_file_is_valid_and_an_error_would_be_caught(tmp_path):
 
 def test_compose_topology(services):
     teacher, worker = services["teacher"], services["worker"]
-    [gpu] = teacher["deploy"]["resources"]["reservations"]["devices"]
-    assert gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
     assert teacher["build"]["dockerfile"] == "docker/teacher.Dockerfile"
     assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
-    # workers start only once the teacher's health check says SERVING, and reach every replica
+    # workers start only once the teacher's health check says SERVING, and reach every GPU teacher
+    # (test_every_gpu_teacher_has_a_gpu_of_its_own)
     assert worker["depends_on"]["teacher"]["condition"] == "service_healthy"
-    assert worker["environment"]["TEACHER_ADDRESS"] == "dns:///teacher:50051"
+    assert worker["environment"]["TEACHER_ADDRESS"] == "dns:///gpu-teachers:50051"
     assert services["worker-cpu"]["depends_on"]["teacher-cpu"]["condition"] == "service_healthy"
     assert services["worker-cpu"]["environment"]["TEACHER_ADDRESS"] == "dns:///teacher-cpu:50051"
     # the CPU profile has no GPU anywhere and the transformers backend
@@ -132,6 +138,51 @@ def test_compose_topology(services):
     assert float(teacher["stop_grace_period"].rstrip("s")) > 30
 
 
+def test_every_gpu_teacher_has_a_gpu_of_its_own(services):
+    """A device reservation is the same for every replica of a service: `--scale teacher=N` with
+    `count: 1` gave every replica GPU 0. So each GPU is a service of its own (teacher, teacher-1,
+    ...), reserving one GPU by id, no id twice; otherwise the same teacher; each on fixed host ports
+    of its own (so `--scale teacher=2` fails on the port instead of sharing a GPU); all behind the
+    one name the workers resolve."""
+    gpu_services = {name: service for name, service in services.items() if gpu_devices(service)}
+    assert set(gpu_services) == {"teacher", *(f"teacher-{i}" for i in range(1, GPUS))}
+    owner = {}
+    for name, service in gpu_services.items():
+        [device] = gpu_devices(service)
+        assert device["capabilities"] == ["gpu"] and "count" not in device, name
+        [gpu] = device["device_ids"]
+        assert gpu not in owner, f"{name} and {owner.get(gpu)} both reserve GPU {gpu}"
+        owner[gpu] = name
+    assert sorted(owner, key=int) == [str(i) for i in range(GPUS)]
+
+    same = lambda service: {k: v for k, v in service.items() if k not in ("deploy", "ports", "profiles")}
+    host_ports = []
+    for name, service in gpu_services.items():
+        assert same(service) == same(services["teacher"]), name
+        assert {int(p["target"]) for p in service["ports"]} == {50051, 8080}, name
+        host_ports += [p["published"] for p in service["ports"]]
+    assert all(port.isdigit() for port in host_ports), "a port range lets --scale share a GPU"
+    assert len(set(host_ports)) == len(host_ports)
+
+    # the workers' dns:/// name is an alias of every GPU teacher and of no CPU one
+    host, port = services["worker"]["environment"]["TEACHER_ADDRESS"].removeprefix("dns:///").split(":")
+    assert port == "50051"
+    for name, service in services.items():
+        aliases = (service.get("networks", {}).get("default") or {}).get("aliases", [])
+        assert (host in aliases) == (name in gpu_services), name
+
+
+def test_a_plain_up_starts_one_gpu_teacher_and_naming_more_adds_them():
+    """teacher-1 ... are in the profile gpu-replicas: `up` alone starts teacher (GPU 0) only;
+    `up teacher teacher-1 worker` (docs/deployment.md) starts exactly those, profile or not."""
+    done = compose("config", "--services", profiles=())
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"teacher", "worker"}
+    done = compose("config", "--format", "json", "teacher", "teacher-1", "worker", profiles=())
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["services"]) == {"teacher", "teacher-1", "worker"}
+
+
 def test_prometheus_scrapes_the_teachers_metrics_port(services):
     import yaml
 
@@ -140,8 +191,10 @@ def test_prometheus_scrapes_the_teachers_metrics_port(services):
     [sd] = job["dns_sd_configs"]
     # one name that both teacher services carry: the profile not running is no failed lookup
     [name] = sd["names"]
-    for service in ("teacher", "teacher-cpu"):
-        assert services[service]["networks"]["default"]["aliases"] == [name]
+    teachers = [s for s in services if s.startswith("teacher")]
+    assert "teacher-1" in teachers and "teacher-cpu" in teachers
+    for service in teachers:
+        assert name in services[service]["networks"]["default"]["aliases"], service
     assert not {"teacher", "teacher-cpu"} & set(sd["names"])
     assert str(sd["port"]) == dockerfile_env("teacher")["TEACHER_HTTP_PORT"]
     assert job.get("metrics_path", "/metrics") == "/metrics"

@@ -150,3 +150,42 @@ def test_fsdp_on_two_cpu_ranks_equals_ddp_and_resumes_at_one(tiny_model_dir, tmp
     for name, weight in model.state_dict().items():
         torch.testing.assert_close(weight, exported.state_dict()[name], atol=0, rtol=0, msg=name)
     assert all(optimizer.state[p]["step"].item() == STEPS for p in model.parameters())
+
+
+def _fsdp_sampling_rank(rank: int, model_dir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from student_worker.distributed import init_distributed
+    from student_worker.sampling import sample
+
+    _, world, device = init_distributed()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    wrap_for_training(model, parallel="fsdp", world=world, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # the rollout comes first (as in on-policy training), and the ranks decode different lengths:
+    # the weights are gathered once, in the prefill, so no rank waits for the other's steps
+    greedy = sample(model, PROMPTS[rank:rank + 2], max_new_tokens=3 + 5 * rank, temperature=0.0,
+                    eos_ids=[-1], pad_id=0)
+    sharded_after = all(p.to_local().numel() < p.numel()   # (the root keeps its own after a forward)
+                        for p in model.model.layers.parameters())
+    loss = _step(model, model, optimizer, slice(2 * rank, 2 * rank + 2), world)   # trains after it
+    torch.save({"greedy": [c.token_ids for c in greedy], "sharded_after": sharded_after, "loss": loss},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_fsdp_samples_first_on_uneven_ranks_then_trains(tiny_model_dir, tmp_path):
+    """On-policy order under FSDP2: a rollout from a model that has not yet run a forward (sampling
+    with inference tensors used to break the training step that followed), ranks decoding
+    different numbers of tokens, the same greedy tokens as the unsharded model, and the weights
+    sharded again for the update."""
+    from student_worker.sampling import sample
+
+    spawn_ranks(_fsdp_sampling_rank, str(tiny_model_dir), str(tmp_path))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        expected = sample(reference, PROMPTS[rank:rank + 2], max_new_tokens=3 + 5 * rank, temperature=0.0,
+                          eos_ids=[-1], pad_id=0)
+        assert got["greedy"] == [c.token_ids for c in expected] and len(got["greedy"][0]) == 3 + 5 * rank
+        assert got["sharded_after"] and torch.isfinite(torch.tensor(got["loss"]))

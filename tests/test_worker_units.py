@@ -68,6 +68,43 @@ def test_batches_equal_the_row_by_row_build():
     assert halves.sequences == rollout.sequences and halves.rewards.tolist() == [0] * 4 + [1] * 5
 
 
+def test_concat_merges_every_field_by_its_rule():
+    """train.pipeline_halves joins a step's halves with Rollout.concat: nothing may be dropped
+    (sampler_weights_step switches on the importance weights and the mismatch metric)."""
+    lp = lambda n: [torch.full((n,), -0.5)]
+    half = lambda p, c, r, step=3: Rollout([p], [c], "student", sampled_logprobs=lp(len(c)),
+                                           rewards=torch.tensor([r]), teacher_scores=[None],
+                                           sampler_weights_step=step)
+    whole = Rollout.concat([half([1], [2, 3], 0.0), half([4, 5], [6], 1.0)])
+    assert whole.sequences == [[1, 2, 3], [4, 5, 6]] and whole.source == "student"
+    assert [len(x) for x in whole.sampled_logprobs] == [2, 1] and whole.rewards.tolist() == [0.0, 1.0]
+    assert whole.teacher_scores == [None, None] and whole.acceptance is None
+    assert whole.sampler_weights_step == 3
+    # halves sampled with different weights, or by different sources, are no one batch
+    with pytest.raises(ValueError, match="different sampler_weights_step"):
+        Rollout.concat([half([1], [2], 0.0, step=3), half([1], [2], 0.0, step=4)])
+    with pytest.raises(ValueError, match="sampler_weights_step is set in some parts only"):
+        Rollout.concat([half([1], [2], 0.0), half([1], [2], 0.0, step=None)])
+    with pytest.raises(ValueError, match="different source"):
+        Rollout.concat([Rollout([[1]], [[2]], "student"), Rollout([[1]], [[2]], "data")])
+    # a rate cannot be merged without its counts; one part keeps it
+    skd = Rollout([[1]], [[2]], "interleaved", acceptance=0.5)
+    assert Rollout.concat([skd]).acceptance == 0.5
+    with pytest.raises(ValueError, match="acceptance"):
+        Rollout.concat([skd, skd])
+
+
+def test_concat_refuses_a_field_without_a_rule():
+    @dataclasses.dataclass
+    class Extended(Rollout):
+        note: str | None = None
+
+    with pytest.raises(TypeError, match=r"no rule for \['note'\]"):
+        Extended.concat([Extended([[1]], [[2]], "data"), Extended([[1]], [[2]], "data")])
+    with pytest.raises(TypeError, match="no rule"):   # even where one part has nothing to merge
+        Extended.concat([Extended([[1]], [[2]], "data")])
+
+
 def test_sampler_stops_at_eos_and_returns_its_logprobs(reference_model):
     from student_worker.sampling import sample
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from student_worker.parallel import full_weights
 from student_worker.sampling import sample
 from student_worker.seeding import derive_seed
 from student_worker.teacher import Teacher
@@ -56,35 +57,37 @@ def speculative_generate(model, teacher: Teacher, prompts: list[list[int]], *, g
                          seed: int | None = None) -> list[SpeculativeResult]:
     """Draft gamma tokens with the student, let the teacher keep a prefix and add one token, repeat
     until EOS or max_new_tokens. All sequences advance together, one batched Verify per round."""
-    states = [_State(list(p)) for p in prompts]
-    round_ = 0
-    while True:
-        active = [s for s in states if not s.done]
-        if not active:
-            break
-        budget = [max_new_tokens - len(s.tokens) for s in active]
-        drafts = sample(model, [s.prompt + s.tokens for s in active], max_new_tokens=min(gamma, max(budget)),
-                        temperature=0.0 if mode == "greedy" else temperature, eos_ids=eos_ids,
-                        pad_id=pad_id, return_probs=mode == "speculative")
-        outcomes = teacher.verify(
-            [s.prompt + s.tokens for s in active], [d.token_ids for d in drafts],
-            [d.probs for d in drafts] if mode == "speculative" else None, mode=mode, top_k=accept_top_k,
-            temperature=temperature, seed=None if seed is None else derive_seed(seed, "verify", round_),
-            score_top_k=score_top_k)
-        round_ += 1
-        for s, d, out in zip(active, drafts, outcomes):
-            n = out.num_accepted
-            new = d.token_ids[:n] + [out.next_token]
-            rows = _rows(out.scores, n + 1)
-            if n < len(d.token_ids):   # the correction replaced draft n: its log-prob, if known
-                hit = (rows.topk_ids[n] == out.next_token).nonzero()
-                rows.token_logprobs[n] = rows.topk_logprobs[n, hit[0, 0]] if hit.numel() else math.nan
-            s.drafted, s.accepted, s.calls = s.drafted + len(d.token_ids), s.accepted + n, s.calls + 1
-            kept, finished = cut_at_eos(new[:max_new_tokens - len(s.tokens)], eos_ids)
-            s.tokens += kept
-            s.rows.append(_rows(rows, len(kept)))
-            s.done = finished or len(s.tokens) >= max_new_tokens
-    return [SpeculativeResult(s.tokens, TeacherScores.concat(s.rows), s.drafted, s.accepted, s.calls) for s in states]
+    with full_weights(model):   # FSDP: gathered once, so ranks may run different numbers of rounds
+        states = [_State(list(p)) for p in prompts]
+        round_ = 0
+        while True:
+            active = [s for s in states if not s.done]
+            if not active:
+                break
+            budget = [max_new_tokens - len(s.tokens) for s in active]
+            drafts = sample(model, [s.prompt + s.tokens for s in active], max_new_tokens=min(gamma, max(budget)),
+                            temperature=0.0 if mode == "greedy" else temperature, eos_ids=eos_ids,
+                            pad_id=pad_id, return_probs=mode == "speculative")
+            outcomes = teacher.verify(
+                [s.prompt + s.tokens for s in active], [d.token_ids for d in drafts],
+                [d.probs for d in drafts] if mode == "speculative" else None, mode=mode, top_k=accept_top_k,
+                temperature=temperature, seed=None if seed is None else derive_seed(seed, "verify", round_),
+                score_top_k=score_top_k)
+            round_ += 1
+            for s, d, out in zip(active, drafts, outcomes):
+                n = out.num_accepted
+                new = d.token_ids[:n] + [out.next_token]
+                rows = _rows(out.scores, n + 1)
+                if n < len(d.token_ids):   # the correction replaced draft n: its log-prob, if known
+                    hit = (rows.topk_ids[n] == out.next_token).nonzero()
+                    rows.token_logprobs[n] = rows.topk_logprobs[n, hit[0, 0]] if hit.numel() else math.nan
+                s.drafted, s.accepted, s.calls = s.drafted + len(d.token_ids), s.accepted + n, s.calls + 1
+                kept, finished = cut_at_eos(new[:max_new_tokens - len(s.tokens)], eos_ids)
+                s.tokens += kept
+                s.rows.append(_rows(rows, len(kept)))
+                s.done = finished or len(s.tokens) >= max_new_tokens
+        return [SpeculativeResult(s.tokens, TeacherScores.concat(s.rows), s.drafted, s.accepted, s.calls)
+                for s in states]
 
 
 def acceptance(results: list[SpeculativeResult]) -> dict:

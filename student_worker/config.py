@@ -52,7 +52,9 @@ class StudentConfig(_Section):
     init: Literal["pretrained", "config"] = Field(
         "pretrained", description="load the weights, or only the config (random init, seeded)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bfloat16 on a GPU, float32 on a CPU")
+        "auto", description="the weights' dtype. auto: float32 (AdamW's master weights), except a LoRA "
+                            "student's frozen base on a GPU (bfloat16). bfloat16 with full fine-tuning "
+                            "is pure bf16: small updates round away (a warning says so)")
     revision: str | None = Field(None, description="a hub revision (branch, tag or commit) to pin")
     trust_remote_code: bool = Field(False, description="run the model repository's own code")
     num_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch default)")
@@ -61,9 +63,9 @@ class StudentConfig(_Section):
     lora: LoraConfig | None = Field(
         None, description="train PEFT LoRA adapters (r, alpha, dropout, target_modules); absent: "
                           "full fine-tuning")
-    autocast: Literal["none", "bfloat16"] = Field(
-        "none", description="bfloat16: matmuls in bf16 under torch.autocast, float32 weights, "
-                            "optimizer states and loss")
+    autocast: Literal["auto", "none", "bfloat16"] = Field(
+        "auto", description="bfloat16: matmuls in bf16 under torch.autocast (and FSDP2's mixed "
+                            "precision), the loss in float32. auto: bfloat16 on a GPU, none on a CPU")
 
 
 class TeacherConfig(_Section):

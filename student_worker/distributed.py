@@ -35,6 +35,12 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
+def ranks_per_node() -> int:
+    """Ranks on this machine (torchrun's LOCAL_WORLD_SIZE); fewer than the world size means the
+    job spans several nodes."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
 def collective_device(group=None) -> torch.device:
     """The device a collective's tensors must live on for `group`'s backend: NCCL alone takes
     only this rank's GPU; gloo, and "cpu:gloo,cuda:nccl" groups, take CPU tensors."""

@@ -16,7 +16,8 @@ two optimizer moments: 16 bytes per trained parameter with its gradient):
   one all-gather per layer per rollout (not per generated token), and the full weights in
   memory while sampling.
 * bf16 autocast (micro_batches.accumulate_gradients(autocast_dtype=torch.bfloat16)): matmuls in
-  bfloat16, weights, gradients and optimizer states in float32; the loss in float32.
+  bfloat16, weights, gradients and optimizer states in float32; the loss in float32 (`precision`
+  says what student.dtype and student.autocast resolve to; FSDP2 adds its MixedPrecisionPolicy).
 
 Checkpoints: a plain or DDP model is an ordinary Hugging Face folder (checkpoint.py); a LoRA
 model saves only its adapters (PEFT's adapter_model.safetensors + adapter_config.json) and
@@ -57,6 +58,22 @@ class LoraSettings:
 Parallel = Literal["ddp", "fsdp"]
 
 
+def precision(dtype: str, autocast: str, *, lora: bool,
+              device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(the weights' dtype, the compute dtype or None) for student.dtype and student.autocast.
+
+    Mixed precision as trainers do it: AdamW updates float32 weights, and the matmuls run in
+    bf16 (autocast; under FSDP2 also its MixedPrecisionPolicy). Pure bf16 weights lose the
+    updates: bf16 resolves 2^-8 of a weight's size, and an AdamW step at lr 1e-5 is ~1e-5, so
+    most weights never move. "auto" weights: float32, except a LoRA student's frozen base on a
+    GPU, kept in bf16 (half the memory; PEFT keeps the adapters, the trained part, in float32).
+    "auto" compute: bf16 on a GPU, none (float32) on a CPU."""
+    gpu = device.type == "cuda"
+    weights = (torch.bfloat16 if gpu and lora else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    compute = torch.bfloat16 if autocast == "bfloat16" or (autocast == "auto" and gpu) else None
+    return weights, compute
+
+
 def prepare_student(model: torch.nn.Module, *, gradient_checkpointing: bool = False,
                     lora: LoraSettings | None = None) -> torch.nn.Module:
     """The student ready to train: activation checkpointing on, LoRA adapters added."""
@@ -82,16 +99,30 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int,
-                      device: torch.device) -> torch.nn.Module:
+def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int, device: torch.device,
+                      compute_dtype: torch.dtype | None = None,
+                      ranks_per_node: int | None = None) -> torch.nn.Module:
     """DDP (replicas, gradients all-reduced), FSDP2 (every decoder layer and the root sharded
-    over the ranks, in place), or the model itself in one process (nothing to shard or average)."""
-    if parallel == "fsdp" and dist.is_initialized():   # one process without a group: nothing to shard
-        from torch.distributed.fsdp import fully_shard
+    over the ranks, in place), or the model itself in one process (nothing to shard or average).
 
+    FSDP2 with compute_dtype (bf16): weights all-gathered and computed in bf16, gradients
+    reduced in float32 onto the float32 shards the optimizer updates. Over several nodes
+    (ranks_per_node < world) it shards inside a node and replicates across nodes (HSDP): the
+    per-layer all-gathers and reduce-scatters stay on the fast links, and only one gradient
+    all-reduce per step crosses nodes."""
+    if parallel == "fsdp" and dist.is_initialized():   # one process without a group: nothing to shard
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        per_node = ranks_per_node or world
+        nodes = world // per_node if world % per_node == 0 else 1
+        mesh = (init_device_mesh(device.type, (nodes, per_node), mesh_dim_names=("replicate", "shard"))
+                if nodes > 1 else None)
+        reduce_dtype = torch.float32 if compute_dtype else None
+        options = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=reduce_dtype))
         for layer in decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, **options)
+        fully_shard(model, **options)
         return model
     if world > 1:
         return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

@@ -36,12 +36,12 @@ from student_worker import checkpoint, run_record
 from student_worker.chunked_loss import completion_counts, reduction_weights
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
-from student_worker.distributed import init_distributed
+from student_worker.distributed import init_distributed, ranks_per_node
 from student_worker.evaluate import evaluate
 from student_worker.methods import Context, Method, get_method
 from student_worker.micro_batches import accumulate_gradients
-from student_worker.parallel import (export_hf, full_weights, load_sharded, prepare_student, save_sharded,
-                                     wrap_for_training)
+from student_worker.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
+                                     save_sharded, wrap_for_training)
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.sampler_mismatch import compare_with_sampler
 from student_worker.seeding import derive_seed
@@ -102,6 +102,7 @@ class Run:
     tokenizer: object
     model: torch.nn.Module          # the student itself (sampling, saving); sharded in place by FSDP
     ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training); FSDP: model
+    compute_dtype: torch.dtype | None   # bf16 mixed precision (student.autocast), None: the weights'
     method: Method
     teacher: PatientTeacher | None
     info: object | None             # the teacher's Info
@@ -129,7 +130,13 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path, revision=cfg.student.revision,
                                               trust_remote_code=cfg.student.trust_remote_code)
     ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
-    model = _load_student(cfg, ckpt, device)
+    s = cfg.student
+    weights_dtype, compute_dtype = precision(s.dtype, s.autocast, lora=s.lora is not None, device=device)
+    if weights_dtype == torch.bfloat16 and s.lora is None and rank == 0:
+        logger.warning("student.dtype=bfloat16 trains pure bf16 weights: AdamW's small updates round away "
+                       "(at lr 1e-5 most weights never move). student.dtype=auto keeps float32 weights "
+                       "and computes in bf16 (student.autocast)")
+    model = _load_student(cfg, ckpt, device, weights_dtype)
     method = get_method(cfg)
     teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
     if rank == 0:
@@ -147,7 +154,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     # FSDP turns the parameters into sharded DTensors: wrap before the optimizer sees them
-    ddp_model = wrap_for_training(model, parallel=cfg.train.parallel, world=world, device=device)
+    ddp_model = wrap_for_training(model, parallel=cfg.train.parallel, world=world, device=device,
+                                  compute_dtype=compute_dtype, ranks_per_node=ranks_per_node())
     o = cfg.optim
     trained = [p for p in model.parameters() if p.requires_grad]   # LoRA: the adapters only
     optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -161,8 +169,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
                   max_context=info.max_context if info else None)
     if cfg.sampling.engine == "vllm":
         ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step)
-    return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, method, teacher, info,
-               data, optimizer, scheduler, ctx, step)
+    return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, compute_dtype, method, teacher,
+               info, data, optimizer, scheduler, ctx, step)
 
 
 @dataclass
@@ -247,7 +255,7 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
         run.ddp_model, RealVocabHead(run.model.get_output_embeddings(), _mask_limit(run, batch)),
         batch.input_ids_BT, batch.attention_BT, batch.mask_BS,
         loss_row.per_token(cfg.method), weights_M, inputs, micro_batch_size=cfg.train.micro_batch_size,
-        chunk_size=cfg.train.loss_chunk_size, autocast_dtype=_AUTOCAST[cfg.student.autocast])
+        chunk_size=cfg.train.loss_chunk_size, autocast_dtype=run.compute_dtype)
     logs = {**loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout),
             **sampler_logs}
     if rollout.acceptance is not None:
@@ -258,9 +266,6 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
     run.scheduler.step()
     run.step += 1
     return loss.detach(), logs
-
-
-_AUTOCAST = {"none": None, "bfloat16": torch.bfloat16}
 
 
 def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
@@ -364,12 +369,12 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
     return checkpoint.checkpoint_dir(run.output_dir, run.step)
 
 
-def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
-    """The student ready to train (student.gradient_checkpointing, student.lora), from the
-    checkpoint when resuming: its weights (full fine-tuning), its adapters on the base weights
-    (LoRA), or the base weights that setup overwrites with the sharded checkpoint (FSDP)."""
+def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device, dtype: torch.dtype):
+    """The student ready to train (student.gradient_checkpointing, student.lora), its weights in
+    `dtype`, from the checkpoint when resuming: its weights (full fine-tuning), its adapters on
+    the base weights (LoRA), or the base weights that setup overwrites with the sharded
+    checkpoint (FSDP)."""
     s = cfg.student
-    dtype = student_dtype(s.dtype, device)
     hub = dict(revision=s.revision, trust_remote_code=s.trust_remote_code)
     torch.manual_seed(cfg.train.seed)   # a random init (student.init=config, LoRA's B A) is the seed's
     if ckpt is not None and s.lora is None and cfg.train.parallel != "fsdp":
@@ -389,13 +394,6 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device):
 
         model = PeftModel.from_pretrained(model, ckpt, is_trainable=True)
     return model
-
-
-def student_dtype(name: str, device: torch.device) -> torch.dtype:
-    """student.dtype as a torch dtype; "auto" is bfloat16 on a GPU and float32 on a CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
 
 
 def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step):

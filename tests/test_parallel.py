@@ -110,9 +110,14 @@ def _fsdp_rank(rank: int, model_dir: str, out: str) -> None:
     _, world, device = init_distributed()
     rows = slice(2 * rank, 2 * rank + 2)
     losses = {}
-    for parallel in ("ddp", "fsdp"):
+    # hsdp: FSDP2 as over two nodes of one rank each (torchrun's LOCAL_WORLD_SIZE = 1): replicated
+    # across the "nodes", sharded inside each
+    for parallel in ("ddp", "hsdp", "fsdp"):
         model = AutoModelForCausalLM.from_pretrained(model_dir)   # float32: what FSDP2 runs in
-        train_model = wrap_for_training(model, parallel=parallel, world=world, device=device)
+        train_model = wrap_for_training(model, parallel="ddp" if parallel == "ddp" else "fsdp", world=world,
+                                        device=device, ranks_per_node=1 if parallel == "hsdp" else world)
+        if parallel != "ddp":
+            losses[f"{parallel}_mesh"] = list(next(model.model.layers.parameters()).device_mesh.shape)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         losses[parallel] = [_step(model, train_model, optimizer, rows, world, micro_batch_size=1)
                             for _ in range(STEPS)]
@@ -129,14 +134,17 @@ def _fsdp_rank(rank: int, model_dir: str, out: str) -> None:
 
 
 def test_fsdp_on_two_cpu_ranks_equals_ddp_and_resumes_at_one(tiny_model_dir, tmp_path):
-    """FSDP2 works on CPU with gloo (torch 2.13): same losses as DDP over 5 steps; its sharded
+    """FSDP2 works on CPU with gloo (torch 2.13): same losses as DDP over 5 steps, and as HSDP (the
+    mesh a job over several nodes gets); its sharded
     checkpoint loads into one unsharded process (another world size) with optimizer states; the
     exported folder is the same model."""
     spawn_ranks(_fsdp_rank, str(tiny_model_dir), str(tmp_path))
     got = torch.load(tmp_path / "rank0.pt")
-    ddp, fsdp = got["losses"]["ddp"], got["losses"]["fsdp"]
+    ddp, fsdp, hsdp = got["losses"]["ddp"], got["losses"]["fsdp"], got["losses"]["hsdp"]
     assert ddp[-1] < ddp[0]
     assert max(abs(a - b) for a, b in zip(ddp, fsdp)) <= 1e-5, (ddp, fsdp)
+    assert max(abs(a - b) for a, b in zip(ddp, hsdp)) <= 1e-5, (ddp, hsdp)
+    assert got["losses"]["fsdp_mesh"] == [2] and got["losses"]["hsdp_mesh"] == [2, 1]   # (replicate, shard)
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     for name, weight in exported.state_dict().items():

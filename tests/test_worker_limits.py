@@ -55,11 +55,15 @@ def test_prompt_filter_counts(tmp_path, student_dir_small):
 def test_student_dtype_and_hub_options():
     import torch
 
-    from student_worker.trainer import student_dtype
+    from student_worker.parallel import precision
 
-    assert student_dtype("auto", torch.device("cpu")) == torch.float32
-    assert student_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert student_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    # mixed precision by default: float32 weights for AdamW, bf16 compute on a GPU
+    assert precision("auto", "auto", lora=False, device=cpu) == (torch.float32, None)
+    assert precision("auto", "auto", lora=False, device=gpu) == (torch.float32, torch.bfloat16)
+    assert precision("auto", "auto", lora=True, device=gpu) == (torch.bfloat16, torch.bfloat16)   # frozen base
+    assert precision("bfloat16", "none", lora=False, device=cpu) == (torch.bfloat16, None)   # asked for
+    assert precision("float32", "bfloat16", lora=False, device=cpu) == (torch.float32, torch.bfloat16)
     cfg = load_config(None, "gkd", ["student.path=m", "teacher.target=x:1", "data.source=reverse",
                                     "student.revision=abc123", "student.trust_remote_code=true"])
     assert cfg.student.dtype == "auto" and cfg.student.revision == "abc123" and cfg.student.trust_remote_code

@@ -132,3 +132,30 @@ def test_the_8_gpu_examples_run_shrunk_to_the_tiny_models(example, teacher, stud
         if "lora" in example else "train.save_every=1"])
     final = train(cfg, tmp_path, progress=False)
     assert len(_losses(tmp_path)) == 2 and (final / "hf" / "model.safetensors").exists()
+
+
+def test_the_gpu_default_precision_moves_every_weight_at_a_usual_lr(teacher, student_dir, data_file, tmp_path,
+                                                                    caplog):
+    """3 steps at lr 1e-5: what student.dtype=auto and student.autocast=auto mean on a GPU (float32
+    weights, bf16 compute) moves every weight matrix; pure bf16 weights, only when asked for and
+    with a warning, lose most updates to rounding (bf16 resolves 2^-8 of a weight)."""
+    from student_worker.parallel import precision
+
+    weights, compute = precision("auto", "auto", lora=False, device=torch.device("cuda"))
+    runs = {"gpu default": [f"student.dtype={str(weights).removeprefix('torch.')}", "student.autocast=bfloat16"],
+            "pure bf16": ["student.dtype=bfloat16", "student.autocast=none"]}
+    assert (weights, compute) == (torch.float32, torch.bfloat16)
+    start = AutoModelForCausalLM.from_pretrained(student_dir).state_dict()
+    moved = {}
+    for name, overrides in runs.items():
+        caplog.clear()
+        final = train(config(student_dir, teacher.target, data_file, "optim.lr=1e-5", "train.steps=3", *overrides,
+                             preset="kd"), tmp_path / name.replace(" ", "-"), progress=False)
+        trained = AutoModelForCausalLM.from_pretrained(final, dtype="auto").state_dict()   # as saved
+        # (the input embedding's rows of tokens the batches never hold get no gradient at all)
+        kept = [k for k in start if "embed_tokens" not in k]
+        changed = [(trained[k] != start[k].to(trained[k].dtype)).sum().item() for k in kept]
+        moved[name] = sum(changed) / sum(start[k].numel() for k in kept)   # the share of weights
+        warned = any("pure bf16" in r.getMessage() for r in caplog.records)
+        assert warned == (name == "pure bf16"), name
+    assert moved["gpu default"] > 0.99 and moved["pure bf16"] < 0.5, moved

@@ -11,7 +11,11 @@ instead of the weights; with train.parallel=fsdp a `sharded/` torch.distributed.
 and optimizer states, every rank its shard) instead of both. The final checkpoint of such a run
 also holds `hf/`: the merged (LoRA) or gathered (FSDP) student as an ordinary folder.
 
-train.keep_last=N keeps the newest N checkpoints on disk (rotate)."""
+train.keep_last=N keeps the newest N checkpoints on disk (stale, remove).
+
+Every rank of a job must see the same checkpoint folders: rank 0 writes the training state and
+picks the checkpoint to resume from, and FSDP ranks read each other's shards when resuming, so
+the output folder must be on storage every node sees (a shared file system)."""
 
 from __future__ import annotations
 
@@ -45,11 +49,23 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return (checkpoints(output_dir) or [None])[-1]
 
 
-def rotate(output_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest keep_last complete checkpoints (0: keep all)."""
-    if keep_last:
-        for old in checkpoints(output_dir)[:-keep_last]:
-            shutil.rmtree(old)
+def stale(output_dir: Path, keep_last: int) -> list[str]:
+    """The names of the complete checkpoints older than the newest keep_last (0: none)."""
+    return [p.name for p in checkpoints(output_dir)[:-keep_last]] if keep_last else []
+
+
+def remove(output_dir: Path, names: list[str]) -> None:
+    """Delete these checkpoint folders where they exist. Without shared storage each node holds
+    its own ranks' shards of them, so every node removes its own; with it, whichever node comes
+    first does (the others find them gone)."""
+    for name in names:
+        shutil.rmtree(Path(output_dir) / "checkpoints" / name, ignore_errors=True)
+
+
+def readable(path: Path, sharded: bool) -> bool:
+    """Whether this process sees the whole checkpoint: its completion mark and, for a sharded
+    one, the index of every rank's shards (a rank loads from any rank's shard files)."""
+    return (Path(path) / STATE_JSON).exists() and (not sharded or (Path(path) / "sharded" / ".metadata").exists())
 
 
 def weights_digest(model) -> str:
@@ -107,7 +123,9 @@ def load_state(path: Path, optimizer, scheduler) -> int:
     from_pretrained, PEFT's adapters or the sharded checkpoint)."""
     path = Path(path)
     state = json.loads((path / STATE_JSON).read_text())
-    tensors = torch.load(path / STATE_TENSORS, weights_only=True)
+    # on the CPU first: saved from rank 0's GPU, the tensors would otherwise all land on cuda:0;
+    # the optimizer moves its states to each parameter's own device
+    tensors = torch.load(path / STATE_TENSORS, weights_only=True, map_location="cpu")
     if "optimizer" in tensors:
         optimizer.load_state_dict({"state": tensors["optimizer"],
                                    "param_groups": state["optimizer_param_groups"]})

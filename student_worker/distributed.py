@@ -35,6 +35,22 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
+def every_rank(value) -> list:
+    """Every rank's `value`, in rank order, on every rank (one all_gather_object); [value] in one
+    process. How ranks agree on a decision before a collective that some rank would otherwise
+    enter alone (and hang in until the collective's timeout)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def is_node_leader() -> bool:
+    """The first rank on this machine (LOCAL_RANK 0): the one that tidies node-local files."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def ranks_per_node() -> int:
     """Ranks on this machine (torchrun's LOCAL_WORLD_SIZE); fewer than the world size means the
     job spans several nodes."""

@@ -3,7 +3,9 @@
 One process is one worker; `torchrun --nproc-per-node N` makes N workers of one job
 (DistributedDataParallel, or FSDP2 with train.parallel=fsdp; a cpu:gloo,cuda:nccl group on GPUs,
 gloo on CPU). Each rank trains on different prompts; gradients are averaged, so weights stay
-identical; only rank 0 writes files (FSDP: every rank its shard). The loss goes through
+identical; rank 0 writes files (FSDP: every rank its shard too), into a folder every rank must
+see (a shared file system across nodes). A teacher failure on any rank stops every rank at the
+same step (_agreed). The loss goes through
 chunked_loss over micro-batches (micro_batches.accumulate_gradients); the student's options
 (LoRA, activation checkpointing) come from parallel.prepare_student.
 
@@ -36,7 +38,7 @@ from student_worker import checkpoint, run_record
 from student_worker.chunked_loss import completion_counts, reduction_weights
 from student_worker.config import RunConfig
 from student_worker.data import PromptData
-from student_worker.distributed import init_distributed, ranks_per_node
+from student_worker.distributed import every_rank, init_distributed, is_node_leader, ranks_per_node
 from student_worker.evaluate import evaluate
 from student_worker.methods import Context, Method, get_method
 from student_worker.micro_batches import accumulate_gradients
@@ -129,7 +131,7 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     run_record.check_output_dir(output_dir, cfg, resume, allow_config_change)
     tokenizer = AutoTokenizer.from_pretrained(cfg.student.path, revision=cfg.student.revision,
                                               trust_remote_code=cfg.student.trust_remote_code)
-    ckpt = checkpoint.latest_checkpoint(output_dir) if resume else None
+    ckpt = _resume_point(output_dir, cfg, rank) if resume else None
     s = cfg.student
     weights_dtype, compute_dtype = precision(s.dtype, s.autocast, lora=s.lora is not None, device=device)
     if weights_dtype == torch.bfloat16 and s.lora is None and rank == 0:
@@ -171,6 +173,23 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
         ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, compute_dtype, method, teacher,
                info, data, optimizer, scheduler, ctx, step)
+
+
+def _resume_point(output_dir: Path, cfg: RunConfig, rank: int) -> Path | None:
+    """The checkpoint every rank resumes from: rank 0's latest complete one. Ranks that each
+    looked for their own could settle on different steps (a node without the shared folder sees
+    none) and hang at their first collective."""
+    latest = checkpoint.latest_checkpoint(output_dir) if rank == 0 else None
+    name = every_rank(latest.name if latest else None)[0]   # a name: each rank looks in its own folder
+    if name is None:
+        return None
+    chosen = output_dir / "checkpoints" / name
+    seen = every_rank(checkpoint.readable(chosen, sharded=cfg.train.parallel == "fsdp"))
+    if not all(seen):
+        raise SystemExit(f"cannot resume from {chosen}: rank 0 wrote it, but rank(s) "
+                         f"{[r for r, ok in enumerate(seen) if not ok]} do not see all of it. Checkpoints "
+                         "need storage every node sees: put --output-dir on a shared file system")
+    return chosen
 
 
 @dataclass
@@ -307,14 +326,18 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
     run = setup(cfg, output_dir, resume, allow_config_change)
     t = cfg.train
     log = _MetricsLog(run.output_dir, run.step, Trackers(run.output_dir, cfg)) if run.is_main else None
-    if t.eval_every and run.step == 0 and run.is_main:
-        log.write({"step": 0, **evaluate_run(run)})
     bar = tqdm(total=t.steps, initial=run.step, desc=cfg.method.name, dynamic_ncols=True,
                disable=not (run.is_main and progress))
     started, first_step = time.monotonic(), run.step
     teacher_time = teacher_wait = 0.0
     try:
-        for rollout, scores, timing in rollouts(run):
+        if t.eval_every and run.step == 0:   # every rank (FSDP's forwards are collective), logged once
+            initial = _agreed(lambda: evaluate_run(run))
+            if run.is_main:
+                log.write({"step": 0, **initial})
+        batches = rollouts(run)
+        while (batch := _agreed(lambda: next(batches, None))) is not None:
+            rollout, scores, timing = batch
             update_start = time.monotonic()
             with _sampler_updating(run):
                 loss, logs = update(run, rollout, scores)
@@ -325,7 +348,7 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
                                  dtype=torch.float64)
             if run.world > 1:
                 dist.all_reduce(stats)
-            evaluated = evaluate_run(run) if t.eval_every and run.step % t.eval_every == 0 else {}
+            evaluated = _agreed(lambda: evaluate_run(run)) if t.eval_every and run.step % t.eval_every == 0 else {}
             if run.is_main:
                 now = time.monotonic()
                 step_s = timing.rollout_s + timing.wait_s + now - update_start
@@ -355,6 +378,9 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         _save(run)
         raise SystemExit(f"stopping: the teacher refused a request ({exc.code().name}: {exc.details()}). "
                          f"Checkpoint at step {run.step} in {run.output_dir}.") from exc
+    except StoppedByAnotherRank as exc:
+        _save(run)
+        raise SystemExit(f"stopping: {exc}. Checkpoint at step {run.step} in {run.output_dir}.") from exc
     finally:
         bar.close()
         if log is not None:
@@ -367,6 +393,28 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         logger.info("teacher time hidden by overlap: %.0f%% (%.1f s waited of %.1f s)",
                     100 * (1 - teacher_wait / teacher_time), teacher_wait, teacher_time)
     return checkpoint.checkpoint_dir(run.output_dir, run.step)
+
+
+class StoppedByAnotherRank(RuntimeError):
+    """Another rank's teacher call failed: this rank stops with it, at the same step."""
+
+
+def _agreed(call):
+    """call() on every rank, and whether every rank's call went through, agreed (one
+    all_gather_object). A teacher failure on one rank then stops every rank at the same point, to
+    save together: alone, the failing rank would enter the checkpoint's collectives while the
+    others wait in the update's, and the job would hang until the collective timeout. Re-raises
+    this rank's own failure; raises StoppedByAnotherRank on the others."""
+    try:
+        result, failure = call(), None
+    except (TeacherUnreachable, grpc.RpcError) as exc:
+        result, failure = None, exc
+    failed = [rank for rank, failed in enumerate(every_rank(failure is not None)) if failed]
+    if failure is not None:
+        raise failure
+    if failed:
+        raise StoppedByAnotherRank(f"the teacher call of rank {failed[0]} failed (its log says why)")
+    return result
 
 
 def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device, dtype: torch.dtype):
@@ -473,9 +521,7 @@ def _save(run: Run) -> None:
     if run.is_main:
         checkpoint.save(run.output_dir, run.step, run.model, run.tokenizer, run.optimizer, run.scheduler,
                         rank_digests=digests)
-        checkpoint.rotate(run.output_dir, run.cfg.train.keep_last)
-    if run.world > 1:
-        dist.barrier()
+    _rotate(run)
 
 
 def _save_sharded(run: Run) -> None:
@@ -486,9 +532,16 @@ def _save_sharded(run: Run) -> None:
     if run.is_main:
         run.tokenizer.save_pretrained(path)
         checkpoint.save_state(path, run.step, run.scheduler)
-        checkpoint.rotate(run.output_dir, run.cfg.train.keep_last)
-    if run.world > 1:
-        dist.barrier()
+    _rotate(run)
+
+
+def _rotate(run: Run) -> None:
+    """train.keep_last on every node: rank 0 (which sees every checkpoint complete) names the
+    stale ones, each node's first rank deletes its copy (FSDP shards live where they were
+    written). Collective: it also waits for rank 0's writes."""
+    stale = every_rank(checkpoint.stale(run.output_dir, run.cfg.train.keep_last) if run.is_main else None)[0]
+    if is_node_leader():
+        checkpoint.remove(run.output_dir, stale)
 
 
 def _export(run: Run) -> None:

@@ -10,6 +10,10 @@ min(p / q, cap), so the gradient is that of on-policy samples where the two disa
 bounded variance.
 
 All tensors are on the loss's [B, S] target grid (rollout.py): index s is the token at s + 1.
+
+The training model's side (`trainer_token_logprobs`) costs one extra no-grad forward per step and
+never the batch's [B, S, V] logits: the output head runs on a chunk of completion positions at a
+time (train.loss_chunk_size, as the loss does), and only each target's log-prob is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+from student_worker.chunked_loss import completion_hidden
+from student_worker.micro_batches import micro_batches
 
 
 def sampler_logprobs_grid(sampled_logprobs: list[torch.Tensor], prompt_lens: list[int],
@@ -31,11 +38,50 @@ def sampler_logprobs_grid(sampled_logprobs: list[torch.Tensor], prompt_lens: lis
 
 def token_logprobs(logits_BSV: torch.Tensor, targets_BS: torch.Tensor,
                    temperature: float) -> torch.Tensor:
-    """log softmax(logits / T)[target] per position, float32 [B, S]: the training model's
-    log-probs of the sampled tokens at the sampling temperature (T = 0, greedy, counts as 1,
-    as the samplers report it)."""
-    logprobs_BSV = torch.log_softmax(logits_BSV.float() / (temperature or 1.0), -1)
+    """log softmax(logits / T)[target] per position, float32 [B, S] (any leading shape, e.g. a
+    chunk's [N]): the training model's log-probs of the sampled tokens at the sampling
+    temperature (T = 0, greedy, counts as 1, as the samplers report it). Float64 logits stay
+    float64."""
+    logits_BSV = logits_BSV.to(torch.promote_types(logits_BSV.dtype, torch.float32))
+    logprobs_BSV = torch.log_softmax(logits_BSV / (temperature or 1.0), -1)
     return logprobs_BSV.gather(-1, targets_BS[..., None])[..., 0]
+
+
+@torch.no_grad()
+def trainer_token_logprobs(model, head: torch.nn.Module, batch, temperature: float, *,
+                           chunk_size: int = 128, micro_batch_size: int = 0,
+                           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log p_T(target) = log_softmax(head(h) / T)[target] at every completion target, on the
+    [B, S] grid (0 off the mask): what `compare_with_sampler` holds against the sampler's.
+
+    model: the training model (plain, PEFT or FSDP2; under FSDP2 its forward is collective, so
+    every rank calls this, as every rank runs the loss). head: its output embedding, masked like
+    the loss's (vocab.RealVocabHead). batch: a rollout.TokenBatch on the model's device.
+    chunk_size: completion positions whose [chunk_size, V] logits exist at once (0: all);
+    micro_batch_size: rows per forward (0: all); autocast_dtype: the loss's mixed precision, so
+    p is the policy the loss trains. The forward and the chunking are the loss's own
+    (chunked_loss.completion_hidden, micro_batches.micro_batches).
+
+    Memory: the forward without activations kept for backward, then a few chunk_size × V floats;
+    never [B, S, V].
+    """
+    mask_BS = batch.mask_BS
+    targets_M = batch.targets_BS[mask_BS]
+    logprobs_M = []
+    for rows, positions, width in micro_batches(mask_BS, batch.attention_BT, micro_batch_size):
+        with torch.autocast(batch.input_ids_BT.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            hidden_MH = completion_hidden(model, batch.input_ids_BT[rows, :width],
+                                          batch.attention_BT[rows, :width], mask_BS[rows, :width - 1])
+            targets_N = targets_M[positions]
+            size = chunk_size or max(hidden_MH.shape[0], 1)
+            for start in range(0, hidden_MH.shape[0], size):
+                chunk = slice(start, start + size)
+                logprobs_M.append(token_logprobs(head(hidden_MH[chunk]), targets_N[chunk], temperature))
+    values_M = torch.cat(logprobs_M) if logprobs_M else torch.zeros(0, device=mask_BS.device)
+    grid_BS = torch.zeros(mask_BS.shape, dtype=values_M.dtype, device=mask_BS.device)
+    grid_BS[mask_BS] = values_M
+    return grid_BS
 
 
 def sampler_logprob_diff(sampler_logprobs_BS: torch.Tensor, trainer_logprobs_BS: torch.Tensor,
@@ -62,19 +108,18 @@ def truncated_importance_weights(trainer_logprobs_BS: torch.Tensor,
     return torch.where(mask_BS, weights_BS, torch.zeros_like(weights_BS))
 
 
-def compare_with_sampler(rollout, batch, logits_BSV: torch.Tensor, sampling, step: int) -> dict:
+def compare_with_sampler(rollout, batch, trainer_BS: torch.Tensor, sampling, step: int) -> dict:
     """What the trainer logs of a rollout the vllm engine sampled (an empty dict for others):
     sampler_staleness (optimizer steps since the weights it sampled with) and the log-prob
     difference above; with sampling.tis_cap, also sets the batch's TIS token weights.
 
-    rollout: a Rollout; batch: its TokenBatch on the device; logits_BSV: the training model's
-    logits on the batch (any dtype; detached here); sampling: the SamplingConfig; step: the
-    optimizer steps taken so far (those of the weights being trained).
+    rollout: a Rollout; batch: its TokenBatch on the device; trainer_BS: the training model's
+    log-probs of the targets at the sampling temperature (`trainer_token_logprobs`); sampling:
+    the SamplingConfig; step: the optimizer steps taken so far (those of the weights being
+    trained).
     """
     if rollout.sampler_weights_step is None:
         return {}
-    with torch.no_grad():
-        trainer_BS = token_logprobs(logits_BSV.detach(), batch.targets_BS, sampling.temperature)
     sampler_BS = sampler_logprobs_grid(rollout.sampled_logprobs, rollout.prompt_lens,
                                        batch.mask_BS.shape[1]).to(trainer_BS.device)
     logs = {"sampler_staleness": step - rollout.sampler_weights_step,

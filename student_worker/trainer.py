@@ -45,14 +45,14 @@ from student_worker.micro_batches import accumulate_gradients
 from student_worker.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
                                      save_sharded, wrap_for_training)
 from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
-from student_worker.sampler_mismatch import compare_with_sampler
+from student_worker.sampler_mismatch import compare_with_sampler, trainer_token_logprobs
 from student_worker.seeding import derive_seed
 from student_worker.speculative import acceptance, speculative_generate
 from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
 from student_worker.teacher_client import TeacherClient
 from student_worker.tokens import eos_ids_of, pad_id_of
 from student_worker.tracking import Trackers
-from student_worker.vocab import RealVocabHead, mask_padded_logits
+from student_worker.vocab import RealVocabHead
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
                   real_vocab=info.tokenizer_size if info else len(tokenizer),
                   max_context=info.max_context if info else None)
     if cfg.sampling.engine == "vllm":
-        ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step)
+        ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step,
+                                          compute_dtype or weights_dtype)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, compute_dtype, method, teacher,
                info, data, optimizer, scheduler, ctx, step)
 
@@ -444,13 +445,13 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device, dtype
     return model
 
 
-def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step):
+def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step, dtype):
     if getattr(method.source, "hf_engine_only", False):
         raise SystemExit(f"method {cfg.method.name!r} drafts with the student's full distributions, "
                          "which the vllm engine does not return: use sampling.engine=hf")
     from student_worker.vllm_sampling import start_sampler   # vLLM only when asked for
 
-    return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step)
+    return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step, dtype)
 
 
 def _mask_limit(run: Run, batch) -> int | None:
@@ -467,13 +468,17 @@ def _mask_limit(run: Run, batch) -> int | None:
 def _compare_with_sampler(run: Run, rollout: Rollout, batch) -> dict:
     """For a rollout the vllm engine sampled: the training model's log-probs of its tokens at the
     sampling temperature against the engine's (sampler_mismatch.compare_with_sampler), from one
-    extra no-grad forward pass (the chunked loss never holds the whole batch's logits)."""
+    extra no-grad forward; the head runs train.loss_chunk_size positions at a time, masked like
+    the loss's, so the batch's [B, S, V] logits never exist. Under FSDP every rank runs it."""
     if rollout.sampler_weights_step is None:
         return {}
-    with torch.no_grad():
-        logits_BSV = run.model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits[:, :-1]
-        logits_BSV = mask_padded_logits(logits_BSV, run.ctx.real_vocab)
-    return compare_with_sampler(rollout, batch, logits_BSV, run.cfg.sampling, run.step)
+    cfg = run.cfg
+    head = RealVocabHead(run.model.get_output_embeddings(), _mask_limit(run, batch))
+    trainer_BS = trainer_token_logprobs(run.model, head, batch, cfg.sampling.temperature,
+                                        chunk_size=cfg.train.loss_chunk_size,
+                                        micro_batch_size=cfg.train.micro_batch_size,
+                                        autocast_dtype=run.compute_dtype)
+    return compare_with_sampler(rollout, batch, trainer_BS, cfg.sampling, run.step)
 
 
 def _sampler_updating(run: Run):

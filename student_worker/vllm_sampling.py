@@ -30,8 +30,17 @@ What vLLM 0.32 offers, and what we use of it:
   group (one engine per rank, tensor parallel 1, LOCAL_RANK's device) instead of starting a
   world of its own; in process all the same (`ExecutorWithExternalLauncher`). Shutting the
   engine down (`close`) also destroys that group, so it comes last.
+- Padded embedding rows (ids at or beyond the tokenizer's size) are never drawn: every request
+  carries one `logit_bias` of -inf on them, built once per tokenizer size
+  (distill/padded_vocab.py `padded_ids_bias`: not `allowed_token_ids`, which vLLM's
+  V2 model runner caps at 1,024 ids and which costs ~60 ms of CPU a request on the V1 runner).
+  The bias is added before temperature and the processed log-probs, so padded ids carry no
+  probability in the log-probs reported either.
 - Sleep mode (GPU): with `enable_sleep_mode`, `sleep()` frees the engine's GPU memory for the
   update and `wake_up()` takes it back. The CPU build has no sleep mode; there both are no-ops.
+  Before waking up, PyTorch's cached blocks (the update's activations and gradients, freed but
+  kept by its allocator) go back to the device (`torch.cuda.empty_cache`): vLLM's wake-up
+  allocates with its own allocator and cannot use them.
 
 On a CPU: `cpu_kv_cache_gib` sets VLLM_CPU_KVCACHE_SPACE (vLLM's own sizing fails on small
 machines) and OMP_NUM_THREADS defaults to torch's thread count. On a GPU,
@@ -49,6 +58,7 @@ from collections.abc import Iterator
 import torch
 
 from student_worker.sampling import Completion
+from distill.padded_vocab import logit_bias_limit, padded_ids_bias
 
 
 class VllmSampler:
@@ -81,6 +91,9 @@ class VllmSampler:
                                "process (VLLM_ENABLE_V1_MULTIPROCESSING=0, tensor_parallel_size 1)")
         self.num_syncs = 0  # weight loads so far
         self.weights_step = 0  # the optimizer step of the weights last loaded (load_weights' step)
+        self.rows = self.llm.llm_engine.model_config.get_vocab_size()   # embedding rows
+        self._bias_limit = logit_bias_limit(self.llm)
+        self._padded_bias: tuple[int | None, dict[int, float] | None] = (None, None)  # (real_vocab, bias)
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, eos_ids: list[int], seed: int | None = None,
@@ -89,20 +102,15 @@ class VllmSampler:
         """Continue each prompt once (sampling.sample's contract; its pad_id and return_probs
         are accepted and ignored: vLLM needs no padding and returns no full distributions).
         real_vocab: the tokenizer's size; ids at or beyond it (embedding padding) are never drawn
-        and carry no probability (vLLM's allowed_token_ids, applied before the log-probs).
+        and carry no probability (a -inf logit_bias, applied before the log-probs).
         With a seed, prompt i is drawn with seed + i: repeatable, and equal prompts still get
         different completions."""
-        from vllm import SamplingParams
-
         if return_probs:
             raise ValueError("the vllm engine returns no full distributions (return_probs); "
                              "speculative drafts need the hf engine")
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 seed=None if seed is None else seed + i, ignore_eos=True,
-                                 stop_token_ids=list(eos_ids), logprobs=0, flat_logprobs=True,
-                                 detokenize=False,
-                                 allowed_token_ids=None if real_vocab is None else list(range(real_vocab)))
-                  for i in range(len(prompts))]
+        params = sampling_params(len(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, eos_ids=eos_ids, seed=seed,
+                                 padded_bias=self.padded_bias(real_vocab))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                     use_tqdm=False)
         completions = []
@@ -114,6 +122,13 @@ class VllmSampler:
             completions.append(Completion(list(sample.token_ids), logprobs,
                                           sample.finish_reason == "stop"))
         return completions
+
+    def padded_bias(self, real_vocab: int | None) -> dict[int, float] | None:
+        """The logit_bias masking ids >= real_vocab, built on first use and kept (a run's
+        tokenizer size does not change, so this is one dict for the whole run)."""
+        if self._padded_bias[0] != real_vocab:
+            self._padded_bias = (real_vocab, padded_ids_bias(real_vocab, self.rows, self._bias_limit))
+        return self._padded_bias[1]
 
     @torch.no_grad()
     def load_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
@@ -147,13 +162,31 @@ class VllmSampler:
             self.llm.sleep(level=level)
 
     def wake_up(self) -> None:
+        """Take the engine's GPU memory back. PyTorch's caching allocator still holds the blocks
+        the update freed (activations, gradients); vLLM's wake-up allocates through its own
+        allocator and cannot use them, so they are released to the device first."""
         if self.can_sleep:
+            torch.cuda.empty_cache()   # a no-op where CUDA was never initialised
             self.llm.wake_up()
 
     def close(self) -> None:
         """Shut the engine down. vLLM then also tears down torch.distributed's default group
         (under torchrun, the ranks' own): call it last, after the run's collectives."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def sampling_params(n: int, *, max_new_tokens: int, temperature: float, top_p: float,
+                    eos_ids: list[int], seed: int | None, padded_bias: dict[int, float] | None) -> list:
+    """One vLLM SamplingParams per prompt (`VllmSampler.sample`'s options): prompt i seeded with
+    seed + i; exactly `eos_ids` stop; the sampled token's log-prob only (logprobs=0, flat lists);
+    no detokenizing; padded ids masked by the shared `padded_bias` (`VllmSampler.padded_bias`)."""
+    from vllm import SamplingParams
+
+    return [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           seed=None if seed is None else seed + i, ignore_eos=True,
+                           stop_token_ids=list(eos_ids), logprobs=0, flat_logprobs=True,
+                           detokenize=False, logit_bias=padded_bias)
+            for i in range(n)]
 
 
 def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,16 +228,16 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def start_sampler(cfg, model_dir: str, model: torch.nn.Module, device: torch.device, world: int,
-                  step: int) -> VllmSampler:
+                  step: int, dtype: torch.dtype) -> VllmSampler:
     """This rank's engine for a run (cfg: a RunConfig with sampling.engine=vllm), holding
-    `model`'s weights as of optimizer step `step`. vLLM reads only the folder's config
+    `model`'s weights as of optimizer step `step`, computing in `dtype`. vLLM reads only the folder's config
     (`load_format="dummy"`, random weights): the sync right after start brings the training
     model's own weights, whether they came from the folder, a checkpoint or a random init."""
     s = cfg.sampling
     sampler = VllmSampler(
-        # the training model's own dtype (student.dtype may be "auto", which vLLM would read
-        # as bfloat16 on a CPU): the sampler must run what the trainer trains
-        model_dir, device=device.type, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        # the dtype the trainer computes in (bf16 under mixed precision, whose float32 master
+        # weights the sync rounds), never vLLM's own reading of "auto"
+        model_dir, device=device.type, dtype=str(dtype).removeprefix("torch."),
         vllm_memory_fraction=s.vllm_memory_fraction,
         enforce_eager=device.type == "cpu", seed=cfg.train.seed, load_format="dummy",
         # torchrun started the ranks: each engine joins their process group, as TRL's colocate

@@ -1,10 +1,13 @@
 """Padded vocabularies: a teacher and a student sharing one tokenizer (~100 real tokens) with
 different embedding sizes train through the real server both ways round; padded ids are never
 sampled by the student; the teacher-side mask (scoring.mask_padded) keeps them out of the top-k
-and the normaliser; teacher ids the student cannot emit fold into the tail."""
+and the normaliser; teacher ids the student cannot emit fold into the tail; the vLLM engines'
+per-request mask stays within what vLLM's V2 model runner takes."""
 
+import importlib.util
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -118,3 +121,35 @@ def test_unreachable_teacher_ids_fold_into_the_tail():
         assert torch.isfinite(D.divergence(name, student_BTV, teacher_topk_ids_BTK=ids_BTK,
                                            teacher_topk_logprobs_BTK=teacher_BTK,
                                            teacher_tail_logprobs_BT=tail_BT)).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_vllm_requests_stay_within_the_v2_model_runners_limits():
+    """Qwen2.5-0.5B's shape: 151,936 embedding rows over a 151,665-token tokenizer. vLLM's V2
+    model runner (GPUs with Triton; the CPU build runs V1 and would not notice) refuses more
+    allowed ids or logit-bias entries per request than its constants in
+    vllm/v1/worker/gpu/sample/logit_bias.py; the options both engines build must stay inside."""
+    from vllm.v1.worker.gpu.sample.logit_bias import MAX_NUM_ALLOWED_TOKEN_IDS, MAX_NUM_LOGIT_BIAS_TOKENS
+
+    from student_worker.vllm_sampling import sampling_params
+    from distill.padded_vocab import padded_ids_bias
+    from teacher_server.backends.vllm_backend import VllmBackend
+
+    real, rows = 151_665, 151_936
+    bias = padded_ids_bias(real, rows, limit=MAX_NUM_LOGIT_BIAS_TOKENS)
+    assert bias == dict.fromkeys(range(real, rows), -math.inf)
+    teacher = types.SimpleNamespace(_padded_bias=bias)   # what VllmBackend._params reads
+    requests = [*sampling_params(4, max_new_tokens=8, temperature=0.7, top_p=1.0, eos_ids=[2], seed=0,
+                                 padded_bias=bias),
+                VllmBackend._params(teacher, max_tokens=1, temperature=0.0, prompt_logprobs=8),
+                VllmBackend._params(teacher, n=2, max_tokens=8, temperature=1.0, logprobs=0)]
+    for params in requests:
+        assert len(params.allowed_token_ids or ()) <= MAX_NUM_ALLOWED_TOKEN_IDS
+        assert len(params.logit_bias) <= MAX_NUM_LOGIT_BIAS_TOKENS
+        assert params.logit_bias is bias   # built once, never per request
+    # more padded rows than the V2 runner takes: left unmasked (with a warning), never refused;
+    # the V1 runner (no limit) masks them all; no padding, no bias
+    over = real + MAX_NUM_LOGIT_BIAS_TOKENS + 1
+    assert padded_ids_bias(real, over, limit=MAX_NUM_LOGIT_BIAS_TOKENS) is None
+    assert len(padded_ids_bias(real, real + 5000, limit=None)) == 5000
+    assert padded_ids_bias(rows, rows) is None and padded_ids_bias(None, rows) is None

@@ -1,9 +1,9 @@
 """The student's vLLM engine (the CPU build, float32, in this process) against the training model
-and the hf engine: weight syncs, greedy parity, stop ids, seeds; training runs with
-sampling.engine=vllm through the real teacher server; and the sampler-mismatch metric and TIS
-weights as pure functions. One engine for the module (it takes tens of seconds to start here;
-the runs borrow it); every engine test first loads the weights it needs, so order does not
-matter."""
+and the hf engine: weight syncs, greedy parity, stop ids, seeds, padded ids masked; the cache
+emptied before a wake-up; training runs with sampling.engine=vllm through the real teacher
+server; and the sampler-mismatch metric and TIS weights as pure functions. One engine for the
+module (it takes tens of seconds to start here; the runs borrow it); every engine test first
+loads the weights it needs, so order does not matter."""
 
 import copy
 import importlib.util
@@ -23,9 +23,10 @@ from student_worker.data import PromptData
 from student_worker.methods import Context, StudentSamples
 from student_worker.rollout import Rollout, token_batch
 from student_worker.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid,
-                                             token_logprobs, truncated_importance_weights)
+                                             trainer_token_logprobs, truncated_importance_weights)
 from student_worker.sampling import sample as hf_sample
 from student_worker.trainer import train
+from student_worker.vocab import RealVocabHead
 from tests.test_worker import data_file  # noqa: F401 (fixture)
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -60,7 +61,7 @@ def engine(model_dir, student, tmp_path_factory):
         env.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
         cfg = load_config(None, None, [f"student.path={model_dir}", "data.source=reverse",
                                        "sampling.engine=vllm"])
-        yield start_sampler(cfg, str(model_dir), student, torch.device("cpu"), world=1, step=0)
+        yield start_sampler(cfg, str(model_dir), student, torch.device("cpu"), world=1, step=0, dtype=torch.float32)
 
 
 @pytest.fixture
@@ -69,7 +70,8 @@ def runs_borrow_the_engine(engine, monkeypatch):
     (an engine start costs tens of seconds here); the run's start-up sync still happens."""
     import student_worker.vllm_sampling
 
-    def borrowed(cfg, model_dir, model, device, world, step):
+    def borrowed(cfg, model_dir, model, device, world, step, dtype):
+        assert dtype == torch.float32   # what the trainer computes in on a CPU
         engine.load_weights(model, step)
         return engine
 
@@ -77,15 +79,15 @@ def runs_borrow_the_engine(engine, monkeypatch):
     monkeypatch.setattr(engine, "close", lambda: None)   # the module's, not the run's, to close
 
 
-def trainer_view(model, completions, temperature):
-    """The training model's log-probs of the sampled tokens at `temperature`, and the sampler's,
-    on the loss's [B, S] grid: what the trainer will compare every step."""
+def trainer_view(model, completions, temperature, real_vocab=None):
+    """The training model's log-probs of the sampled tokens at `temperature` (ids >= real_vocab
+    masked), and the sampler's, on the loss's [B, S] grid: what the trainer will compare every
+    step."""
     rollout = Rollout(PROMPTS, [c.token_ids for c in completions], "student",
                       sampled_logprobs=[c.logprobs for c in completions])
     batch = token_batch(rollout, PAD)
-    with torch.no_grad():
-        logits_BTV = model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_BT).logits
-    trainer_BS = token_logprobs(logits_BTV[:, :-1], batch.targets_BS, temperature)
+    trainer_BS = trainer_token_logprobs(model, RealVocabHead(model.get_output_embeddings(), real_vocab),
+                                        batch, temperature, chunk_size=16)
     sampler_BS = sampler_logprobs_grid(rollout.sampled_logprobs, rollout.prompt_lens,
                                        batch.mask_BS.shape[1])
     return sampler_BS, trainer_BS, batch.mask_BS
@@ -116,6 +118,40 @@ def test_after_a_weight_sync_vllm_logprobs_match_the_trained_model(engine, stude
     diff = sampler_logprob_diff(*trainer_view(trained, engine.sample(PROMPTS, **options), 0.7))
     assert diff["sampler_logprob_diff_max"] <= 1e-3, diff
     assert diff["sampler_logprob_diff_mean"] <= diff["sampler_logprob_diff_max"]
+
+
+@needs_vllm
+def test_padded_ids_are_never_drawn_and_carry_no_probability(engine, student):
+    """The engine's 512 embedding rows over a pretend tokenizer of 300 ids: 300..511 play the
+    padding. The mask (one logit_bias dict, kept) is applied before the log-probs vLLM reports:
+    they are those of the distribution renormalised over the real ids."""
+    real = 300
+    engine.load_weights(student)
+    completions = engine.sample(PROMPTS, max_new_tokens=24, temperature=0.7, eos_ids=[EOS], seed=0,
+                                real_vocab=real)
+    drawn = [t for c in completions for t in c.token_ids]
+    assert len(drawn) > 40 and max(drawn) < real
+    masked = sampler_logprob_diff(*trainer_view(student, completions, 0.7, real_vocab=real))
+    assert masked["sampler_logprob_diff_max"] <= 1e-3, masked
+    unmasked = sampler_logprob_diff(*trainer_view(student, completions, 0.7))
+    assert unmasked["sampler_logprob_diff_mean"] > 0.05, unmasked   # the padding held real mass
+    bias = engine.padded_bias(real)
+    assert bias is engine.padded_bias(real) and sorted(bias) == list(range(real, 512))
+    assert engine.padded_bias(512) is None and engine.padded_bias(None) is None
+
+
+@needs_vllm
+def test_the_updates_cached_memory_is_released_before_the_engine_wakes_up(engine, student, monkeypatch):
+    """Sleep mode is GPU-only: here the engine is told it can sleep, and its sleep and wake_up
+    and torch's empty_cache only record their calls."""
+    calls = []
+    monkeypatch.setattr(engine, "can_sleep", True)
+    monkeypatch.setattr(engine.llm, "sleep", lambda level: calls.append(f"sleep({level})"))
+    monkeypatch.setattr(engine.llm, "wake_up", lambda: calls.append("wake_up"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    with engine.updating(student, step=1, sync_every=2):
+        calls.append("update")
+    assert calls == ["sleep(1)", "update", "empty_cache", "wake_up"]
 
 
 @needs_vllm

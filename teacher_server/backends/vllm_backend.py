@@ -14,6 +14,9 @@ Same interface and contract as the transformers backend, built on what vLLM's `L
   the correction from p at the rejected position. The returned Score arrays come from a Score
   pass over prefix + draft + [next token], as the contract defines them.
 - Generate: vLLM sampling with the sampled tokens' log-probs.
+- Padded embedding rows (ids at or beyond the tokenizer's size; Qwen2.5-7B has 399) are never
+  drawn: every request carries the same `logit_bias` of -inf on them, built once
+  (distill.padded_vocab.padded_ids_bias, which says why not `allowed_token_ids`).
 
 Not served, refused with UNIMPLEMENTED and reported false in Info.features, because vLLM's
 log-probs are those of the raw logits and only the top max_logprobs of them:
@@ -45,6 +48,7 @@ from vllm.platforms import current_platform
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import Features, ModelInfo, tokenizer_fields
+from distill.padded_vocab import logit_bias_limit, padded_ids_bias
 from teacher_server.backends.vllm_args import engine_kwargs
 from teacher_server.config import ServerSettings
 from teacher_server.generation import GenerateItem
@@ -147,8 +151,8 @@ class VllmBackend:
                 generate_temperature=False),
             **tokenizer_fields(tokenizer, generation_eos),
         )
-        real = self.info.real_vocab
-        self._allowed_ids = None if real is None else list(range(real))
+        # built once: every request carries the same dict (padded_ids_bias says why not a list)
+        self._padded_bias = padded_ids_bias(self.info.real_vocab, vocab_size, logit_bias_limit(llm))
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> "VllmBackend":
@@ -176,12 +180,12 @@ class VllmBackend:
 
     def _params(self, **options):
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts.
-        # Drawn tokens never come from the embedding's padding (allowed_token_ids). vLLM's
-        # prompt_logprobs ignore that list: Score's normaliser includes the padded rows (trained
-        # models give them almost no mass) and a padded id in a top-k row is folded into the
-        # tail by the worker.
-        return SamplingParams(detokenize=False, flat_logprobs=True,
-                              allowed_token_ids=self._allowed_ids, **options)
+        # Drawn tokens never come from the embedding's padding (a -inf logit_bias on the padded
+        # ids). vLLM's prompt_logprobs and the raw log-probs Generate reports are taken before
+        # any bias: Score's normaliser includes the padded rows (trained models give them almost
+        # no mass) and a padded id in a top-k row is folded into the tail by the worker.
+        return SamplingParams(detokenize=False, flat_logprobs=True, logit_bias=self._padded_bias,
+                              **options)
 
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Verify items are decided first (`_verdicts`); then every sequence is scored in one

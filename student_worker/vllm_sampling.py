@@ -198,7 +198,8 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
       the base weights by rounding); adapters trained as whole modules (`modules_to_save`)
       replace the originals.
     - FSDP2 (DTensor parameters): each tensor is gathered whole with `full_tensor()`, one at a
-      time, so every rank must run the sync (each rank holds its own engine). FSDP1 needs a
+      time, so every rank must run the sync (each rank holds its own engine); LoRA deltas
+      too. FSDP1 needs a
       full state dict gathered first (`get_model_state_dict(..., full_state_dict=True)`).
     """
     model = getattr(model, "module", model)
@@ -212,6 +213,8 @@ def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 for adapter in module.active_adapters:
                     if adapter in module.lora_A:
                         delta = module.get_delta_weight(adapter)
+                        if hasattr(delta, "full_tensor"):   # FSDP2: from sharded A and B (collective)
+                            delta = delta.full_tensor()
                         deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
     for name, tensor in model.state_dict().items():
         if "lora_" in name or ".original_module." in name:

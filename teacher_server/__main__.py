@@ -12,7 +12,7 @@ import sys
 def main() -> None:
     # imports here, not at the top: `info` is a small client and needs neither torch nor the server
     if sys.argv[1:2] == ["info"]:
-        from teacher_server.info import main as info_main
+        from distill.client.info import main as info_main
 
         sys.exit(info_main(sys.argv[2:]))
     from teacher_server.config import parse_settings

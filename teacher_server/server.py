@@ -91,10 +91,6 @@ class TeacherServer:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tenants = Tenants(settings.tenants)
-        if self.tenants.open:
-            log.warning("no --tenants file: this teacher is OPEN to anyone who can reach %s:%d "
-                        "(fine on a private network or for local use; see the deployment guide)",
-                        settings.host, settings.port)
         self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context,
                                           settings.max_draft_tokens, settings.max_request_sequences,
                                           settings.max_request_tokens, settings.max_batch_tokens)
@@ -149,6 +145,10 @@ class TeacherServer:
                           else self.grpc.add_insecure_port(address))
         if not self.grpc_port:
             raise RuntimeError(f"could not bind the gRPC port {s.host}:{s.port}")
+        if self.tenants.open:   # said once the port is bound: --port 0 picks it only now
+            log.warning("no --tenants file: this teacher is OPEN to anyone who can reach %s:%d "
+                        "(fine on a private network or for local use; see the deployment guide)",
+                        s.host, self.grpc_port)
         await self.grpc.start()
 
         self._http_task = None

@@ -49,10 +49,10 @@ CASES = {
         "INVALID_ARGUMENT", "12 bytes do not match shape [5]"),
     "float token ids": (
         pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=pack(np.ones(3, np.float32)), score_from=1)]),
-        "INVALID_ARGUMENT", "1-D DTYPE_INT32"),
+        "INVALID_ARGUMENT", "token_ids must be DTYPE_INT32 of shape [T]"),
     "2-D token ids": (
         pb.ScoreRequest(sequences=[pb.ScoreSequence(token_ids=pack(np.ones((2, 3), np.int32)), score_from=1)]),
-        "INVALID_ARGUMENT", "1-D DTYPE_INT32"),
+        "INVALID_ARGUMENT", "token_ids must be DTYPE_INT32 of shape [T]"),
     "candidates wrong rows": (
         pb.ScoreRequest(sequences=[seq([1, 2, 3], 1, candidate_ids=pack(np.zeros((3, 2), np.int32)))]),
         "INVALID_ARGUMENT", "candidate_ids must be DTYPE_INT32 of shape [2, C]"),

@@ -8,7 +8,7 @@ import torch
 from distill.results import TeacherScores, scores_from_packed, scores_to_proto
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
-from student_worker.teacher_client import score_request, scores_from_response
+from distill.client.teacher_client import score_request, scores_from_response
 from teacher_server.scoring import ScoreItem, unsort_rows
 from tests.conftest import assert_refused
 
@@ -123,7 +123,7 @@ def packed(ids, lengths, score_from, **kw) -> pb.ScoreRequest:
 IDS = list(range(10, 20))   # two sequences: 4 + 6 tokens
 CASES = {
     "lengths do not add up": (packed(IDS, [4, 5], [1, 1]),
-                              "packed.token_ids must be a DTYPE_INT32 tensor of shape [9] "
+                              "packed.token_ids must be DTYPE_INT32 of shape [9] "
                               "(packed.lengths add up to 9), got DTYPE_INT32 [10]"),
     "a sequence too short": (packed(IDS, [1, 9], [1, 1]),
                              "sequence 0: packed.lengths[0] = 1; a sequence to score needs at least 2"),
@@ -131,17 +131,17 @@ CASES = {
     "a sequence too long": (packed(np.ones(CONTEXT + 3), [2, CONTEXT + 1], [1, 1]),
                             f"sequence 1: {CONTEXT + 1} tokens exceed the teacher's context"),
     "no sequences": (packed([], [], []), "no sequences"),
-    "score_from count": (packed(IDS, [4, 6], [1]), "packed.score_from must be a DTYPE_INT32 tensor "
+    "score_from count": (packed(IDS, [4, 6], [1]), "packed.score_from must be DTYPE_INT32 "
                                                   "of shape [2] (one per sequence), got DTYPE_INT32 [1]"),
     "score_from past the end": (packed(IDS, [4, 6], [1, 6]),
                                 "sequence 1: score_from=6 is out of range for 6 tokens"),
     "score_from zero": (packed(IDS, [4, 6], [0, 1]), "sequence 0: score_from=0 is out of range"),
     "float lengths": (pb.ScoreRequest(packed=pb.PackedScoreSequences(
         token_ids=pack(np.array(IDS, np.int32)), lengths=pack(np.array([4, 6], np.float32)),
-        score_from=pack(np.array([1, 1], np.int32)))), "packed.lengths must be a DTYPE_INT32 tensor"),
+        score_from=pack(np.array([1, 1], np.int32)))), "packed.lengths must be DTYPE_INT32 of shape [B]"),
     "2-D token ids": (pb.ScoreRequest(packed=pb.PackedScoreSequences(
         token_ids=pack(np.ones((2, 5), np.int32)), lengths=pack(np.array([4, 6], np.int32)),
-        score_from=pack(np.array([1, 1], np.int32)))), "packed.token_ids must be a DTYPE_INT32 tensor"),
+        score_from=pack(np.array([1, 1], np.int32)))), "packed.token_ids must be DTYPE_INT32 of shape [10]"),
     "id outside the vocabulary": (packed(IDS[:7] + [VOCAB] + IDS[8:], [4, 6], [1, 1]),
                                   f"sequence 1: token id {VOCAB} at position 3 is outside the vocabulary"),
     "bytes do not match": (pb.ScoreRequest(packed=pb.PackedScoreSequences(

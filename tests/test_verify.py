@@ -341,7 +341,7 @@ BAD = {
                        "17 draft tokens exceed the teacher's max_draft_tokens=16"),
     "draft out of vocab": (vreq(vseq(), vseq(draft=[4, -1])),
                            "sequence 1 draft_ids: token id -1 at position 1 is outside"),
-    "draft 2-D": (vreq(vseq(draft=[[4, 5]])), "1-D DTYPE_INT32"),
+    "draft 2-D": (vreq(vseq(draft=[[4, 5]])), "draft_ids must be DTYPE_INT32 of shape [T]"),
     "over the context": (vreq(vseq(prefix=[1] * 250, draft=[4] * 6)),
                          f"250 prefix tokens + 6 draft tokens + 1 = 257 exceed the teacher's "
                          f"context of {CONTEXT} tokens"),

@@ -18,7 +18,7 @@ import pathlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from examples import demo
-from student_worker.stats import describe, paired_bootstrap
+from student_worker.tools.stats import describe, paired_bootstrap
 from teacher_server.process import TeacherProcess
 
 

@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 import yaml
 
-from student_worker.teacher_client import DEFAULT_MAX_MESSAGE_BYTES, AsyncTeacherClient
+from distill.client.teacher_client import DEFAULT_MAX_MESSAGE_BYTES, AsyncTeacherClient
 
 RPCS = ("score", "verify", "generate")
 

@@ -13,7 +13,7 @@ update as they do for a real student at long sequences.
            (`full_batch_loss`: the trainer's update before the chunked loss; tests keep it as
            the float64 reference);
 * chunked: completion positions only, --chunk positions at a time, each chunk's gradient taken
-           at once (student_worker.chunked_loss via micro_batches.accumulate_gradients).
+           at once (student_worker.losses.chunked_loss via micro_batches.accumulate_gradients).
 
 Each variant runs in its own process (one CPU thread) so its memory is its own. Peak memory is
 the resident set's high-water mark (VmHWM) above the resident set just before the update, reset
@@ -54,7 +54,7 @@ def full_batch_loss(cfg, student_logprobs_BSV, batch, teacher, rollout):
     to the teacher's top-k + tail, or REINFORCE with the teacher as KL anchor."""
     import torch
 
-    from student_worker import divergences as D
+    from student_worker.losses import divergences as D
     from student_worker.methods import PolicyGradient, TokenNLL, get_method
 
     m, loss_row = cfg.method, get_method(cfg).loss
@@ -83,12 +83,12 @@ def variant(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from student_worker import chunked_loss as C
+    from student_worker.losses import chunked_loss as C
     from student_worker.config import RunConfig
     from student_worker.methods import get_method
-    from student_worker.micro_batches import accumulate_gradients
-    from student_worker.rollout import Rollout, teacher_batch, token_batch
-    from student_worker.teacher_client import TeacherScores
+    from student_worker.train.micro_batches import accumulate_gradients
+    from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
+    from distill.client.teacher_client import TeacherScores
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

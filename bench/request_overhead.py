@@ -42,7 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
-from student_worker.teacher_client import (TeacherClient, channel_options, score_request,
+from distill.client.teacher_client import (TeacherClient, channel_options, score_request,
                                            scores_from_response, whole_scores_from_response)
 from teacher_server import protocol
 from teacher_server.backends.hf import TransformersBackend

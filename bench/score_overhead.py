@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from distill.tensors import pack, unpack_torch
 from distill.v1 import teacher_pb2 as pb
 from bench.models import add_model_argument, bench_model, describe, random_sequences
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.process import TeacherProcess
 from teacher_server.scoring import ScoreItem

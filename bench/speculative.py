@@ -24,11 +24,11 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from student_worker.config import load_config
-from student_worker.speculative import acceptance, speculative_generate
-from student_worker.speculative.baseline import teacher_decode
+from student_worker.rollouts.speculative import acceptance, speculative_generate
+from student_worker.rollouts.speculative.baseline import teacher_decode
 from student_worker.tasks import TASKS
-from student_worker.teacher_client import TeacherClient
-from student_worker.trainer import train
+from distill.client.teacher_client import TeacherClient
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

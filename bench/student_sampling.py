@@ -27,8 +27,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from student_worker.rollout import Rollout, token_batch
-from student_worker.sampling import sample as hf_sample
+from student_worker.rollouts.rollout import Rollout, token_batch
+from student_worker.rollouts.sampling import sample as hf_sample
 
 # SmolLM2-135M (30 layers) with its first 8 kept: the pruned student of the real-LLM issue
 SMOLLM2_8_LAYERS = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
@@ -109,7 +109,7 @@ def main() -> None:
     if "hf" in args.engines:
         samplers["hf"] = lambda prompts, **o: hf_sample(model, prompts, pad_id=0, **o)
     if "vllm" in args.engines:
-        from student_worker.vllm_sampling import VllmSampler
+        from student_worker.rollouts.vllm_sampling import VllmSampler
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         start = time.perf_counter()

@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from bench.timing import median_time  # noqa: E402
 from bench.models import add_model_argument, bench_model, describe, random_sequences  # noqa: E402
-from student_worker.teacher_client import TeacherClient  # noqa: E402
+from distill.client.teacher_client import TeacherClient  # noqa: E402
 from teacher_server.backends import vllm_backend  # noqa: E402
 from teacher_server.backends.hf import TransformersBackend  # noqa: E402
 from teacher_server.process import TeacherProcess  # noqa: E402

@@ -44,11 +44,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
 from examples.demo import FULL, METHODS, QUICK, ROOT, TEACHER_DIR, common_overrides, initial_student, test_accuracy
-from student_worker import checkpoint
+from student_worker.train import checkpoint
 from student_worker.config import load_config
-from student_worker.data import PromptData
-from student_worker import trainer as trainer_module
-from student_worker.trainer import train
+from student_worker.data.prompts import PromptData
+from student_worker.train import trainer as trainer_module
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 # torch and transformers are pinned to ours at run time; these are TRL's own

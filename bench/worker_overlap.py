@@ -21,7 +21,7 @@ import torch
 
 from scripts.tiny_model import make_tiny_model
 from student_worker.config import load_config
-from student_worker.trainer import train
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 VOCAB = 32000

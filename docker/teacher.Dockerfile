@@ -72,5 +72,5 @@ EXPOSE 50051 8080
 
 # SERVING only after the warm-up forward pass; loading a large model takes minutes.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=600s --retries=3 \
-    CMD ["python", "-m", "teacher_server.probe"]
+    CMD ["python", "-m", "distill.client.probe"]
 ENTRYPOINT ["python", "-m", "teacher_server"]

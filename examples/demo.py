@@ -16,7 +16,7 @@ What happens, all on 127.0.0.1 through the real parts:
    and diversity (distinct correct answers per prompt over 8 samples).
 5. Every method is compared with every baseline as a paired difference (same seeds, so the same
    initial students; same test prompts), with a 95% interval from a bootstrap over seeds and test
-   prompts (student_worker.stats). The text calls a difference a win only when its interval
+   prompts (student_worker.tools.stats). The text calls a difference a win only when its interval
    excludes 0, and a tie otherwise.
 Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png.
 """
@@ -38,12 +38,12 @@ import transformers
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from student_worker.checkpoint import checkpoint_dir
+from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.config import load_config
-from student_worker.evaluate import evaluate
-from student_worker.stats import Interval, describe, paired_bootstrap
+from student_worker.train.evaluate import evaluate
+from student_worker.tools.stats import Interval, describe, paired_bootstrap
 from student_worker.tasks import TASKS
-from student_worker.trainer import train
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

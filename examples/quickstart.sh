@@ -19,7 +19,7 @@ teacher=$!
 # script ignores Ctrl-C, so the teacher is stopped here, with SIGTERM (it drains, then exits).
 trap 'kill "$teacher" 2>/dev/null || true; wait "$teacher" 2>/dev/null || true' EXIT
 
-until "$py" -m teacher_server.probe --address "$TEACHER_ADDRESS" >/dev/null 2>&1; do
+until "$py" -m distill.client.probe --address "$TEACHER_ADDRESS" >/dev/null 2>&1; do
     kill -0 "$teacher" 2>/dev/null || { echo "the teacher did not start" >&2; exit 1; }
     sleep 1   # polling the health check while the model loads
 done

@@ -21,10 +21,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from student_worker.config import load_config
-from student_worker.evaluate import evaluate
+from student_worker.train.evaluate import evaluate
 from student_worker.tasks import TASKS
 from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
-from student_worker.trainer import train
+from student_worker.train.trainer import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"

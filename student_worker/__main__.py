@@ -5,17 +5,19 @@ One worker on one CPU or GPU. Many workers: `torchrun --nproc-per-node N -m stud
 Overrides set any config key listed above, as `section.key=value` or `--section.key value`:
 `optim.lr=3e-5 method.divergence=reverse_kl train.steps=200`. Later layers win: field defaults <
 the --config file < the --preset < overrides. `--print-config` shows the result and exits.
+`--plugin MODULE` imports a module of yours first, which may register methods, divergences or tasks.
 """
 
 import argparse
+import importlib
 import logging
 import sys
 
 import torch.distributed as dist
 
 from distill.logs import setup_logging
-from student_worker.config import PRESETS, as_flags, check_unknown, config_arguments, resolve
-from student_worker.run_record import config_yaml
+from student_worker.config import PRESETS, as_flags, check_unknown, config_arguments, describe, resolve
+from student_worker.train.run_record import config_yaml
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="continue from the latest checkpoint in --output-dir (a fresh start when it has none)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="--resume although the configuration differs from the run's config.yaml")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): a module of yours that registers methods "
+                             "(student_worker.methods.register_method), divergences or tasks")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text",
@@ -41,8 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_unknown(extra)
         cfg = resolve(args.config, args.preset, source(parsed_args=args)())
+        from student_worker.methods import check_names   # the registries (torch): once the config parsed
+
+        for module in args.plugin:
+            importlib.import_module(module)
+        check_names(cfg)
     except ValueError as exc:   # pydantic's ValidationError is one: a usage error, no traceback
-        parser.error(str(exc))
+        parser.error(describe(exc))
     if args.print_config:
         print(config_yaml(cfg), end="")
         return
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_level, args.log_format)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from student_worker.trainer import train   # after logging is set: it imports the model libraries
+    from student_worker.train.trainer import train   # after logging is set: it imports the model libraries
 
     if args.log_format == "json":   # progress bars are not log lines (transformers' loading/saving bars)
         import transformers

@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from student_worker import chunked_loss as C
-from student_worker import divergences as D
-from student_worker.data import Example
-from student_worker.rollout import Rollout, TeacherBatch, TokenBatch
-from student_worker.sampling import Completion, sample
+from student_worker.losses import chunked_loss
+from student_worker.losses import divergences
+from student_worker.data.prompts import Example
+from student_worker.rollouts.rollout import Rollout, TeacherBatch, TokenBatch
+from student_worker.rollouts.sampling import Completion, sample
 from student_worker.seeding import derive_seed
-from student_worker.speculative import acceptance, speculative_generate
+from student_worker.rollouts.speculative import acceptance, speculative_generate
 from student_worker.tasks import Task
-from student_worker.teacher import Teacher
+from distill.client.teacher import Teacher
 
-if TYPE_CHECKING:   # config validates method names against METHODS, so it imports this module
+if TYPE_CHECKING:
     from student_worker.config import MethodConfig, RunConfig
-    from student_worker.vllm_sampling import VllmSampler
+    from student_worker.rollouts.vllm_sampling import VllmSampler
 
 
 @dataclass
@@ -84,12 +84,15 @@ class Context:
 
 class Source(Protocol):
     calls_teacher: bool             # Generate or Verify
+    needs_full_distributions: bool  # the student's whole next-token distributions (skd's drafts),
+                                    # which only the hf engine returns
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout: ...
 
 
 class DataCompletions:
     calls_teacher = False
+    needs_full_distributions = False
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         missing = [i for i, ex in enumerate(examples) if ex.completion_ids is None]
@@ -103,6 +106,7 @@ class StudentSamples:
     """The student's own samples (on-policy), with the task's check as reward when the loss reads it."""
 
     calls_teacher = False
+    needs_full_distributions = False
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         caps = [ctx.new_tokens(ex.prompt_ids) for ex in examples]
@@ -122,6 +126,7 @@ class TeacherSamples:
     """Teacher Generate, method.best_of samples per prompt; the task's check picks the kept one."""
 
     calls_teacher = True
+    needs_full_distributions = False
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -151,7 +156,7 @@ class InterleavedDrafts:
     with its own sample; Verify's log-probs come along as the training targets."""
 
     calls_teacher = True
-    hf_engine_only = True   # drafts need q's full distribution (return_probs): vLLM returns none
+    needs_full_distributions = True   # drafts need q's full distribution (return_probs)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -179,8 +184,8 @@ class Mixture:
         return self.first.calls_teacher or self.second.calls_teacher
 
     @property
-    def hf_engine_only(self) -> bool:
-        return any(getattr(part, "hf_engine_only", False) for part in (self.first, self.second))
+    def needs_full_distributions(self) -> bool:
+        return self.first.needs_full_distributions or self.second.needs_full_distributions
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         coin = random.Random(derive_seed(ctx.cfg.train.seed, "mixture", step)).random()
@@ -201,7 +206,7 @@ class Loss(Protocol):
     def top_k(self, cfg: RunConfig) -> int:
         """k of the teacher's answers this loss reads."""
 
-    def per_token(self, m: MethodConfig) -> C.TokenLoss:
+    def per_token(self, m: MethodConfig) -> chunked_loss.TokenLoss:
         """l(logprobs_NV, targets_N, **inputs_N) -> [N]."""
 
     def inputs(self, m: MethodConfig, batch: TokenBatch, teacher: TeacherBatch | None,
@@ -221,7 +226,7 @@ class TokenNLL:
         return 0
 
     def per_token(self, m):
-        return C.nll
+        return chunked_loss.nll
 
     def inputs(self, m, batch, teacher, rollout):
         return {}
@@ -243,11 +248,11 @@ class TopKDivergence:
         return cfg.teacher.top_k
 
     def per_token(self, m):
-        return C.topk_divergence(self.name or m.divergence, beta=m.beta, alpha=m.alpha)
+        return chunked_loss.topk_divergence(self.name or m.divergence, beta=m.beta, alpha=m.alpha)
 
     def inputs(self, m, batch, teacher, rollout):
         # only completion positions are gathered: nothing is spent on prompt or padding rows
-        return C.topk_extras(teacher, batch.mask_BS)
+        return chunked_loss.topk_extras(teacher, batch.mask_BS)
 
     def logs(self, m, loss, token_logprobs_M, inputs, rollout):
         return {"divergence": loss, "on_policy": float(rollout.source != "data")}
@@ -264,14 +269,14 @@ class PolicyGradient:
         return 1   # only the sampled token's teacher log-prob is read: the smallest payload
 
     def per_token(self, m):
-        return C.policy_gradient(m.kl_coef)
+        return chunked_loss.policy_gradient(m.kl_coef)
 
     def inputs(self, m, batch, teacher, rollout):
         rewards_B = rollout.rewards if m.use_reward else None
-        return C.policy_gradient_extras(teacher, batch.mask_BS, rewards_B)
+        return chunked_loss.policy_gradient_extras(teacher, batch.mask_BS, rewards_B)
 
     def logs(self, m, loss, token_logprobs_M, inputs, rollout):
-        kl_M = D.sampled_reverse_kl(token_logprobs_M.double(), inputs["teacher_token_logprobs_N"].double())
+        kl_M = divergences.sampled_reverse_kl(token_logprobs_M.double(), inputs["teacher_token_logprobs_N"].double())
         rewarded = m.use_reward and rollout.rewards is not None
         return {"reverse_kl_estimate": kl_M.mean().item() if kl_M.numel() else 0.0,
                 "reward": rollout.rewards.float().mean().item() if rewarded else 0.0}
@@ -317,5 +322,19 @@ for _method in (
     register_method(_method)
 
 
+def check_names(cfg: RunConfig) -> None:
+    """method.name and method.divergence name registered parts, or a ValueError that lists the
+    choices. Checked when a run starts and by the command line, not by the config module, which
+    imports no registry (loading a config loads no model stack)."""
+    for key, name, registry, how_to_add in [
+            ("method.name", cfg.method.name, METHODS, "student_worker.methods.register_method adds one"),
+            ("method.divergence", cfg.method.divergence, divergences.DIVERGENCES,
+             "student_worker/losses/divergences.py holds them")]:
+        if name not in registry:
+            raise ValueError(f"{key}: Input should be one of {', '.join(map(repr, sorted(registry)))} "
+                             f"(got {name!r}; {how_to_add})")
+
+
 def get_method(cfg: RunConfig) -> Method:
+    check_names(cfg)
     return METHODS[cfg.method.name]

@@ -62,7 +62,7 @@ def stub(teacher):
 
 @pytest.fixture(scope="session")
 def client(teacher):
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher_client import TeacherClient
 
     with TeacherClient(teacher.target, timeout=60) as c:
         yield c

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from student_worker.chat import end_of_turn_id
+from student_worker.data.chat import end_of_turn_id
 from student_worker.config import DataConfig
-from student_worker.data import PromptData
-from student_worker.tokens import eos_ids_of
+from student_worker.data.prompts import PromptData
+from student_worker.rollouts.tokens import eos_ids_of
 
 CHAT = {"messages": [{"role": "user", "content": "What is 2 + 3?"},
                      {"role": "assistant", "content": "2 + 3 = 5."}]}

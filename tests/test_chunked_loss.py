@@ -10,13 +10,13 @@ from transformers import AutoModelForCausalLM
 
 from bench.loss_memory import full_batch_loss
 
-from student_worker import chunked_loss as C
-from student_worker import divergences as D
+from student_worker.losses import chunked_loss as C
+from student_worker.losses import divergences as D
 from student_worker.config import RunConfig
 from student_worker.methods import get_method
-from student_worker.micro_batches import accumulate_gradients, micro_batches
-from student_worker.rollout import Rollout, teacher_batch, token_batch
-from student_worker.teacher_client import TeacherScores
+from student_worker.train.micro_batches import accumulate_gradients, micro_batches
+from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
+from distill.client.teacher_client import TeacherScores
 
 K = 5
 # uneven prompts and completions (a 1-token completion among them)

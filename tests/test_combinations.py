@@ -34,7 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from scripts.tiny_model import make_tiny_model
-from student_worker import checkpoint
+from student_worker.train import checkpoint
 from student_worker.config import PRESETS
 from tests.test_distributed import spawn_ranks
 from tests.test_worker import data_file  # noqa: F401  (fixture)
@@ -162,9 +162,9 @@ def _design_ranks(rank: int, names: list[str], runs: list[dict], student: str, t
     not arrive (it hangs in a collective the crashed rank never joined) stops there."""
     import torch.distributed as dist
 
-    import student_worker.vllm_sampling as vllm_sampling
+    import student_worker.rollouts.vllm_sampling as vllm_sampling
     from student_worker.config import load_config
-    from student_worker.trainer import train
+    from student_worker.train.trainer import train
 
     os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1",
                       VLLM_CACHE_ROOT=f"{out}/vllm-cache-{rank}")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from student_worker.evaluate import evaluate
+from student_worker.train.evaluate import evaluate
 from student_worker.tasks import TASKS
 from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
 

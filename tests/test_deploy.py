@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from student_worker.config import load_config
-from teacher_server import probe
+from distill.client import probe
 from teacher_server.config import ServerSettings
 from teacher_server.process import TeacherProcess
 from teacher_server.server import TeacherServer
@@ -224,7 +224,7 @@ def test_teacher_services_run_the_server_with_settings_that_parse(services, serv
     assert settings.host == "0.0.0.0" and settings.port == 50051 and settings.http_port == 8080
     # the default model ships in the image, at the same path under /app as here
     assert (ROOT / settings.model / "config.json").exists()
-    assert services[service]["healthcheck"]["test"] == ["CMD", "python", "-m", "teacher_server.probe"]
+    assert services[service]["healthcheck"]["test"] == ["CMD", "python", "-m", "distill.client.probe"]
 
 
 def test_build_args_are_ones_the_dockerfiles_declare(services):
@@ -290,7 +290,7 @@ def test_dockerfile_rules(kind):
     assert users and users[-1] not in ("root", "0"), "the container must not run as root"
     assert all((ROOT / source).exists() for source in copy_sources(kind))
     if kind == "teacher":
-        assert exec_form(kind, "HEALTHCHECK") == ["python", "-m", "teacher_server.probe"]
+        assert exec_form(kind, "HEALTHCHECK") == ["python", "-m", "distill.client.probe"]
         assert dockerfile_env(kind)["TEACHER_BACKEND"] == "vllm"
 
 

@@ -123,10 +123,10 @@ def spawn_ranks(fn, *args, world: int = 2, timeout: float = 300) -> None:
 def _rank(rank: int, model_dir: str, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from student_worker import checkpoint
-    from student_worker import chunked_loss as C
-    from student_worker.micro_batches import accumulate_gradients
-    from student_worker.rollout import Rollout, teacher_batch, token_batch
+    from student_worker.train import checkpoint
+    from student_worker.losses import chunked_loss as C
+    from student_worker.train.micro_batches import accumulate_gradients
+    from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
 
     seen: list[str] = []
     check_collectives(distributed.backend_spec(torch.device("cuda")), seen)
@@ -162,7 +162,7 @@ def test_two_ranks_with_micro_batches_equal_one_batch(tiny_model_dir, tmp_path):
     and DDP-averaged gradients equal one process on all four sequences."""
     from transformers import AutoModelForCausalLM
 
-    from student_worker.rollout import Rollout
+    from student_worker.rollouts.rollout import Rollout
 
     out = tmp_path / "rank0.pt"
     spawn_ranks(_rank, str(tiny_model_dir), str(out))

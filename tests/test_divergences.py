@@ -1,12 +1,11 @@
-"""student_worker.divergences against plain float64 references (explicit probabilities, sums)."""
+"""student_worker.losses.divergences against plain float64 references (explicit probabilities, sums)."""
 
 import math
 
 import pytest
 import torch
 
-from student_worker import divergences as D
-
+from student_worker.losses import divergences as D
 B, T, V = 3, 4, 7
 NEG_INF = float("-inf")
 

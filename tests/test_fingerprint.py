@@ -9,7 +9,7 @@ from distill.fingerprint import (TokenizerMismatch, compare_tokenizers, special_
 from distill.v1 import teacher_pb2 as pb
 from scripts.tiny_model import char_tokenizer
 from student_worker.tasks import digsum
-from student_worker.teacher import check_tokenizer
+from distill.client.teacher import check_tokenizer
 
 # SmolLM2's tokenizer under tokenizers 0.23 / transformers 5.19; a change means a teacher and a
 # worker on other library versions would refuse each other: find out why before updating it.

@@ -13,7 +13,7 @@ import torch
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
-from student_worker.teacher_client import AsyncTeacherClient, TeacherClient
+from distill.client.teacher_client import AsyncTeacherClient, TeacherClient
 from teacher_server.backends import run_batch
 from teacher_server.generation import ChosenLogprobs, GenerateItem, cut_at_stop
 from teacher_server.scoring import ScoreItem

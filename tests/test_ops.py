@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from distill.v1 import teacher_pb2_grpc as pb_grpc
-from student_worker import score_file
-from student_worker.teacher_client import TeacherClient
+from student_worker.tools import score_file
+from distill.client.teacher_client import TeacherClient
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.config import HTTP_OFF, ServerSettings, parse_settings
 from teacher_server.metrics import ENGINE_METRICS

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from scripts.tiny_model import make_tiny_model
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 from teacher_server.metrics import ENGINE_METRICS
 from teacher_server.process import TeacherProcess
 from tests.test_ops import _families, dashboard_exprs, exported_names, metric_names

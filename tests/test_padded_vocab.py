@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
-from student_worker import divergences as D
+from student_worker.losses import divergences as D
 from student_worker.config import load_config
-from student_worker.sampling import sample
-from student_worker.trainer import train
+from student_worker.rollouts.sampling import sample
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 from teacher_server.scoring import score_logits
 
@@ -75,7 +75,7 @@ def test_teacher_masks_padded_ids():
 def test_served_teacher_never_scores_or_draws_padded_ids(models):
     """Through the real server on a padded teacher: Score's top-k and normaliser, Generate's
     draws and Verify's probabilities all stay within the tokenizer's real ids."""
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher_client import TeacherClient
 
     path = models[640]
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -131,7 +131,7 @@ def test_vllm_requests_stay_within_the_v2_model_runners_limits():
     vllm/v1/worker/gpu/sample/logit_bias.py; the options both engines build must stay inside."""
     from vllm.v1.worker.gpu.sample.logit_bias import MAX_NUM_ALLOWED_TOKEN_IDS, MAX_NUM_LOGIT_BIAS_TOKENS
 
-    from student_worker.vllm_sampling import sampling_params
+    from student_worker.rollouts.vllm_sampling import sampling_params
     from distill.padded_vocab import padded_ids_bias
     from teacher_server.backends.vllm_backend import VllmBackend
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from student_worker import chunked_loss as C
-from student_worker.micro_batches import accumulate_gradients
-from student_worker.parallel import (LoraSettings, export_hf, load_sharded, prepare_student, save_sharded,
+from student_worker.config import LoraConfig
+from student_worker.losses import chunked_loss as C
+from student_worker.train.micro_batches import accumulate_gradients
+from student_worker.train.parallel import (export_hf, load_sharded, prepare_student, save_sharded,
                                      wrap_for_training)
-from student_worker.rollout import Rollout, teacher_batch, token_batch
+from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
 from tests.test_chunked_loss import COMPLETIONS, PROMPTS, _teacher_scores
 from tests.test_distributed import spawn_ranks
 
@@ -47,7 +48,7 @@ def test_gradient_checkpointing_changes_no_gradient(tiny_model_dir):
         torch.testing.assert_close(grads[1][name], grad, atol=1e-10, rtol=0, msg=name)
 
 
-LORA = LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+LORA = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
 
 
 def _lora_student(model_dir, adapters=None):
@@ -164,7 +165,7 @@ def _fsdp_sampling_rank(rank: int, model_dir: str, out: str) -> None:
     import torch.distributed as dist
 
     from student_worker.distributed import init_distributed
-    from student_worker.sampling import sample
+    from student_worker.rollouts.sampling import sample
 
     _, world, device = init_distributed()
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -187,7 +188,7 @@ def test_fsdp_samples_first_on_uneven_ranks_then_trains(tiny_model_dir, tmp_path
     with inference tensors used to break the training step that followed), ranks decoding
     different numbers of tokens, the same greedy tokens as the unsharded model, and the weights
     sharded again for the update."""
-    from student_worker.sampling import sample
+    from student_worker.rollouts.sampling import sample
 
     spawn_ranks(_fsdp_sampling_rank, str(tiny_model_dir), str(tmp_path))
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -1,4 +1,4 @@
-"""student_worker.prune: a student made of N evenly spaced layers of the teacher."""
+"""student_worker.tools.prune: a student made of N evenly spaced layers of the teacher."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
-from student_worker.prune import kept_layers, prune
+from student_worker.tools.prune import kept_layers, prune
 
 
 def test_kept_layers_are_evenly_spaced_with_first_and_last():
@@ -22,7 +22,7 @@ def test_kept_layers_are_evenly_spaced_with_first_and_last():
 def test_pruned_model_is_the_teacher_without_the_dropped_layers(tmp_path):
     teacher_dir = make_tiny_model(tmp_path / "teacher", num_hidden_layers=5)
     out = tmp_path / "student"
-    done = subprocess.run([sys.executable, "-m", "student_worker.prune", "--model", str(teacher_dir),
+    done = subprocess.run([sys.executable, "-m", "student_worker.tools.prune", "--model", str(teacher_dir),
                            "--keep-layers", "3", "--output", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from student_worker import checkpoint
+from student_worker.train import checkpoint
 from tests.conftest import TeacherProcess
 from tests.test_distributed import spawn_ranks
 from tests.test_tenancy import write_tenants
@@ -31,7 +31,7 @@ def _exit_message(call) -> str:
 
 
 def _resume_without_shared_storage(rank: int, student: str, target: str, data: str, out: str) -> None:
-    from student_worker.trainer import train
+    from student_worker.train.trainer import train
 
     train(config(student, target, data, *COMMON, "train.stop_after=2", preset="kd"), f"{out}/shared",
           progress=False)
@@ -75,7 +75,7 @@ def tenant_teacher(tiny_model_dir, tmp_path_factory):
 
 
 def _one_rank_refused(rank: int, student: str, target: str, data: str, out: str) -> None:
-    from student_worker.trainer import train
+    from student_worker.train.trainer import train
 
     # each rank its own node (LOCAL_RANK 0 on both) and its own disk for the checkpoints' shards
     os.environ.update(LOCAL_RANK="0", LOCAL_WORLD_SIZE="2")

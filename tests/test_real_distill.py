@@ -10,7 +10,7 @@ import pytest
 
 from examples.demo_llm.prompts import chat_record, splits
 from student_worker.config import load_config
-from student_worker.trainer import setup, train
+from student_worker.train.trainer import setup, train
 from teacher_server.process import TeacherProcess
 
 
@@ -19,7 +19,7 @@ def pruned_student(real_model_dir, tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from student_worker.prune import prune
+    from student_worker.tools.prune import prune
 
     out = tmp_path_factory.mktemp("pruned")
     model = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32)

@@ -12,7 +12,7 @@ import importlib.util
 import pytest
 import torch
 
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 from teacher_server.process import TeacherProcess
 from tests.conftest import reference_logprobs
 from tests.test_score_server import check_against_reference

@@ -13,7 +13,7 @@ import yaml
 
 from scripts.tiny_model import make_tiny_model
 from student_worker.config import load_config
-from student_worker.trainer import train
+from student_worker.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_report_to_tensorboard_wandb_and_mlflow(student, tmp_path, monkeypatch):
 
 
 def test_a_missing_tracker_package_says_what_to_install(student, tmp_path, monkeypatch):
-    from student_worker.tracking import Trackers
+    from student_worker.train.tracking import Trackers
 
     monkeypatch.setitem(sys.modules, "wandb", None)   # import wandb now raises ImportError
     with pytest.raises(SystemExit, match="train.report_to=wandb needs the wandb package: pip install 'wandb=="):
@@ -107,7 +107,7 @@ def test_worker_logs_json_lines(student, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "cannot start: the teacher at" in done.stderr
     records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    retries = [r for r in records if r["logger"] == "student_worker.teacher"]
+    retries = [r for r in records if r["logger"] == "distill.client.teacher"]
     assert retries and all(r["level"] == "WARNING" and "retrying in" in r["message"] for r in retries)
     assert retries[0]["target"] == f"127.0.0.1:{port}" and "retry_in_s" in retries[0] and "time" in retries[0]
     assert "it/s" not in done.stderr   # no progress bars (the student's loading) between the lines

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from student_worker.rollout import Rollout, token_batch
-from student_worker.sampler_mismatch import token_logprobs, trainer_token_logprobs
-from student_worker.vocab import RealVocabHead, mask_padded_logits
+from student_worker.rollouts.rollout import Rollout, token_batch
+from student_worker.rollouts.sampler_mismatch import token_logprobs, trainer_token_logprobs
+from student_worker.rollouts.vocab import RealVocabHead, mask_padded_logits
 
 # uneven prompts and completions (a 1-token completion among them); ids up to 450 of 512 rows
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13], [20, 21], [30, 31, 32, 33]]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from student_worker.sampling import sample
-from student_worker.tokens import cut_at_eos, pad
+from student_worker.rollouts.sampling import sample
+from student_worker.rollouts.tokens import cut_at_eos, pad
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [3, 4, 11, 12, 13, 14], [7]]
 

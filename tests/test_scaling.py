@@ -123,7 +123,7 @@ def test_two_torchrun_nodes_hold_identical_weights(teacher, student_dir, data_fi
 def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir):
     """A replica that stops answering (SIGSTOP: connected, silent) is found by the client's
     keepalive pings; calls sent to it move to the live replica long before their deadline."""
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher_client import TeacherClient
 
     servers = [TeacherProcess(tiny_model_dir) for _ in range(2)]
     frozen = servers[0]

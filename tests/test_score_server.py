@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from distill.fingerprint import tokenizer_fingerprint
-from student_worker.teacher_client import AsyncTeacherClient, TeacherClient
+from distill.client.teacher_client import AsyncTeacherClient, TeacherClient
 from tests.conftest import random_sequences, reference_logprobs
 
 VOCAB = 512

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from student_worker.speculative import acceptance, speculative_generate
+from student_worker.rollouts.speculative import acceptance, speculative_generate
 from tests.conftest import random_sequences
 
 
@@ -46,7 +46,7 @@ def test_a_different_draft_is_corrected_and_counted(client, tiny_model_dir, tmp_
 
 def test_cli_reports_acceptance_and_speedup(teacher, tiny_model_dir):
     done = subprocess.run(
-        [sys.executable, "-m", "student_worker.speculative", "--teacher", teacher.target, "--student",
+        [sys.executable, "-m", "student_worker.rollouts.speculative", "--teacher", teacher.target, "--student",
          str(tiny_model_dir), "--prompt", "hello", "--prompt", "abc", "--max-new-tokens", "8", "--seed", "1",
          "--compare"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

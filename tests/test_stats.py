@@ -1,11 +1,11 @@
-"""student_worker.stats: the paired bootstrap against cases whose answer is known in closed form."""
+"""student_worker.tools.stats: the paired bootstrap against cases whose answer is known in closed form."""
 
 import math
 
 import numpy as np
 import pytest
 
-from student_worker.stats import describe, paired_bootstrap
+from student_worker.tools.stats import describe, paired_bootstrap
 
 
 def test_one_seed_matches_the_normal_interval_of_a_paired_difference():

@@ -12,7 +12,7 @@ import torch
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from scripts.tiny_model import make_tiny_model
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 from teacher_server.process import TeacherProcess
 from tests.conftest import assert_refused, random_sequences, reference_logprobs
 from tests.test_bad_input import CASES as SCORE_BAD_INPUT

@@ -19,14 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
 from student_worker.config import load_config
-from student_worker.data import PromptData
+from student_worker.data.prompts import PromptData
 from student_worker.methods import Context, StudentSamples
-from student_worker.rollout import Rollout, token_batch
-from student_worker.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid,
+from student_worker.rollouts.rollout import Rollout, token_batch
+from student_worker.rollouts.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid,
                                              trainer_token_logprobs, truncated_importance_weights)
-from student_worker.sampling import sample as hf_sample
-from student_worker.trainer import train
-from student_worker.vocab import RealVocabHead
+from student_worker.rollouts.sampling import sample as hf_sample
+from student_worker.train.trainer import train
+from student_worker.rollouts.vocab import RealVocabHead
 from tests.test_worker import data_file  # noqa: F401 (fixture)
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -51,7 +51,7 @@ def student(model_dir):
 def engine(model_dir, student, tmp_path_factory):
     """Started as a training run starts its engine: vLLM reads only the config, random weights,
     then the student's are synced in."""
-    from student_worker.vllm_sampling import start_sampler
+    from student_worker.rollouts.vllm_sampling import start_sampler
 
     with pytest.MonkeyPatch.context() as env:
         # in process, 1 GiB of KV cache, one thread like the test's torch
@@ -68,14 +68,14 @@ def engine(model_dir, student, tmp_path_factory):
 def runs_borrow_the_engine(engine, monkeypatch):
     """train() with sampling.engine=vllm takes the module's engine instead of starting its own
     (an engine start costs tens of seconds here); the run's start-up sync still happens."""
-    import student_worker.vllm_sampling
+    import student_worker.rollouts.vllm_sampling
 
     def borrowed(cfg, model_dir, model, device, world, step, dtype):
         assert dtype == torch.float32   # what the trainer computes in on a CPU
         engine.load_weights(model, step)
         return engine
 
-    monkeypatch.setattr(student_worker.vllm_sampling, "start_sampler", borrowed)
+    monkeypatch.setattr(student_worker.rollouts.vllm_sampling, "start_sampler", borrowed)
     monkeypatch.setattr(engine, "close", lambda: None)   # the module's, not the run's, to close
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from scripts.tiny_model import make_tiny_model
 from student_worker.config import load_config
-from student_worker.data import PromptData
-from student_worker.trainer import setup, train
+from student_worker.data.prompts import PromptData
+from student_worker.train.trainer import setup, train
 
 SHORT = [{"prompt": "rev abc="}, {"prompt": "rev xy="}]
 NEAR_FULL = {"prompt": "x" * 250 + "="}      # 251 tokens (+ BOS): room for 4 new tokens
@@ -55,7 +55,7 @@ def test_prompt_filter_counts(tmp_path, student_dir_small):
 def test_student_dtype_and_hub_options():
     import torch
 
-    from student_worker.parallel import precision
+    from student_worker.train.parallel import precision
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     # mixed precision by default: float32 weights for AdamW, bf16 compute on a GPU

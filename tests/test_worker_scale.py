@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from student_worker import checkpoint
+from student_worker.train import checkpoint
 from student_worker.config import PRESETS
-from student_worker.trainer import train
+from student_worker.train.trainer import train
 from tests.test_distributed import check_collectives, spawn_ranks
 from tests.test_worker import config, data_file, student_dir  # noqa: F401  (fixtures)
 
@@ -139,7 +139,7 @@ def test_the_gpu_default_precision_moves_every_weight_at_a_usual_lr(teacher, stu
     """3 steps at lr 1e-5: what student.dtype=auto and student.autocast=auto mean on a GPU (float32
     weights, bf16 compute) moves every weight matrix; pure bf16 weights, only when asked for and
     with a warning, lose most updates to rounding (bf16 resolves 2^-8 of a weight)."""
-    from student_worker.parallel import precision
+    from student_worker.train.parallel import precision
 
     weights, compute = precision("auto", "auto", lora=False, device=torch.device("cuda"))
     runs = {"gpu default": [f"student.dtype={str(weights).removeprefix('torch.')}", "student.autocast=bfloat16"],

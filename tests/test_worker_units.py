@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from student_worker.config import load_config
-from student_worker.rollout import Rollout, teacher_batch, token_batch
+from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
 from distill.results import TeacherScores
 
 REQUIRED = ["student.path=s", "teacher.target=t:1", "data.source=reverse"]
@@ -106,7 +106,7 @@ def test_concat_refuses_a_field_without_a_rule():
 
 
 def test_sampler_stops_at_eos_and_returns_its_logprobs(reference_model):
-    from student_worker.sampling import sample
+    from student_worker.rollouts.sampling import sample
 
     torch.manual_seed(0)
     prompts = [[5, 6, 7, 8], [9, 10]]
@@ -139,8 +139,8 @@ def test_what_a_method_needs_follows_from_its_parts():
 def test_patient_teacher_announces_retries_on_rank_0_only(caplog):
     import socket
 
-    from student_worker.teacher import PatientTeacher, TeacherUnreachable
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher import PatientTeacher, TeacherUnreachable
+    from distill.client.teacher_client import TeacherClient
 
     with socket.socket() as s:   # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ The run, in order:
    GPU only: a toy model's forward on a CPU is too short to mean anything).
 2. The teacher in its own process on the same device (teacher_server.process; transformers
    backend, bfloat16 on a GPU).
-3. student_worker.trainer.train, the gkd preset, one phase per entry of `phases`, each from the
+3. student_worker.train.trainer.train, the gkd preset, one phase per entry of `phases`, each from the
    same initial student, with the user's default dtypes (nothing here sets student.dtype or
    student.autocast). "ddp" is train.parallel=ddp on one rank: the model itself, as
    `python -m student_worker` trains on one GPU. The FSDP phases come last (a crash there
@@ -289,8 +289,7 @@ class Start:
 def check_run(cfg, out_dir: pathlib.Path, final: pathlib.Path, lines: list[dict],
               start: Start) -> tuple[list[str], str]:
     """What a correct run leaves behind: (the problems found, the evidence that it trained)."""
-    from student_worker import checkpoint
-
+    from student_worker.train import checkpoint
     steps, problems = cfg.train.steps, []
     latest = checkpoint.latest_checkpoint(out_dir)
     if final != checkpoint.checkpoint_dir(out_dir, steps) or latest != final:
@@ -320,9 +319,9 @@ def check_run(cfg, out_dir: pathlib.Path, final: pathlib.Path, lines: list[dict]
 
 def run_phase(phase: Phase, common: list[str], work: pathlib.Path, device: str, start: Start) -> Row:
     """One phase: train (two legs for a resume), then check what it left (check_run)."""
-    from student_worker import checkpoint
+    from student_worker.train import checkpoint
     from student_worker.config import load_config
-    from student_worker.trainer import train
+    from student_worker.train.trainer import train
 
     row = Row(phase.name)
     out_dir = work / "runs" / "".join(c if c.isalnum() else "-" for c in phase.name)

@@ -11,7 +11,7 @@ Each rank checks, and rank 0 prints PASS/FAIL per line:
 3. FSDP2 = DDP: 5 optimizer steps of reverse KL to a random top-k teacher through the chunked
    loss with micro-batches, float32 (TF32 off): losses within 1e-5; then the same with bf16
    autocast (losses within 1e-2, float32 master weights);
-4. sampling (student_worker.sampling.sample, chosen-token log-probs) from the FSDP2-sharded
+4. sampling (student_worker.rollouts.sampling.sample, chosen-token log-probs) from the FSDP2-sharded
    model (weights gathered once per call; ranks decode uneven lengths) gives the unsharded
    model's greedy tokens;
 5. LoRA (PEFT) with activation checkpointing and bf16 autocast: only adapters get gradients,
@@ -34,11 +34,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
-from student_worker import chunked_loss as C  # noqa: E402
+from student_worker.config import LoraConfig  # noqa: E402
+from student_worker.losses import chunked_loss as C  # noqa: E402
 from student_worker.distributed import backend_spec, init_distributed  # noqa: E402
-from student_worker.micro_batches import accumulate_gradients  # noqa: E402
-from student_worker.parallel import LoraSettings, prepare_student, wrap_for_training  # noqa: E402
-from student_worker.sampling import sample  # noqa: E402
+from student_worker.train.micro_batches import accumulate_gradients  # noqa: E402
+from student_worker.train.parallel import prepare_student, wrap_for_training  # noqa: E402
+from student_worker.rollouts.sampling import sample  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -66,7 +67,7 @@ def make_batch(rank: int, vocab: int, device, k: int = 16):
 
 
 def train_losses(parallel: str, config, world: int, rank: int, device, autocast, steps: int = 5,
-                 lora: LoraSettings | None = None, gradient_checkpointing: bool = False) -> list[float]:
+                 lora: LoraConfig | None = None, gradient_checkpointing: bool = False) -> list[float]:
     torch.manual_seed(0)
     model = prepare_student(AutoModelForCausalLM.from_config(config).to(device),
                             gradient_checkpointing=gradient_checkpointing, lora=lora)
@@ -95,7 +96,7 @@ def train_losses(parallel: str, config, world: int, rank: int, device, autocast,
 
 def loss_peak(device, vocab: int, positions: int = 2048, hidden: int = 1536, chunk: int = 128) -> dict:
     """Peak device memory (MiB) of the head + loss + backward over `positions`."""
-    from student_worker.divergences import divergence
+    from student_worker.losses.divergences import divergence
 
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(hidden, vocab, bias=False).to(device)
@@ -175,7 +176,7 @@ def main() -> None:
             == [c.token_ids for c in sample(plain, prompts, **kwargs)])
     check("sampling from the FSDP2 model (gathered once) = unsharded, greedy", same, f"rank {rank}")
     lora = train_losses("ddp", config, world, rank, device, torch.bfloat16 if device.type == "cuda" else None,
-                        lora=LoraSettings(r=8, alpha=16), gradient_checkpointing=True)
+                        lora=LoraConfig(r=8, alpha=16), gradient_checkpointing=True)
     check("LoRA + activation checkpointing (+ bf16 on GPU) trains", lora[-1] < lora[0],
           f"{lora[0]:.4f} -> {lora[-1]:.4f}")
     if device.type == "cuda":

@@ -79,7 +79,7 @@ def client(target: str, vocab: int, seq_len: int, seqs: int, top_k: int, go, sec
            seed: int, results) -> None:
     """Once `go` is set, send Score requests of seqs x seq_len tokens for `seconds`; report
     (tokens scored, seconds taken)."""
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher_client import TeacherClient
 
     g = torch.Generator().manual_seed(seed)
     batch = [torch.randint(0, vocab, (seq_len,), generator=g) for _ in range(seqs)]

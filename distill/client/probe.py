@@ -1,4 +1,4 @@
-"""python -m teacher_server.probe [--address 127.0.0.1:50051] [--timeout 5]
+"""python -m distill.client.probe [--address 127.0.0.1:50051] [--timeout 5]
 
 The container health check: one `grpc.health.v1` Check; exit 0 only when the answer is SERVING
 (1 for NOT_SERVING, warming up or draining; 2 when nobody answers). The address defaults to this
@@ -31,7 +31,7 @@ def check(address: str, timeout: float = 5.0, service: str = "",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teacher_server.probe",
+    parser = argparse.ArgumentParser(prog="python -m distill.client.probe",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('TEACHER_PORT', '50051')}")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds")

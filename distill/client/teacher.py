@@ -1,7 +1,7 @@
 """Calling the teacher patiently: a worker outlives teacher restarts.
 
 gRPC's retry policy (in the client) covers short blips within one call. When the teacher is down
-for longer, this layer waits with exponential backoff, says so in the log (`student_worker.teacher`, WARNING), and carries on when
+for longer, this layer waits with exponential backoff, says so in the log (`distill.client.teacher`, WARNING), and carries on when
 the teacher is back; past `patience_s` it gives up with TeacherUnreachable.
 """
 
@@ -18,7 +18,7 @@ import grpc
 from distill.fingerprint import TokenizerMismatch, compare_tokenizers
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from distill.v1 import teacher_pb2 as pb
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 
 # down, slow, or over our tenant's quota: all pass; anything else is a bug to report
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

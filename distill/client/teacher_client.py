@@ -1,6 +1,6 @@
 """Client of the teacher service (distill.v1.Teacher), blocking and asyncio.
 
-    from student_worker.teacher_client import TeacherClient
+    from distill.client.teacher_client import TeacherClient
     client = TeacherClient("teacher-host:50051", timeout=60)
     info = client.info()
     scores = client.score([[1, 5, 9, 2]], score_from=1, top_k=20)

@@ -6,7 +6,7 @@
     make demo-llm SEEDS=1,2 OUT=elsewhere
 
 1. The teacher (scripts/fetch_model.py's cached folder) is served by `python -m teacher_server`.
-2. The student: the teacher with 8 of its 30 decoder layers kept (student_worker.prune).
+2. The student: the teacher with 8 of its 30 decoder layers kept (student_worker.tools.prune).
 3. The prompts: examples/demo_llm/prompts.py's chat records, train/dev/test; test is never trained on.
 4. Per seed, the pruned student is healed by a short seqkd run (the warm start); then per method
    (same steps, batch and learning rate) the student worker trains a copy of the warm start,
@@ -35,16 +35,16 @@ from transformers.utils import logging as hf_logging
 
 from examples.demo_llm.prompts import write as write_prompts
 from scripts.fetch_model import fetch
-from student_worker.checkpoint import checkpoint_dir
+from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.config import DataConfig, load_config
-from student_worker.data import PromptData
+from student_worker.data.prompts import PromptData
 from student_worker.methods import Method, TeacherSamples, TopKDivergence, register_method
-from student_worker.prune import prune
-from student_worker.sampling import sample
-from student_worker.stats import paired_bootstrap
-from student_worker.teacher_client import TeacherClient
-from student_worker.tokens import eos_ids_of, pad_id_of
-from student_worker.trainer import train
+from student_worker.tools.prune import prune
+from student_worker.rollouts.sampling import sample
+from student_worker.tools.stats import paired_bootstrap
+from distill.client.teacher_client import TeacherClient
+from student_worker.rollouts.tokens import eos_ids_of, pad_id_of
+from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 # kd on the teacher's own completions (Generate), forward KL to its top-k

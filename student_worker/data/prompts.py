@@ -2,7 +2,7 @@
 
 Sources: a built-in task name, a JSONL file or a local Hugging Face `datasets` folder
 (`save_to_disk`) whose records hold either `prompt` (and optional `completion`) strings or chat
-`messages` (student_worker.chat: rendered by the tokenizer's chat template). Prompts longer than
+`messages` (student_worker.data.chat: rendered by the tokenizer's chat template). Prompts longer than
 data.max_prompt_tokens are left out and counted (`filtered`). Batches are a pure function of (step, rank), so
 a resumed run sees exactly the batches the interrupted one would have.
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from student_worker.chat import render
+from student_worker.data.chat import render
 from student_worker.config import DataConfig
 from student_worker.seeding import derive_seed
 from student_worker.tasks import TASKS, Task
-from student_worker.tokens import eos_ids_of
+from student_worker.rollouts.tokens import eos_ids_of
 
 
 @dataclass

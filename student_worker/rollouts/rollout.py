@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from distill.results import TeacherScores
-from student_worker.tokens import pad
+from student_worker.rollouts.tokens import pad
 
 
 @dataclass

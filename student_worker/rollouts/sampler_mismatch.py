@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from student_worker.chunked_loss import completion_hidden
-from student_worker.micro_batches import micro_batches
+from student_worker.losses.chunked_loss import completion_hidden
+from student_worker.train.micro_batches import micro_batches
 
 
 def sampler_logprobs_grid(sampled_logprobs: list[torch.Tensor], prompt_lens: list[int],

@@ -39,7 +39,7 @@ def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> tuple[list[int]
 def eos_ids_of(tokenizer, model=None, declared: Sequence[int] = ()) -> list[int]:
     """Every end-of-sequence id: `declared` (the teacher's Info), the model's generation config
     (an id or a list), the tokenizer's EOS and the chat template's end-of-turn token."""
-    from student_worker.chat import end_of_turn_id
+    from student_worker.data.chat import end_of_turn_id
 
     generation = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     generation = [generation] if isinstance(generation, int) else list(generation or [])

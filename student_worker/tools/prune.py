@@ -1,6 +1,6 @@
 """A student from the teacher: keep N evenly spaced decoder layers ("prune, then distill").
 
-    python -m student_worker.prune --model TEACHER_DIR --keep-layers 8 --output STUDENT_DIR
+    python -m student_worker.tools.prune --model TEACHER_DIR --keep-layers 8 --output STUDENT_DIR
 
 Layers 0 and L-1 are always kept and the rest are spread evenly between them (the depth pruning
 of NVIDIA's Minitron, without its importance scores). Every kept layer's weights, the embeddings,

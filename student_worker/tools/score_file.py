@@ -34,7 +34,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from distill.fingerprint import tokenizer_fingerprint
 from distill.results import TeacherScores
 from distill.tls import add_client_arguments
-from student_worker.teacher_client import TeacherClient
+from distill.client.teacher_client import TeacherClient
 
 
 def read_sequences(path: Path, tokenizer=None) -> list[tuple[list[int], int]]:

@@ -8,7 +8,7 @@ resample its test prompts, and take the mean difference. With one seed it is the
 bootstrap over prompts (what the real-LLM demo can afford); with several seeds the seed-to-seed
 spread dominates, as it should.
 
-    from student_worker.stats import paired_bootstrap
+    from student_worker.tools.stats import paired_bootstrap
     d = paired_bootstrap(correct_a_SN, correct_b_SN)   # per-seed, per-prompt scores, [S, N]
     print(f"a beats b by {d.points():+.1f} points (95% CI [{100 * d.low:+.1f}, {100 * d.high:+.1f}])")
 """

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from student_worker.sampling import sample
+from student_worker.rollouts.sampling import sample
 from student_worker.tasks import Task
-from student_worker.tokens import pad_id_of
+from student_worker.rollouts.tokens import pad_id_of
 
 
 @dataclass
@@ -16,7 +16,7 @@ class Accuracy:
     greedy: float      # fraction correct with greedy decoding
     sampled: float     # fraction correct sampling at temperature 1
     diversity: float   # distinct correct answers per prompt over `samples_per_prompt` samples
-    # per prompt, in split order: what paired comparisons (student_worker.stats) resample
+    # per prompt, in split order: what paired comparisons (student_worker.tools.stats) resample
     greedy_correct: list[float] = field(default_factory=list, repr=False)
     sampled_correct: list[float] = field(default_factory=list, repr=False)
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from student_worker.chunked_loss import TokenLoss, chunked_loss, completion_hidden
+from student_worker.losses.chunked_loss import TokenLoss, chunked_loss, completion_hidden
 
 
 def micro_batches(mask_BS: torch.Tensor, attention_BT: torch.Tensor, size: int) -> Iterator[tuple[slice, slice, int]]:

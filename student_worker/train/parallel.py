@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -40,22 +38,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 from torch.nn.parallel import DistributedDataParallel
 
-
-@dataclass
-class LoraSettings:
-    """`student.lora`: PEFT's LoraConfig under PEFT's names (absent: full fine-tuning). A plain
-    dataclass (pydantic validates it as a config field) so that this module needs no pydantic
-    where it runs alone (bench/gpu)."""
-
-    __pydantic_config__ = {"extra": "forbid"}       # a misspelt key is an error, as in every section
-
-    r: int = 16                                     # rank of the adapters
-    alpha: float = 32                               # scale: the update is alpha / r x B A
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"  # module names (q_proj, v_proj, ...) or 'all-linear'
-
-
-Parallel = Literal["ddp", "fsdp"]
+from student_worker.config import LoraConfig
 
 
 def precision(dtype: str, autocast: str, *, lora: bool,
@@ -75,7 +58,7 @@ def precision(dtype: str, autocast: str, *, lora: bool,
 
 
 def prepare_student(model: torch.nn.Module, *, gradient_checkpointing: bool = False,
-                    lora: LoraSettings | None = None) -> torch.nn.Module:
+                    lora: LoraConfig | None = None) -> torch.nn.Module:
     """The student ready to train: activation checkpointing on, LoRA adapters added."""
     if gradient_checkpointing:
         # non-reentrant: works with frozen inputs (LoRA), DDP and FSDP without extra hooks
@@ -99,7 +82,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def wrap_for_training(model: torch.nn.Module, *, parallel: Parallel, world: int, device: torch.device,
+def wrap_for_training(model: torch.nn.Module, *, parallel: str, world: int, device: torch.device,
                       compute_dtype: torch.dtype | None = None,
                       ranks_per_node: int | None = None) -> torch.nn.Module:
     """DDP (replicas, gradients all-reduced), FSDP2 (every decoder layer and the root sharded

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from google.protobuf.json_format import MessageToDict
 
-from student_worker import checkpoint
+from student_worker.train import checkpoint
 from student_worker.config import RunConfig
 
 log = logging.getLogger(__name__)

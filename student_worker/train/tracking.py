@@ -53,7 +53,7 @@ class TensorBoard:
 
 class WandB:
     def __init__(self, output_dir: Path, cfg: RunConfig):
-        from student_worker.run_record import recorded
+        from student_worker.train.run_record import recorded
 
         wandb = _import("wandb", "wandb")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "distill"), name=output_dir.name,
@@ -68,7 +68,7 @@ class WandB:
 
 class MLflow:
     def __init__(self, output_dir: Path, cfg: RunConfig):
-        from student_worker.run_record import flat_config
+        from student_worker.train.run_record import flat_config
 
         mlflow = _import("mlflow", "mlflow")
         if "MLFLOW_TRACKING_URI" not in os.environ:

@@ -34,25 +34,25 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.results import TeacherScores
-from student_worker import checkpoint, run_record
-from student_worker.chunked_loss import completion_counts, reduction_weights
+from student_worker.train import checkpoint, run_record
+from student_worker.losses.chunked_loss import completion_counts, reduction_weights
 from student_worker.config import RunConfig
-from student_worker.data import PromptData
+from student_worker.data.prompts import PromptData
 from student_worker.distributed import every_rank, init_distributed, is_node_leader, ranks_per_node
-from student_worker.evaluate import evaluate
+from student_worker.train.evaluate import evaluate
 from student_worker.methods import Context, Method, get_method
-from student_worker.micro_batches import accumulate_gradients
-from student_worker.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
+from student_worker.train.micro_batches import accumulate_gradients
+from student_worker.train.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
                                      save_sharded, wrap_for_training)
-from student_worker.rollout import Rollout, teacher_batch, to_device, token_batch
-from student_worker.sampler_mismatch import compare_with_sampler, trainer_token_logprobs
+from student_worker.rollouts.rollout import Rollout, teacher_batch, to_device, token_batch
+from student_worker.rollouts.sampler_mismatch import compare_with_sampler, trainer_token_logprobs
 from student_worker.seeding import derive_seed
-from student_worker.speculative import acceptance, speculative_generate
-from student_worker.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
-from student_worker.teacher_client import TeacherClient
-from student_worker.tokens import eos_ids_of, pad_id_of
-from student_worker.tracking import Trackers
-from student_worker.vocab import RealVocabHead
+from student_worker.rollouts.speculative import acceptance, speculative_generate
+from distill.client.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
+from distill.client.teacher_client import TeacherClient
+from student_worker.rollouts.tokens import eos_ids_of, pad_id_of
+from student_worker.train.tracking import Trackers
+from student_worker.rollouts.vocab import RealVocabHead
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Run:
 def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_config_change: bool = False) -> Run:
     """Distributed init, student (or its latest checkpoint), teacher checks, data, optimizer.
     The run folder is checked first and records the configuration and the teacher's Info
-    (student_worker/run_record.py)."""
+    (student_worker/train/run_record.py)."""
     rank, world, device = init_distributed()
     if cfg.student.num_threads:
         torch.set_num_threads(cfg.student.num_threads)
@@ -446,10 +446,10 @@ def _load_student(cfg: RunConfig, ckpt: Path | None, device: torch.device, dtype
 
 
 def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model, device, world, step, dtype):
-    if getattr(method.source, "hf_engine_only", False):
+    if method.source.needs_full_distributions:
         raise SystemExit(f"method {cfg.method.name!r} drafts with the student's full distributions, "
                          "which the vllm engine does not return: use sampling.engine=hf")
-    from student_worker.vllm_sampling import start_sampler   # vLLM only when asked for
+    from student_worker.rollouts.vllm_sampling import start_sampler   # vLLM only when asked for
 
     return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step, dtype)
 
@@ -457,8 +457,8 @@ def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model
 def _mask_limit(run: Run, batch) -> int | None:
     """The tokenizer's size when every target is a real token (then padded ids get no mass in
     the student's log-softmax), else None: a completion holding a padded id would otherwise cost
-    an infinite loss. Our teacher never draws padded ids; a teacher server from before it masked
-    them could."""
+    an infinite loss. Neither our teacher nor the hf sampler draws padded ids; the vllm engine
+    can where a model pads more rows than vLLM's logit_bias takes (distill/padded_vocab.py)."""
     real = run.ctx.real_vocab
     if real is None or not bool((batch.targets_BS[batch.mask_BS] >= real).any()):
         return real

@@ -4,7 +4,7 @@ Used three ways:
 - SKD training (`skd` method): completions made by interleaving, `mode="topk"` (Xu et al. 2024);
   the teacher log-probs Verify returns are the training targets, so no second call is needed.
 - DistillSpec's metric: how often the teacher accepts the student's drafts (`acceptance`).
-- Plain speculative decoding (`python -m student_worker.speculative`, the CLI in `__main__.py`):
+- Plain speculative decoding (`python -m student_worker.rollouts.speculative`, the CLI in `__main__.py`):
   `mode="speculative"` makes the output distributed exactly as sampling from the teacher.
 """
 
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from student_worker.parallel import full_weights
-from student_worker.sampling import sample
+from student_worker.train.parallel import full_weights
+from student_worker.rollouts.sampling import sample
 from student_worker.seeding import derive_seed
-from student_worker.teacher import Teacher
+from distill.client.teacher import Teacher
 from distill.results import TeacherScores
-from student_worker.tokens import cut_at_eos
+from student_worker.rollouts.tokens import cut_at_eos
 
 
 @dataclass

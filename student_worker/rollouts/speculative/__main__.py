@@ -1,6 +1,6 @@
 """Speculative decoding from the command line: the student drafts, the teacher server verifies.
 
-    python -m student_worker.speculative --teacher 127.0.0.1:50051 --student DIR --prompt "37=" \
+    python -m student_worker.rollouts.speculative --teacher 127.0.0.1:50051 --student DIR --prompt "37=" \
         [--gamma 4] [--max-new-tokens 32] [--mode speculative|topk|greedy] [--compare]
         [--api-key TOKEN] [--tls] [--tls-ca CA.pem] [--tls-cert C.pem --tls-key K.pem]
 """
@@ -13,14 +13,14 @@ import time
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.tls import add_client_arguments
-from student_worker.speculative import acceptance, speculative_generate
-from student_worker.speculative.baseline import teacher_decode
-from student_worker.teacher_client import TeacherClient
-from student_worker.tokens import pad_id_of
+from student_worker.rollouts.speculative import acceptance, speculative_generate
+from student_worker.rollouts.speculative.baseline import teacher_decode
+from distill.client.teacher_client import TeacherClient
+from student_worker.rollouts.tokens import pad_id_of
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m student_worker.speculative",
+    parser = argparse.ArgumentParser(prog="python -m student_worker.rollouts.speculative",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="teacher address host:port")
     parser.add_argument("--student", required=True, help="draft model: Hugging Face folder or hub id")

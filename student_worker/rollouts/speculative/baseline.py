@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from student_worker.teacher import Teacher
+from distill.client.teacher import Teacher
 
 
 def teacher_decode(teacher: Teacher, prompts: list[list[int]], max_new_tokens: int, temperature: float,

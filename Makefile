@@ -10,7 +10,7 @@ OUT    ?= demo-output
 QUICK  ?=
 SEEDS  ?=
 
-.PHONY: setup demo demo-llm test bench protos clean
+.PHONY: setup demo demo-llm test bench protos docs clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ bench: setup
 
 protos: setup
 	$(PY) scripts/gen_protos.py
+
+# the reference tables in docs/ (server flags, worker options, config keys, presets), written from
+# the code between `<!-- generated: ... -->` markers; tests/test_docs.py fails when they are stale
+docs: setup
+	$(PY) -m scripts.gen_docs
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -89,3 +89,12 @@ def test_moved_modules_keep_their_old_path_for_one_release(old, new, name):
             f"assert getattr(a, {name!r}) is getattr(b, {name!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and f"moved to {new}" in out.stdout, out.stderr[-2000:]
+
+
+def test_every_backend_the_server_offers_is_registered():
+    import typing
+
+    from teacher_server.backends import BACKENDS
+    from teacher_server.config import ServerSettings
+
+    assert set(typing.get_args(ServerSettings.model_fields["backend"].annotation)) == set(BACKENDS)

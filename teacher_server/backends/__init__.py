@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,13 +97,16 @@ def run_batch(backend: Backend, items: list) -> list:
     return outputs
 
 
+# A backend is one row: its name (also in ServerSettings.backend's choices; a test checks they
+# match) and the class that implements `Backend`, imported only when chosen (vLLM is heavy).
+BACKENDS = {
+    "transformers": "teacher_server.backends.hf:TransformersBackend",
+    "vllm": "teacher_server.backends.vllm_backend:VllmBackend",
+}
+
+
 def load_backend(settings: ServerSettings) -> Backend:
-    if settings.backend == "transformers":
-        from teacher_server.backends.hf import TransformersBackend
-
-        return TransformersBackend.from_settings(settings)
-    if settings.backend == "vllm":
-        from teacher_server.backends.vllm_backend import VllmBackend
-
-        return VllmBackend.from_settings(settings)
-    raise ValueError(f"unknown backend {settings.backend!r}")
+    if settings.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {settings.backend!r}; one of {sorted(BACKENDS)}")
+    module, _, name = BACKENDS[settings.backend].partition(":")
+    return getattr(importlib.import_module(module), name).from_settings(settings)

@@ -1,6 +1,7 @@
 # Two commands do everything (see README):
 #   make demo   set up .venv, then run the main job
-#   make test   set up .venv, then run the tests
+#   make test   set up .venv, then run the tests (every lane: tests/unit, integration, e2e)
+#   make test-fast   the unit lane only (no processes, no sockets; about a minute on 2 cores)
 # `make setup` alone builds .venv; it re-runs when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ OUT    ?= demo-output
 QUICK  ?=
 SEEDS  ?=
 
-.PHONY: setup demo demo-llm test bench protos docs clean
+.PHONY: setup demo demo-llm test test-fast bench protos docs clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +36,12 @@ demo-llm: setup
 	OUT=$(if $(filter demo-output,$(OUT)),demo-llm-output,$(OUT)) QUICK=$(QUICK) SEEDS=$(SEEDS) \
 		$(PY) -m examples.demo_llm
 
+# CI's command; pyproject's addopts add --durations=10 (the slowest tests, listed at the end)
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 bench: setup
 	$(PY) -m bench.score_overhead
@@ -50,7 +55,7 @@ protos: setup
 	$(PY) scripts/gen_protos.py
 
 # the reference tables in docs/ (server flags, worker options, config keys, presets), written from
-# the code between `<!-- generated: ... -->` markers; tests/test_docs.py fails when they are stale
+# the code between `<!-- generated: ... -->` markers; tests/unit/test_docs.py fails when they are stale
 docs: setup
 	$(PY) -m scripts.gen_docs
 

@@ -22,7 +22,7 @@ Everything outside the markers is hand-written and left alone. The blocks (BLOCK
   each model's keys, with the variants that have a key named beside it.
 - presets (docs/training.md): student_worker.config.PRESETS, each as the keys it sets.
 
-tests/test_docs.py runs the check, and `broken_links` (also here) over README.md and docs/.
+tests/unit/test_docs.py runs the check, and `broken_links` (also here) over README.md and docs/.
 """
 
 from __future__ import annotations

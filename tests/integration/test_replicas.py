@@ -1,0 +1,116 @@
+"""Teacher replicas, for real on 127.0.0.1: one run over two replicas, one of which dies mid-call;
+calls fail over from a frozen replica (one job over two torchrun nodes: tests/e2e/test_torchrun.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import TeacherProcess, worker_cmd
+
+
+def scores_served(server: TeacherProcess) -> float:
+    """Score calls the server answered OK, from its /metrics (summed over any other labels, such
+    as the tenant)."""
+    families = text_string_to_metric_families(httpx.get(f"{server.http}/metrics", timeout=10).text)
+    return sum(s.value for family in families if family.name == "teacher_requests"
+               for s in family.samples if s.name == "teacher_requests_total"
+               and s.labels["rpc"] == "Score" and s.labels["code"] == "OK")
+
+
+def steps_done(output_dir) -> list[int]:
+    path = output_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def unread_request_bytes(port: int) -> int:
+    """Bytes that clients sent to a server on `port` and it has not read yet, from Linux's socket
+    tables (gRPC's sockets are IPv6 ones even on 127.0.0.1, so both tables)."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, _, state, queues = line.split()[1:5]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01":   # 01: ESTABLISHED
+                total += int(queues.split(":")[1], 16)                         # rx_queue
+    return total
+
+
+def poll(condition, what: str, timeout: float = 120) -> None:
+    """Wait until condition() holds (checked every 50 ms); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_a_teacher_replica_killed_mid_call_loses_no_step(tiny_model_dir, student_dir, data_file, tmp_path):
+    a, b = TeacherProcess(tiny_model_dir), TeacherProcess(tiny_model_dir)
+    steps = 20
+    worker = None
+    with open(tmp_path / "worker.log", "w") as log:
+        try:
+            a.wait_serving(), b.wait_serving()
+            worker = subprocess.Popen(
+                [sys.executable, "-m", *worker_cmd(student_dir, f"{a.target},{b.target}", data_file,
+                                                    tmp_path / "run", f"train.steps={steps}")],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            # round_robin: both replicas serve; once each has answered a few calls, freeze a, so
+            # that the next call round_robin gives it stays unanswered, and kill a only once that
+            # call's bytes sit unread in its socket: the kill lands on a call in flight.
+            poll(lambda: worker.poll() is not None or min(scores_served(a), scores_served(b)) >= 3,
+                 "3 Score calls served by each replica")
+            served_by_a, served_by_b = scores_served(a), scores_served(b)
+            a.proc.send_signal(signal.SIGSTOP)
+            poll(lambda: worker.poll() is not None or unread_request_bytes(a.grpc_port) > 0,
+                 "call waiting on the frozen replica", timeout=60)
+            steps_at_kill = len(steps_done(tmp_path / "run"))
+            a.proc.kill()
+            a.proc.wait()
+            assert worker.wait(300) == 0, (tmp_path / "worker.log").read_text()
+            assert scores_served(b) > served_by_b   # b took over a's share, the call in flight included
+        finally:
+            if worker and worker.poll() is None:
+                worker.kill()
+            a.proc.kill()
+            if b.proc.poll() is None:
+                b.terminate()
+    assert served_by_a >= 3 and served_by_b >= 3
+    assert steps_at_kill < steps, "the run ended before the kill: make it longer"
+    assert steps_done(tmp_path / "run") == list(range(1, steps + 1))
+    state = json.loads((tmp_path / "run" / "checkpoints" / f"step-{steps:06d}" / "trainer_state.json").read_text())
+    assert state["step"] == steps
+
+
+def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir):
+    """A replica that stops answering (SIGSTOP: connected, silent) is found by the client's
+    keepalive pings; calls sent to it move to the live replica long before their deadline."""
+    from distill.client.teacher_client import TeacherClient
+
+    servers = [TeacherProcess(tiny_model_dir) for _ in range(2)]
+    frozen = servers[0]
+    try:
+        for s in servers:
+            s.wait_serving()
+        with TeacherClient([s.target for s in servers], timeout=120, keepalive_s=2) as client:
+            for _ in range(4):           # connections to both replicas are up and used
+                client.score([list(range(20))], 1, top_k=2)
+            assert all(scores_served(s) >= 1 for s in servers)
+            frozen.proc.send_signal(signal.SIGSTOP)
+            start = time.monotonic()
+            for _ in range(6):
+                assert client.score([list(range(20))], 1, top_k=2)[0].topk_ids.shape == (19, 2)
+            elapsed = time.monotonic() - start
+        assert elapsed < 20, f"6 calls took {elapsed:.1f} s with one replica frozen"
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        for s in servers:
+            assert s.terminate() == 0, s.log()

@@ -23,6 +23,7 @@ Each rank checks, and rank 0 prints PASS/FAIL per line:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import pathlib
 import sys
@@ -200,6 +201,10 @@ def main() -> None:
         for name, (ok, detail) in verdicts.items():
             print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
         print("ALL PASS" if all(ok for ok, _ in verdicts.values()) else "SOME FAILED")
+    # DDP's reducers and FSDP's states sit in reference cycles: collected after the group is
+    # gone, their destructors call into a dead gloo context and abort the rank at exit
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

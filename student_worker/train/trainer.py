@@ -410,7 +410,7 @@ def _agreed(call):
         result, failure = call(), None
     except (TeacherUnreachable, grpc.RpcError) as exc:
         result, failure = None, exc
-    failed = [rank for rank, failed in enumerate(every_rank(failure is not None)) if failed]
+    failed = [rank for rank, its_failure in enumerate(every_rank(failure is not None)) if its_failure]
     if failure is not None:
         raise failure
     if failed:

@@ -33,26 +33,26 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.client.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
+from distill.client.teacher_client import TeacherClient
 from distill.results import TeacherScores
-from student_worker.train import checkpoint, run_record
-from student_worker.losses.chunked_loss import completion_counts, reduction_weights
 from student_worker.config import RunConfig
 from student_worker.data.prompts import PromptData
 from student_worker.distributed import every_rank, init_distributed, is_node_leader, ranks_per_node
-from student_worker.train.evaluate import evaluate
+from student_worker.losses.chunked_loss import completion_counts, reduction_weights
 from student_worker.methods import Context, Method, get_method
-from student_worker.train.micro_batches import accumulate_gradients
-from student_worker.train.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
-                                     save_sharded, wrap_for_training)
 from student_worker.rollouts.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.rollouts.sampler_mismatch import compare_with_sampler, trainer_token_logprobs
-from student_worker.seeding import derive_seed
 from student_worker.rollouts.speculative import acceptance, speculative_generate
-from distill.client.teacher import PatientTeacher, TeacherUnreachable, check_tokenizer
-from distill.client.teacher_client import TeacherClient
 from student_worker.rollouts.tokens import eos_ids_of, pad_id_of
-from student_worker.train.tracking import Trackers
 from student_worker.rollouts.vocab import RealVocabHead
+from student_worker.seeding import derive_seed
+from student_worker.train import checkpoint, run_record
+from student_worker.train.evaluate import evaluate
+from student_worker.train.micro_batches import accumulate_gradients
+from student_worker.train.parallel import (export_hf, full_weights, load_sharded, precision, prepare_student,
+                                           save_sharded, wrap_for_training)
+from student_worker.train.tracking import Trackers
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +226,12 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
         examples = run.data.batch(step)
         cut = len(examples) // 2 if halves and len(examples) > 1 else 0
         parts, pending = [], []
-        for part in [examples[:cut], examples[cut:]] if cut else [examples]:
-            with full_weights(run.model):   # FSDP: gathered once per rollout, not per token
+        with full_weights(run.model):   # FSDP: gathered once per step (both halves), not per token
+            for part in [examples[:cut], examples[cut:]] if cut else [examples]:
                 rollout = method.source.rollout(part, run.ctx, step)
-            if method.needs_scores(rollout):
-                pending.append(pool.submit(score, rollout))   # scored while the next part samples
-            parts.append(rollout)
+                if method.needs_scores(rollout):
+                    pending.append(pool.submit(score, rollout))   # scored while the next part samples
+                parts.append(rollout)
         return Rollout.concat(parts), pending
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
@@ -449,7 +449,7 @@ def _start_vllm_sampler(cfg: RunConfig, method: Method, ckpt: Path | None, model
     if method.source.needs_full_distributions:
         raise SystemExit(f"method {cfg.method.name!r} drafts with the student's full distributions, "
                          "which the vllm engine does not return: use sampling.engine=hf")
-    from student_worker.rollouts.vllm_sampling import start_sampler   # vLLM only when asked for
+    from student_worker.rollouts.vllm_sampling import start_sampler  # vLLM only when asked for
 
     return start_sampler(cfg, str(ckpt or cfg.student.path), model, device, world, step, dtype)
 

@@ -83,12 +83,12 @@ def variant(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from student_worker.losses import chunked_loss as C
-    from student_worker.config import RunConfig
-    from student_worker.methods import get_method
-    from student_worker.train.micro_batches import accumulate_gradients
-    from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
     from distill.client.teacher_client import TeacherScores
+    from student_worker.config import RunConfig
+    from student_worker.losses import chunked_loss as C
+    from student_worker.methods import get_method
+    from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
+    from student_worker.train.micro_batches import accumulate_gradients
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -41,9 +41,9 @@ import grpc
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scripts.tiny_model import make_tiny_model
 from distill.client.teacher_client import (TeacherClient, channel_options, score_request,
                                            scores_from_response, whole_scores_from_response)
+from scripts.tiny_model import make_tiny_model
 from teacher_server import protocol
 from teacher_server.backends.hf import TransformersBackend
 from teacher_server.process import TeacherProcess

@@ -23,11 +23,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.client.teacher_client import TeacherClient
 from student_worker.config import load_config
 from student_worker.rollouts.speculative import acceptance, speculative_generate
 from student_worker.rollouts.speculative.baseline import teacher_decode
 from student_worker.tasks import TASKS
-from distill.client.teacher_client import TeacherClient
 from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 

@@ -38,11 +38,11 @@ import transformers
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.config import load_config
-from student_worker.train.evaluate import evaluate
-from student_worker.tools.stats import Interval, describe, paired_bootstrap
 from student_worker.tasks import TASKS
+from student_worker.tools.stats import Interval, describe, paired_bootstrap
+from student_worker.train.checkpoint import checkpoint_dir
+from student_worker.train.evaluate import evaluate
 from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 

@@ -21,9 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from student_worker.config import load_config
-from student_worker.train.evaluate import evaluate
 from student_worker.tasks import TASKS
 from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
+from student_worker.train.evaluate import evaluate
 from student_worker.train.trainer import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from student_worker.losses import chunked_loss
-from student_worker.losses import divergences
+from distill.client.teacher import Teacher
 from student_worker.data.prompts import Example
+from student_worker.losses import chunked_loss, divergences
 from student_worker.rollouts.rollout import Rollout, TeacherBatch, TokenBatch
 from student_worker.rollouts.sampling import Completion, sample
-from student_worker.seeding import derive_seed
 from student_worker.rollouts.speculative import acceptance, speculative_generate
+from student_worker.seeding import derive_seed
 from student_worker.tasks import Task
-from distill.client.teacher import Teacher
 
 if TYPE_CHECKING:
     from student_worker.config import MethodConfig, RunConfig

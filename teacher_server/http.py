@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from distill.v1 import teacher_pb2 as pb
 from distill.client.info import info_dict
+from distill.v1 import teacher_pb2 as pb
 from teacher_server.metrics import Metrics
 
 

@@ -319,8 +319,8 @@ def check_run(cfg, out_dir: pathlib.Path, final: pathlib.Path, lines: list[dict]
 
 def run_phase(phase: Phase, common: list[str], work: pathlib.Path, device: str, start: Start) -> Row:
     """One phase: train (two legs for a resume), then check what it left (check_run)."""
-    from student_worker.train import checkpoint
     from student_worker.config import load_config
+    from student_worker.train import checkpoint
     from student_worker.train.trainer import train
 
     row = Row(phase.name)

@@ -36,11 +36,11 @@ import torch.distributed as dist  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from student_worker.config import LoraConfig  # noqa: E402
-from student_worker.losses import chunked_loss as C  # noqa: E402
 from student_worker.distributed import backend_spec, init_distributed  # noqa: E402
+from student_worker.losses import chunked_loss as C  # noqa: E402
+from student_worker.rollouts.sampling import sample  # noqa: E402
 from student_worker.train.micro_batches import accumulate_gradients  # noqa: E402
 from student_worker.train.parallel import prepare_student, wrap_for_training  # noqa: E402
-from student_worker.rollouts.sampling import sample  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 

@@ -15,10 +15,10 @@ from typing import Callable, Concatenate, ParamSpec, Protocol, Sequence, TypeVar
 
 import grpc
 
+from distill.client.teacher_client import TeacherClient
 from distill.fingerprint import TokenizerMismatch, compare_tokenizers
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from distill.v1 import teacher_pb2 as pb
-from distill.client.teacher_client import TeacherClient
 
 # down, slow, or over our tenant's quota: all pass; anything else is a bug to report
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
-                             samples_from_proto, scores_from_packed, scores_from_proto,
-                             verify_from_proto, whole_scores_from_packed)
+                             samples_from_proto, scores_from_packed, scores_from_proto, verify_from_proto,
+                             whole_scores_from_packed)
 from distill.tensors import pack, wire_dtype
 from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb

@@ -33,17 +33,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from distill.client.teacher_client import TeacherClient
 from examples.demo_llm.prompts import write as write_prompts
 from scripts.fetch_model import fetch
-from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.config import DataConfig, load_config
 from student_worker.data.prompts import PromptData
 from student_worker.methods import Method, TeacherSamples, TopKDivergence, register_method
-from student_worker.tools.prune import prune
 from student_worker.rollouts.sampling import sample
-from student_worker.tools.stats import paired_bootstrap
-from distill.client.teacher_client import TeacherClient
 from student_worker.rollouts.tokens import eos_ids_of, pad_id_of
+from student_worker.tools.prune import prune
+from student_worker.tools.stats import paired_bootstrap
+from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from student_worker.data.chat import render
 from student_worker.config import DataConfig
+from student_worker.data.chat import render
+from student_worker.rollouts.tokens import eos_ids_of
 from student_worker.seeding import derive_seed
 from student_worker.tasks import TASKS, Task
-from student_worker.rollouts.tokens import eos_ids_of
 
 
 @dataclass

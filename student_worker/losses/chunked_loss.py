@@ -26,8 +26,8 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from student_worker.losses import divergences as D
 from student_worker.distributed import collective_device
+from student_worker.losses import divergences as D
 
 
 class TokenLoss(Protocol):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from student_worker.train.parallel import full_weights
 from student_worker.rollouts.tokens import cut_at_eos, pad
 from student_worker.rollouts.vocab import mask_padded_logits
+from student_worker.train.parallel import full_weights
 
 
 @dataclass

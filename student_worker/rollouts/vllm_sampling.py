@@ -57,8 +57,8 @@ from collections.abc import Iterator
 
 import torch
 
-from student_worker.rollouts.sampling import Completion
 from distill.padded_vocab import logit_bias_limit, padded_ids_bias
+from student_worker.rollouts.sampling import Completion
 
 
 class VllmSampler:

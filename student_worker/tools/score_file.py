@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from distill.client.teacher_client import TeacherClient
 from distill.fingerprint import tokenizer_fingerprint
 from distill.results import TeacherScores
 from distill.tls import add_client_arguments
-from distill.client.teacher_client import TeacherClient
 
 
 def read_sequences(path: Path, tokenizer=None) -> list[tuple[list[int], int]]:

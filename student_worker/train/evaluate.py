@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from student_worker.rollouts.sampling import sample
-from student_worker.tasks import Task
 from student_worker.rollouts.tokens import pad_id_of
+from student_worker.tasks import Task
 
 
 @dataclass

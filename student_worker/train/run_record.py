@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 from google.protobuf.json_format import MessageToDict
 
-from student_worker.train import checkpoint
 from student_worker.config import RunConfig
+from student_worker.train import checkpoint
 
 log = logging.getLogger(__name__)
 REDACTED = "<redacted>"

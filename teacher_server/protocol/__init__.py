@@ -14,8 +14,8 @@ request.
 
 from teacher_server.protocol.generate import MAX_SAMPLES, parse_generate_request
 from teacher_server.protocol.info import info_response
-from teacher_server.protocol.request import (DEFAULT_TOP_K, MIN_TEMPERATURE, Limits, Parsed,
-                                             limits_for, logprob_dtype)
+from teacher_server.protocol.request import (DEFAULT_TOP_K, MIN_TEMPERATURE, Limits, Parsed, limits_for,
+                                             logprob_dtype)
 from teacher_server.protocol.score import parse_score_request
 from teacher_server.protocol.verify import PROB_SUM_TOLERANCE, parse_verify_request
 

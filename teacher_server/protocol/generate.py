@@ -11,8 +11,8 @@ from distill.v1 import teacher_pb2 as pb
 from teacher_server.errors import InvalidRequest, NotSupported
 from teacher_server.generation import GenerateItem
 from teacher_server.protocol.arrays import check_vocab, token_ids
-from teacher_server.protocol.request import (MIN_TEMPERATURE, Limits, Parsed, check_sequences,
-                                             check_tokens, logprob_dtype, require)
+from teacher_server.protocol.request import (MIN_TEMPERATURE, Limits, Parsed, check_sequences, check_tokens,
+                                             logprob_dtype, require)
 
 MAX_SAMPLES = 64   # per prompt: n samples cost n times the prompt's tokens in one batch
 

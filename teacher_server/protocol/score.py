@@ -16,8 +16,8 @@ from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.errors import InvalidRequest
 from teacher_server.protocol.arrays import INT32, Dim, id_vector, outside_vocabulary, unpack_checked
-from teacher_server.protocol.request import (Limits, Parsed, check_sequences, check_tokens,
-                                             logprob_dtype, require, temperature, top_k)
+from teacher_server.protocol.request import (Limits, Parsed, check_sequences, check_tokens, logprob_dtype,
+                                             require, temperature, top_k)
 from teacher_server.scoring import ScoreItem, unsort_rows
 
 

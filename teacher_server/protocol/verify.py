@@ -10,10 +10,9 @@ import torch
 from distill.results import VERIFY_MODE_NAMES, VerifyOutcome, verify_to_proto
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.errors import InvalidRequest, NotSupported
-from teacher_server.protocol.arrays import (FLOAT32, INT32, Dim, check_vocab, token_ids,
-                                            unpack_checked)
-from teacher_server.protocol.request import (Limits, Parsed, check_sequences, check_tokens,
-                                             logprob_dtype, require, temperature, top_k)
+from teacher_server.protocol.arrays import FLOAT32, INT32, Dim, check_vocab, token_ids, unpack_checked
+from teacher_server.protocol.request import (Limits, Parsed, check_sequences, check_tokens, logprob_dtype,
+                                             require, temperature, top_k)
 from teacher_server.verify import VerifyItem
 
 PROB_SUM_TOLERANCE = 1e-3

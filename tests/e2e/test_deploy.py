@@ -16,7 +16,8 @@ import pytest
 from student_worker.config import load_config
 from teacher_server.config import ServerSettings
 from tests.helpers import ROOT, TeacherProcess
-from tests.helpers.dockerfiles import DOCKERFILES, dockerfile, dockerfile_args, dockerfile_env, exec_form, image_env
+from tests.helpers.dockerfiles import (DOCKERFILES, dockerfile, dockerfile_args, dockerfile_env, exec_form,
+                                       image_env)
 
 PROFILES = ("cpu", "monitoring", "gpu-replicas")
 GPUS = 8   # docker-compose.yml: teacher on GPU 0, teacher-1 ... teacher-7 on GPUs 1-7

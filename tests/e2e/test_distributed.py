@@ -14,10 +14,10 @@ from tests.helpers.ranks import check_collectives, spawn_ranks
 def _rank(rank: int, model_dir: str, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from student_worker.train import checkpoint
     from student_worker.losses import chunked_loss as C
-    from student_worker.train.micro_batches import accumulate_gradients
     from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
+    from student_worker.train import checkpoint
+    from student_worker.train.micro_batches import accumulate_gradients
 
     seen: list[str] = []
     check_collectives(distributed.backend_spec(torch.device("cuda")), seen)

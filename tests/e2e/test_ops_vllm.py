@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from scripts.tiny_model import make_tiny_model
 from distill.client.teacher_client import TeacherClient
+from scripts.tiny_model import make_tiny_model
 from teacher_server.metrics import ENGINE_METRICS
 from tests.helpers import TeacherProcess, vllm_env
 from tests.helpers.servers import dashboard_exprs, exported_names, metric_families, metric_names

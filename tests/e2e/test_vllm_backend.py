@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from distill.client.teacher_client import TeacherClient
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from scripts.tiny_model import make_tiny_model
-from distill.client.teacher_client import TeacherClient
 from tests.helpers import (TeacherProcess, assert_refused, check_against_reference, check_logprobs,
                            greedy_reference, random_sequences, reference_logprobs, vllm_env)
 from tests.helpers.bad_requests import GENERATE_BAD as GENERATE_BAD_INPUT

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from distill.client.teacher_client import AsyncTeacherClient, TeacherClient
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
-from distill.client.teacher_client import AsyncTeacherClient, TeacherClient
 from tests.helpers import assert_refused, check_logprobs, greedy_reference, random_sequences
 from tests.helpers.bad_requests import EOS, GENERATE_BAD, VOCAB, generate_request
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from distill.client.teacher_client import TeacherClient
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from student_worker.tools import score_file
-from distill.client.teacher_client import TeacherClient
 from teacher_server.metrics import ENGINE_METRICS
 from tests.helpers import ROOT, TeacherProcess, vllm_env
-from tests.helpers.servers import (NOT_SERVING, SERVING, dashboard_exprs, exported_names, gated_server_running,
-                                   metric_families, metric_names, score_request)
+from tests.helpers.servers import (NOT_SERVING, SERVING, dashboard_exprs, exported_names,
+                                   gated_server_running, metric_families, metric_names, score_request)
 
 
 def _env_without_teacher_vars() -> dict:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from distill.client.teacher_client import score_request, scores_from_response
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
-from distill.client.teacher_client import score_request, scores_from_response
 from tests.helpers import assert_refused, ragged_sequences
 
 VOCAB, CONTEXT = 512, 256

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from student_worker.train import checkpoint
 from student_worker.config import PRESETS
+from student_worker.train import checkpoint
 from student_worker.train.trainer import train
 from tests.helpers import worker_config
 

@@ -19,10 +19,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from distill.client.teacher_client import TeacherClient, channel_credentials
 from distill.tensors import pack
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
-from distill.client.teacher_client import TeacherClient, channel_credentials
 from tests.helpers import TeacherProcess, random_sequences, write_tenants
 
 VOCAB = 512

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scripts.tiny_model import make_tiny_model
-from student_worker.losses import divergences as D
 from student_worker.config import load_config
 from student_worker.data.prompts import PromptData
+from student_worker.losses import divergences as D
 from student_worker.rollouts.rollout import Rollout, teacher_batch, token_batch
 from student_worker.train.trainer import train
 from tests.helpers import EXAMPLES, worker_config

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from student_worker.data.chat import end_of_turn_id
 from student_worker.config import DataConfig
+from student_worker.data.chat import end_of_turn_id
 from student_worker.data.prompts import PromptData
 from student_worker.rollouts.tokens import eos_ids_of
 

@@ -3,7 +3,8 @@ promises: every pair of option values trained together, or refused where nothing
 
 import itertools
 
-from tests.helpers.combinations import DESIGN, FACTORS, MUST, REFUSALS, covering_design, pairs, refused_options
+from tests.helpers.combinations import (DESIGN, FACTORS, MUST, REFUSALS, covering_design, pairs,
+                                        refused_options)
 
 
 def test_the_design_covers_every_pair():

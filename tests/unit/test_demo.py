@@ -6,9 +6,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from student_worker.train.evaluate import evaluate
 from student_worker.tasks import TASKS
 from student_worker.tasks.digsum import tokenizer as digsum_tokenizer
+from student_worker.train.evaluate import evaluate
 from tests.helpers import ROOT
 
 TEACHER = ROOT / "examples" / "demo-teacher"

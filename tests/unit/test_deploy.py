@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.dockerfiles import DOCKERFILES, copy_sources, dockerfile, dockerfile_args, dockerfile_env, exec_form
+from tests.helpers.dockerfiles import (DOCKERFILES, copy_sources, dockerfile, dockerfile_args, dockerfile_env,
+                                       exec_form)
 
 
 @pytest.mark.parametrize("kind", DOCKERFILES)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from student_worker.losses import divergences as D
+
 B, T, V = 3, 4, 7
 NEG_INF = float("-inf")
 

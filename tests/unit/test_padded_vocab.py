@@ -15,6 +15,7 @@ from student_worker.losses import divergences as D
 from student_worker.rollouts.sampling import sample
 from teacher_server.scoring import score_logits
 
+
 def test_padded_ids_never_sampled(padded_models):
     path = padded_models[640]
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -65,8 +66,8 @@ def test_vllm_requests_stay_within_the_v2_model_runners_limits():
     vllm/v1/worker/gpu/sample/logit_bias.py; the options both engines build must stay inside."""
     from vllm.v1.worker.gpu.sample.logit_bias import MAX_NUM_ALLOWED_TOKEN_IDS, MAX_NUM_LOGIT_BIAS_TOKENS
 
-    from student_worker.rollouts.vllm_sampling import sampling_params
     from distill.padded_vocab import padded_ids_bias
+    from student_worker.rollouts.vllm_sampling import sampling_params
     from teacher_server.backends.vllm_backend import VllmBackend
 
     real, rows = 151_665, 151_936

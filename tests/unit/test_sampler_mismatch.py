@@ -13,8 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from student_worker.rollouts.rollout import Rollout, token_batch
-from student_worker.rollouts.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid, token_logprobs,
-                                                      trainer_token_logprobs, truncated_importance_weights)
+from student_worker.rollouts.sampler_mismatch import (sampler_logprob_diff, sampler_logprobs_grid,
+                                                      token_logprobs, trainer_token_logprobs,
+                                                      truncated_importance_weights)
 from student_worker.rollouts.vocab import RealVocabHead, mask_padded_logits
 
 # uneven prompts and completions (a 1-token completion among them); ids up to 450 of 512 rows

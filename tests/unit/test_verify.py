@@ -92,6 +92,7 @@ def test_verify_draft_edge_cases():
 def test_verify_items_share_the_score_forward_pass(tiny_model_dir, reference_model):
     """run_batch sends Score and Verify items to one `score` call: one decoder pass for both."""
     from transformers import AutoTokenizer
+
     from teacher_server.backends.hf import TransformersBackend
 
     backend = TransformersBackend(reference_model, AutoTokenizer.from_pretrained(tiny_model_dir),
@@ -113,6 +114,7 @@ def test_a_mixed_batch_equals_each_item_alone(tiny_model_dir, reference_model):
     of different lengths, starts, k and candidate widths (ragged), and a Verify item, batched,
     get what each gets alone."""
     from transformers import AutoTokenizer
+
     from teacher_server.backends.hf import TransformersBackend
 
     backend = TransformersBackend(reference_model, AutoTokenizer.from_pretrained(tiny_model_dir),

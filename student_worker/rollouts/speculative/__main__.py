@@ -12,10 +12,10 @@ import time
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distill.client.teacher_client import TeacherClient
 from distill.tls import add_client_arguments
 from student_worker.rollouts.speculative import acceptance, speculative_generate
 from student_worker.rollouts.speculative.baseline import teacher_decode
-from distill.client.teacher_client import TeacherClient
 from student_worker.rollouts.tokens import pad_id_of
 
 

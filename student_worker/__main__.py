@@ -9,6 +9,7 @@ the --config file < the --preset < overrides. `--print-config` shows the result 
 """
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg, args.output_dir, resume=args.resume, allow_config_change=args.allow_config_change,
               progress=args.log_format == "text")
     if dist.is_initialized():   # a clean exit for every rank (gloo's threads end before teardown)
+        gc.collect()   # DDP/FSDP objects in reference cycles, freed while the group still lives
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -201,12 +201,13 @@ def main() -> None:
         for name, (ok, detail) in verdicts.items():
             print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
         print("ALL PASS" if all(ok for ok, _ in verdicts.values()) else "SOME FAILED")
-    # DDP's reducers and FSDP's states sit in reference cycles: collected after the group is
-    # gone, their destructors call into a dead gloo context and abort the rank at exit
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # the models' DDP reducers and FSDP states (main's locals, and reference cycles) freed while
+    # the group lives: collected after it, their destructors call into a dead gloo context and
+    # abort the rank at exit ("terminate called without an active exception")
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()

@@ -42,7 +42,6 @@ def _fsdp_rank(rank: int, model_dir: str, out: str) -> None:
     export_hf(f"{out}/hf", model)
     if rank == 0:
         torch.save({"losses": losses, "ddp_weights": ddp_weights}, f"{out}/rank0.pt")
-    dist.destroy_process_group()
 
 
 def test_fsdp_on_two_cpu_ranks_equals_ddp_and_resumes_at_one(tiny_model_dir, tmp_path):
@@ -91,7 +90,6 @@ def _fsdp_sampling_rank(rank: int, model_dir: str, out: str) -> None:
     loss = reverse_kl_step(model, model, optimizer, slice(2 * rank, 2 * rank + 2), world)   # trains after it
     torch.save({"greedy": [c.token_ids for c in greedy], "sharded_after": sharded_after, "loss": loss},
                f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def test_fsdp_samples_first_on_uneven_ranks_then_trains(tiny_model_dir, tmp_path):

@@ -42,7 +42,6 @@ def _resume_without_shared_storage(rank: int, student: str, target: str, data: s
     message = _exit_message(lambda: train(worker_config(student, target, data, *COMMON, preset="kd"), folder,
                                           resume=True, progress=False))
     torch.save(message, f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 def test_ranks_resume_from_rank_0s_checkpoint_or_say_storage_must_be_shared(teacher, student_dir, data_file,
@@ -84,7 +83,6 @@ def _one_rank_refused(rank: int, student: str, target: str, data: str, out: str)
     message = _exit_message(lambda: train(worker_config(student, target, data, *COMMON, f"teacher.api_key={key}",
                                                  preset="kd"), f"{out}/refused", progress=False))
     torch.save(message, f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 def test_a_teacher_failure_on_one_rank_stops_every_rank_and_every_node_rotates(tenant_teacher, student_dir,

@@ -4,6 +4,7 @@ collective of a CPU run would also work under a GPU run's backends."""
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import time
 
@@ -58,6 +59,13 @@ def _join(rank: int, fn, port: int, world: int, args: tuple) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     fn(rank, *args)
+    # the rank's DDP reducers and FSDP states sit in reference cycles: collected after the group
+    # is destroyed, their destructors call into a dead gloo context and abort the rank at exit
+    # ("terminate called without an active exception"). Collect them while the group lives.
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def spawn_ranks(fn, *args, world: int = 2, timeout: float = 300) -> None:

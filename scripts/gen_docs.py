@@ -16,10 +16,11 @@ Everything outside the markers is hand-written and left alone. The blocks (BLOCK
   TEACHER_* variable, type, default and description.
 - worker-options (docs/training.md): the command's own options, taken from the `options:` group of
   `python -m student_worker --help` (run in this process).
-- worker-config (docs/training.md): every key of student_worker.config.RunConfig, one table per
-  section: key, type, default, description. Nested models become dotted keys (student.lora.r); a
-  field whose type is a union of models (a discriminated union such as per-method settings) lists
-  each model's keys, with the variants that have a key named beside it.
+- worker-config (docs/training.md): every key of student_worker.config.config_keys_model (RunConfig
+  with the built-in methods' keys in one `method` section, each saying which methods have it), one
+  table per section: key, type, default, description. Nested models become dotted keys
+  (student.lora.r); a field whose type is a union of models lists each model's keys, with the
+  variants that have a key named beside it.
 - presets (docs/training.md): student_worker.config.PRESETS, each as the keys it sets.
 
 tests/unit/test_docs.py runs the check, and `broken_links` (also here) over README.md and docs/.
@@ -211,14 +212,15 @@ def worker_options() -> str:
 
 
 def worker_config() -> str:
-    from student_worker.config import RunConfig
+    from student_worker.config import BUILT_IN_SETTINGS, config_keys_model
 
+    keys = config_keys_model(BUILT_IN_SETTINGS)   # not a method some imported module registered
     parts = []
-    for section, field in RunConfig.model_fields.items():
+    for section, field in keys.model_fields.items():
         models = models_in(field.annotation)
         if not models:
             continue
-        rows = [r for r in config_rows(RunConfig) if r.key.split(".")[0] == section and r.key != section]
+        rows = [r for r in config_rows(keys) if r.key.split(".")[0] == section and r.key != section]
         note = " (optional: `null` leaves it out)" if type(None) in typing.get_args(field.annotation) else ""
         body = [[f"`{r.key}`", f"`{r.type}`", r.default,
                  (f"({', '.join(r.variants)}) " if r.variants else "") + r.description] for r in rows]

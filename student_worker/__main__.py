@@ -42,15 +42,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="json: one JSON object per line (time, level, logger, message, extras)")
+    argv = as_flags(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--plugin", action="append", default=[])
+    for module in first.parse_known_args(argv)[0].plugin:   # first: their methods' keys become options
+        importlib.import_module(module)
     source = config_arguments(parser)
-    args, extra = parser.parse_known_args(as_flags(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(argv)
     try:
         check_unknown(extra)
         cfg = resolve(args.config, args.preset, source(parsed_args=args)())
         from student_worker.methods import check_names   # the registries (torch): once the config parsed
 
-        for module in args.plugin:
-            importlib.import_module(module)
         check_names(cfg)
     except ValueError as exc:   # pydantic's ValidationError is one: a usage error, no traceback
         parser.error(describe(exc))

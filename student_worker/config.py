@@ -5,9 +5,11 @@ Layers, each later one winning key by key:
     field defaults  <  the YAML file (--config)  <  the preset (--preset)  <  section.key=value overrides
 
 The command line beats the file: `--config quickstart.yaml --preset skd` trains skd (a preset sets
-only the `method` keys it names; the file's other keys stay). An override is converted to its
-field's declared type (`student.path=007` stays the text "007", `data.split=on` stays "on",
-`optim.lr=3e-5` is a float); lists and tuples take JSON or commas (`train.report_to=tensorboard,wandb`).
+only the `method` keys it names; the file's other keys stay, except the method keys skd does not
+have, which are left out with a warning: each method has its own keys, see MethodSettings below).
+An override is converted to its field's declared type (`student.path=007` stays the text "007",
+`data.split=on` stays "on", `optim.lr=3e-5` is a float); lists and tuples take JSON or commas
+(`train.report_to=tensorboard,wandb`).
 `${VAR}` and `${VAR:-default}` in the file's values are read from the environment after the YAML
 is parsed, as text, so a token `12345` or a value holding `: ` stays what it is.
 
@@ -21,13 +23,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import CliSettingsSource
 
 
@@ -112,21 +117,95 @@ class SamplingConfig(_Section):
                                 "truncated importance sampling (None: off)")
 
 
-class MethodConfig(_Section):
-    # checked against the registries when the run starts (methods.check_names): this module
-    # imports neither, so loading a config loads no model stack
+# ---- per-method settings ------------------------------------------------------------------------
+#
+# `method` is a union keyed by method.name: each method has its own settings model, the common keys
+# (MethodSettings) plus those of its completion source and its loss (the parameter groups below,
+# listed before MethodSettings so that name comes first in a dump), and a key another method reads
+# is refused. METHOD_SETTINGS holds the models by name: the built-in methods'
+# here, a plugin's added by student_worker.methods.register_method (this module imports no registry).
+
+class MethodSettings(_Section):
+    """Keys every method has."""
+
     name: str = Field("gkd", description="a registered method (student_worker.methods.METHODS)")
-    divergence: str = Field("jsd", description="a name in student_worker.losses.divergences.DIVERGENCES")
+    reduction: Literal["token", "sequence"] = Field(
+        "token", description="token: every completion token weighs the same; sequence: every completion does")
+
+
+class DivergenceParameters(BaseModel):
+    """A divergence's shape (the losses that compare distributions: TopKDivergence)."""
+
     beta: float = Field(0.5, ge=0, le=1, description="JSD(beta): 0 forward KL, 1 reverse KL")
     alpha: float = Field(0.1, ge=0, le=1, description="skew of skew_kl / skew_reverse_kl")
+
+
+class DivergenceChoice(BaseModel):
+    divergence: str = Field("jsd", description="a name in student_worker.losses.divergences.DIVERGENCES")
+
+
+class MixtureParameters(BaseModel):
     student_fraction: float = Field(
-        1.0, ge=0, le=1, description="gkd's lambda: probability a batch is sampled from the student")
-    best_of: int = Field(1, ge=1, description="seqkd: teacher samples per prompt, best one kept")
-    draft_tokens: int = Field(4, ge=1, description="skd: student draft tokens per teacher Verify")
-    skd_top_k: int = Field(5, ge=1, description="skd: a draft token is kept when in the teacher's top-K")
-    kl_coef: float = Field(1.0, ge=0, description="rlkd: weight of the per-token reverse KL to the teacher")
-    use_reward: bool = Field(True, description="rlkd: add the task's reward (needs a task verifier)")
-    reduction: Literal["token", "sequence"] = "token"
+        1.0, ge=0, le=1, description="lambda: the probability that a batch is sampled from the student")
+
+
+class BestOfParameters(BaseModel):
+    best_of: int = Field(1, ge=1, description="teacher samples per prompt, the task's best one kept")
+
+
+class DraftParameters(BaseModel):
+    draft_tokens: int = Field(4, ge=1, description="student draft tokens per teacher Verify")
+    skd_top_k: int = Field(5, ge=1, description="a draft token is kept when in the teacher's top-K")
+
+
+class PolicyGradientParameters(BaseModel):
+    kl_coef: float = Field(1.0, ge=0, description="weight of the per-token reverse KL to the teacher")
+    use_reward: bool = Field(True, description="add the task's reward (needs a task verifier)")
+
+
+class SftSettings(MethodSettings):
+    name: Literal["sft"] = "sft"
+
+
+class SeqkdSettings(BestOfParameters, MethodSettings):
+    name: Literal["seqkd"] = "seqkd"
+
+
+class KdSettings(DivergenceParameters, DivergenceChoice, MethodSettings):
+    name: Literal["kd"] = "kd"
+
+
+class GkdSettings(MixtureParameters, DivergenceParameters, DivergenceChoice, MethodSettings):
+    name: Literal["gkd"] = "gkd"
+
+
+class SkdSettings(DraftParameters, DivergenceParameters, DivergenceChoice, MethodSettings):
+    name: Literal["skd"] = "skd"
+
+
+class RlkdSettings(PolicyGradientParameters, MethodSettings):
+    name: Literal["rlkd"] = "rlkd"
+
+
+BUILT_IN_SETTINGS: dict[str, type[MethodSettings]] = {
+    model.model_fields["name"].default: model
+    for model in (SftSettings, SeqkdSettings, KdSettings, GkdSettings, SkdSettings, RlkdSettings)}
+METHOD_SETTINGS = dict(BUILT_IN_SETTINGS)
+DEFAULT_METHOD = "gkd"
+
+
+def register_settings(name: str, model: type[MethodSettings]) -> None:
+    """Make `name` a valid method.name whose keys are `model`'s."""
+    METHOD_SETTINGS[name] = model
+
+
+def method_settings(name: str) -> type[MethodSettings]:
+    if name not in METHOD_SETTINGS:
+        raise PydanticCustomError(
+            "unknown_method", "Input should be one of {choices} (got '{name}'; "
+            "student_worker.methods.register_method adds one, --plugin MODULE loads it)",
+            {"choices": ", ".join(map(repr, sorted(METHOD_SETTINGS))), "name": name})
+    return METHOD_SETTINGS[name]
 
 
 class OptimConfig(_Section):
@@ -157,6 +236,7 @@ class TrainConfig(_Section):
     eval_acceptance_prompts: int = Field(
         64, ge=0, description="prompts on which to measure how often the teacher accepts the "
                               "student's drafts (DistillSpec's metric; 0: off, needs a teacher)")
+    eval_draft_tokens: int = Field(4, ge=1, description="student draft tokens per Verify in that measurement")
     stop_at_accuracy: float = Field(
         0.0, ge=0, le=1, description="stop once the sampled eval accuracy reaches this (0: off)")
     micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward; gradients "
@@ -176,9 +256,25 @@ class RunConfig(_Section):
     teacher: TeacherConfig | None = None   # sft needs none
     data: DataConfig
     sampling: SamplingConfig = SamplingConfig()
-    method: MethodConfig = MethodConfig()
+    method: SerializeAsAny[MethodSettings] = Field(default_factory=lambda: METHOD_SETTINGS[DEFAULT_METHOD]())
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _method_settings(cls, value: Any, handler) -> MethodSettings:
+        """The settings model method.name registers validates the section (the union's dispatch)."""
+        if isinstance(value, MethodSettings):
+            value = value.model_dump()
+        if not isinstance(value, dict):
+            return handler(value)
+        name = value.get("name", DEFAULT_METHOD)
+        try:
+            model = method_settings(name)
+        except PydanticCustomError as unknown:
+            raise ValidationError.from_exception_data(
+                "method", [{"type": unknown, "loc": ("name",), "input": name}]) from None
+        return model.model_validate(value)
 
 
 # Named starting points; a YAML file and overrides refine them.
@@ -236,17 +332,44 @@ def read_yaml(path: str | Path) -> dict:
     return resolve_env(data)
 
 
+def method_keys_model(settings: dict[str, type[MethodSettings]]) -> type[BaseModel]:
+    """The methods' keys as one flat section, each described with the methods that have it: what
+    --help, the command line's parser and the docs list for `method`."""
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, Any] = {}
+    for method, model in settings.items():
+        for key, field in model.model_fields.items():
+            owners.setdefault(key, []).append(method)
+            fields.setdefault(key, field)
+    keys: dict[str, Any] = {"name": (str, Field(DEFAULT_METHOD, description=(
+        f"the method: {', '.join(BUILT_IN_SETTINGS)} or one a plugin registers; the keys below say "
+        "which methods have them, a key the method does not have is refused")))}
+    for key, field in fields.items():
+        if key != "name":
+            who = "every method" if len(owners[key]) == len(settings) else ", ".join(owners[key])
+            keys[key] = (field.annotation, Field(field.default, description=f"{who}: {field.description}"))
+    return create_model("MethodKeys", __base__=_Section, **keys)
+
+
+def config_keys_model(settings: dict[str, type[MethodSettings]] | None = None) -> type[BaseModel]:
+    """RunConfig's keys with `method` as the method_keys_model of `settings` (default: every
+    registered method, plugins' included; RunConfig itself validates a method's section through
+    METHOD_SETTINGS)."""
+    return create_model("RunConfig", __base__=RunConfig,
+                        method=(method_keys_model(settings or METHOD_SETTINGS), None))
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> CliSettingsSource:
     """Add a --section.key option for every config field to parser, and return the source that
     reads their values back (source(parsed_args=namespace)() -> nested dict, values as given)."""
-    return CliSettingsSource(RunConfig, root_parser=parser)
+    return CliSettingsSource(config_keys_model(), root_parser=parser)
 
 
-def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     """Every leaf key, 'section.key'."""
     keys = []
-    for name, field in model.model_fields.items():
-        sub = [t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    for name, field in (model or config_keys_model()).model_fields.items():
+        sub = [t for t in (field.annotation, *typing.get_args(field.annotation))
                if isinstance(t, type) and issubclass(t, BaseModel)]
         keys += config_keys(sub[0], f"{prefix}{name}.") if sub else [prefix + name]
     return keys
@@ -286,14 +409,31 @@ def parse_overrides(overrides: list[str]) -> dict:
     return source(parsed_args=namespace)()
 
 
+def _apply(data: dict, layer: dict) -> dict:
+    """`layer` over `data`. A layer that names another method than the earlier ones keeps only
+    the earlier method keys its method has (`--preset skd` over a file written for gkd leaves the
+    file's student_fraction out, with a warning); its own keys are all checked."""
+    before, after = data.get("method"), layer.get("method")
+    if isinstance(before, dict) and isinstance(after, dict) and "name" in after \
+            and after["name"] != before.get("name", DEFAULT_METHOD) and after["name"] in METHOD_SETTINGS:
+        keys = METHOD_SETTINGS[after["name"]].model_fields
+        left_out = [key for key in before if key not in keys]
+        if left_out:
+            logging.getLogger(__name__).warning(
+                "method %s does not have %s (set for method %s): left out", after["name"],
+                ", ".join(f"method.{key}" for key in left_out), before.get("name", DEFAULT_METHOD))
+        data = {**data, "method": {key: value for key, value in before.items() if key in keys}}
+    return _merge(data, layer)
+
+
 def resolve(path: str | Path | None, preset: str | None, overrides: dict) -> RunConfig:
     """The layers in their order (see the module's docstring)."""
     data = read_yaml(path) if path else {}
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        data = _merge(data, PRESETS[preset])
-    return RunConfig.model_validate(_merge(data, overrides))
+        data = _apply(data, PRESETS[preset])
+    return RunConfig.model_validate(_apply(data, overrides))
 
 
 def describe(error: ValueError) -> str:

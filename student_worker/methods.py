@@ -13,17 +13,28 @@ completion tokens. What it needs from the teacher follows from its two parts.
 A new method is one row:
 
     register_method(Method("teacher-rkl", TeacherSamples(), TopKDivergence("reverse_kl")))
+
+Its keys under `method:` in a config are the common ones (config.MethodSettings: name, reduction)
+plus the parameter groups its source and loss declare (`parameters`: TeacherSamples has best_of,
+TopKDivergence beta and alpha); another method's keys are refused. A method with keys of its own
+passes `settings=` a subclass of config.MethodSettings whose `name` is Literal["its-name"].
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
+from pydantic import create_model
 
 from distill.client.teacher import Teacher
+from student_worker import config
+from student_worker.config import (
+    BestOfParameters, DivergenceChoice, DivergenceParameters, DraftParameters, GkdSettings, KdSettings,
+    MethodSettings, MixtureParameters, PolicyGradientParameters, RlkdSettings, SeqkdSettings, SftSettings,
+    SkdSettings)
 from student_worker.data.prompts import Example
 from student_worker.losses import chunked_loss, divergences
 from student_worker.rollouts.rollout import Rollout, TeacherBatch, TokenBatch
@@ -33,7 +44,7 @@ from student_worker.seeding import derive_seed
 from student_worker.tasks import Task
 
 if TYPE_CHECKING:
-    from student_worker.config import MethodConfig, RunConfig
+    from student_worker.config import RunConfig
     from student_worker.rollouts.vllm_sampling import VllmSampler
 
 
@@ -85,6 +96,7 @@ class Source(Protocol):
     calls_teacher: bool             # Generate or Verify
     needs_full_distributions: bool  # the student's whole next-token distributions (skd's drafts),
                                     # which only the hf engine returns
+    parameters: tuple[type, ...]    # its config keys under method: (groups in student_worker.config)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout: ...
 
@@ -92,6 +104,7 @@ class Source(Protocol):
 class DataCompletions:
     calls_teacher = False
     needs_full_distributions = False
+    parameters = ()
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         missing = [i for i, ex in enumerate(examples) if ex.completion_ids is None]
@@ -106,6 +119,7 @@ class StudentSamples:
 
     calls_teacher = False
     needs_full_distributions = False
+    parameters = ()
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         caps = [ctx.new_tokens(ex.prompt_ids) for ex in examples]
@@ -126,6 +140,7 @@ class TeacherSamples:
 
     calls_teacher = True
     needs_full_distributions = False
+    parameters = (BestOfParameters,)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -156,6 +171,7 @@ class InterleavedDrafts:
 
     calls_teacher = True
     needs_full_distributions = True   # drafts need q's full distribution (return_probs)
+    parameters = (DraftParameters,)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         s, m = ctx.cfg.sampling, ctx.cfg.method
@@ -186,6 +202,10 @@ class Mixture:
     def needs_full_distributions(self) -> bool:
         return self.first.needs_full_distributions or self.second.needs_full_distributions
 
+    @property
+    def parameters(self) -> tuple[type, ...]:
+        return tuple(dict.fromkeys((MixtureParameters, *self.first.parameters, *self.second.parameters)))
+
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
         coin = random.Random(derive_seed(ctx.cfg.train.seed, "mixture", step)).random()
         chosen = self.first if coin < ctx.cfg.method.student_fraction else self.second
@@ -201,18 +221,19 @@ class Mixture:
 class Loss(Protocol):
     needs_scores: bool              # the teacher's log-probs on the completions (Score, or Verify's)
     needs_rewards: bool             # the task's reward of each sample (rollout.rewards)
+    parameters: tuple[type, ...]    # its config keys under method: (groups in student_worker.config)
 
     def top_k(self, cfg: RunConfig) -> int:
         """k of the teacher's answers this loss reads."""
 
-    def per_token(self, m: MethodConfig) -> chunked_loss.TokenLoss:
+    def per_token(self, m: MethodSettings) -> chunked_loss.TokenLoss:
         """l(logprobs_NV, targets_N, **inputs_N) -> [N]."""
 
-    def inputs(self, m: MethodConfig, batch: TokenBatch, teacher: TeacherBatch | None,
+    def inputs(self, m: MethodSettings, batch: TokenBatch, teacher: TeacherBatch | None,
                rollout: Rollout) -> dict[str, torch.Tensor]:
         """l's extra inputs at the completion positions (batch.mask_BS order): [M, ...]."""
 
-    def logs(self, m: MethodConfig, loss: float, token_logprobs_M: torch.Tensor,
+    def logs(self, m: MethodSettings, loss: float, token_logprobs_M: torch.Tensor,
              inputs: dict[str, torch.Tensor], rollout: Rollout) -> dict:
         """What to log, from the loss and the student's log-probs of the targets [M]."""
 
@@ -220,6 +241,7 @@ class Loss(Protocol):
 class TokenNLL:
     needs_scores = False
     needs_rewards = False
+    parameters = ()
 
     def top_k(self, cfg: RunConfig) -> int:
         return 0
@@ -243,6 +265,10 @@ class TopKDivergence:
     needs_scores = True
     needs_rewards = False
 
+    @property
+    def parameters(self) -> tuple[type, ...]:
+        return (DivergenceParameters,) if self.name else (DivergenceParameters, DivergenceChoice)
+
     def top_k(self, cfg: RunConfig) -> int:
         return cfg.teacher.top_k
 
@@ -263,6 +289,7 @@ class PolicyGradient:
 
     needs_scores = True
     needs_rewards = True
+    parameters = (PolicyGradientParameters,)
 
     def top_k(self, cfg: RunConfig) -> int:
         return 1   # only the sampled token's teacher log-prob is read: the smallest payload
@@ -288,6 +315,15 @@ class Method:
     name: str
     source: Source
     loss: Loss
+    settings: type[MethodSettings] | None = None   # None: composed from the source's and loss's parameters
+
+    def settings_model(self) -> type[MethodSettings]:
+        """The model that validates this method's `method:` section."""
+        if self.settings is not None:
+            return self.settings
+        groups = dict.fromkeys((*self.loss.parameters, *self.source.parameters))
+        return create_model(f"MethodSettings[{self.name}]", __base__=(*groups, MethodSettings),
+                            name=(Literal[self.name], self.name))
 
     @property
     def needs_teacher(self) -> bool:
@@ -305,33 +341,31 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    """Make `method.name` a valid method.name in configs."""
+    """Make `method.name` a valid method.name in configs, with its settings' keys."""
     METHODS[method.name] = method
+    config.register_settings(method.name, method.settings_model())
     return method
 
 
-for _method in (
-    Method("sft", DataCompletions(), TokenNLL()),
-    Method("seqkd", TeacherSamples(), TokenNLL()),
-    Method("kd", DataCompletions(), TopKDivergence()),
-    Method("gkd", Mixture(StudentSamples(), DataCompletions()), TopKDivergence()),
-    Method("skd", InterleavedDrafts(), TopKDivergence()),
-    Method("rlkd", StudentSamples(), PolicyGradient()),
+for _method in (   # the config module holds the built-in methods' settings (it imports no registry)
+    Method("sft", DataCompletions(), TokenNLL(), SftSettings),
+    Method("seqkd", TeacherSamples(), TokenNLL(), SeqkdSettings),
+    Method("kd", DataCompletions(), TopKDivergence(), KdSettings),
+    Method("gkd", Mixture(StudentSamples(), DataCompletions()), TopKDivergence(), GkdSettings),
+    Method("skd", InterleavedDrafts(), TopKDivergence(), SkdSettings),
+    Method("rlkd", StudentSamples(), PolicyGradient(), RlkdSettings),
 ):
     register_method(_method)
 
 
 def check_names(cfg: RunConfig) -> None:
-    """method.name and method.divergence name registered parts, or a ValueError that lists the
-    choices. Checked when a run starts and by the command line, not by the config module, which
-    imports no registry (loading a config loads no model stack)."""
-    for key, name, registry, how_to_add in [
-            ("method.name", cfg.method.name, METHODS, "student_worker.methods.register_method adds one"),
-            ("method.divergence", cfg.method.divergence, divergences.DIVERGENCES,
-             "student_worker/losses/divergences.py holds them")]:
-        if name not in registry:
-            raise ValueError(f"{key}: Input should be one of {', '.join(map(repr, sorted(registry)))} "
-                             f"(got {name!r}; {how_to_add})")
+    """method.divergence names a registered divergence, or a ValueError that lists them. Checked
+    when a run starts and by the command line, not by the config module, which imports no registry
+    (loading a config loads no model stack); the config checks method.name itself."""
+    if isinstance(cfg.method, DivergenceChoice) and cfg.method.divergence not in divergences.DIVERGENCES:
+        choices = ", ".join(map(repr, sorted(divergences.DIVERGENCES)))
+        raise ValueError(f"method.divergence: Input should be one of {choices} "
+                         f"(got {cfg.method.divergence!r}; student_worker/losses/divergences.py holds them)")
 
 
 def get_method(cfg: RunConfig) -> Method:

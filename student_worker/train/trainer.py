@@ -312,7 +312,7 @@ def _evaluate(run: Run) -> dict:
         with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
             torch.manual_seed(cfg.train.seed)
             results = speculative_generate(
-                run.model, run.teacher, prompts, gamma=cfg.method.draft_tokens,
+                run.model, run.teacher, prompts, gamma=cfg.train.eval_draft_tokens,
                 max_new_tokens=cfg.sampling.max_new_tokens, mode="speculative", eos_ids=run.ctx.eos_ids,
                 pad_id=run.ctx.pad_id, score_top_k=1, seed=cfg.train.seed)
         out[f"{split}_acceptance"] = acceptance(results)["acceptance_rate"]

@@ -94,6 +94,7 @@ def test_seqkd_best_of_n_with_a_task_verifier(teacher, student_dir, tmp_path):
 def test_a_new_method_is_one_row(teacher, client, student_dir, data_file, tmp_path):
     """Teacher samples + reverse KL to the teacher's top-k: registered in one line, then trained by
     name against the real server; its loss on the teacher's (greedy) samples goes down."""
+    from student_worker.config import METHOD_SETTINGS
     from student_worker.methods import METHODS, Method, TeacherSamples, TopKDivergence, register_method
 
     method = register_method(Method("teacher-rkl", TeacherSamples(), TopKDivergence("reverse_kl")))
@@ -108,7 +109,7 @@ def test_a_new_method_is_one_row(teacher, client, student_dir, data_file, tmp_pa
         before = measure(greedy, student_dir, client, "reverse_kl")
         after = measure(greedy, train(cfg, tmp_path), client, "reverse_kl")
     finally:
-        del METHODS["teacher-rkl"]
+        del METHODS["teacher-rkl"], METHOD_SETTINGS["teacher-rkl"]
     assert after < before, (before, after)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {x["source"] for x in lines} == {"teacher"} and all("divergence" in x for x in lines)

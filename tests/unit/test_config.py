@@ -42,7 +42,7 @@ def test_layers_in_order(tmp_path):
 def test_overrides_keep_their_fields_types():
     cfg = load_config(None, None, [
         "student.path=007", "teacher.target=t:1", "data.source=reverse", "data.split=on",
-        "optim.lr=3e-5", "train.steps=12", "method.use_reward=off", "teacher.api_key=12345",
+        "optim.lr=3e-5", "train.steps=12", "method.name=rlkd", "method.use_reward=off", "teacher.api_key=12345",
         "optim.betas=[0.8, 0.9]", "train.report_to=tensorboard,mlflow", "teacher.tls_ca=null"])
     assert cfg.student.path == "007" and cfg.data.split == "on" and cfg.teacher.api_key == "12345"
     assert cfg.optim.lr == 3e-5 and cfg.train.steps == 12 and cfg.method.use_reward is False
@@ -64,19 +64,59 @@ def test_bad_values_are_clear_errors(overrides, error, match):
         load_config(None, "nope", REQUIRED)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("method.name=ppo", "method.name: Input should be one of 'gkd', 'kd', 'rlkd'"),
-    ("method.divergence=kl", "method.divergence: Input should be one of"),
-])
-def test_unregistered_names_are_refused_when_the_run_starts(override, match):
-    """The config module is a leaf (no registry): names are checked against the registries by
-    check_names, which the command line and the trainer's setup call."""
+def test_unregistered_names_are_refused():
+    """A method's name picks its settings (config.METHOD_SETTINGS), so an unknown one fails the
+    config; divergences live in the losses' registry, which check_names reads when the command
+    line or the trainer's setup starts a run (the config module imports no registry)."""
+    from student_worker.config import describe
     from student_worker.methods import check_names, get_method
 
-    cfg = load_config(None, None, [*REQUIRED, override])
+    with pytest.raises(ValidationError) as raised:
+        load_config(None, None, [*REQUIRED, "method.name=ppo"])
+    assert "method.name: Input should be one of 'gkd', 'kd', 'rlkd', 'seqkd', 'sft', 'skd' (got 'ppo'; " \
+           "student_worker.methods.register_method adds one, --plugin MODULE loads it)" in describe(raised.value)
+    cfg = load_config(None, None, [*REQUIRED, "method.divergence=kl"])
     for check in (check_names, get_method):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match="method.divergence: Input should be one of"):
             check(cfg)
+
+
+@pytest.mark.parametrize("layers,kept,refused", [
+    # a preset for another method keeps the file's keys that method has, leaves the rest out (logged)
+    ((["--preset", "skd"]), {"beta": 0.9, "reduction": "sequence", "divergence": "forward_kl"}, None),
+    # the method named by an override: the same
+    ((["method.name=rlkd"]), {"reduction": "sequence", "kl_coef": 1.0}, None),
+    # a key given beside the method that lacks it is the user's mistake: refused
+    ((["method.name=rlkd", "method.beta=0.2"]), None, "method.beta: Extra inputs are not permitted"),
+    ((["--preset", "sft", "method.student_fraction=0.5"]), None, "method.student_fraction: Extra inputs"),
+])
+def test_each_method_has_its_own_keys(tmp_path, caplog, layers, kept, refused):
+    from student_worker.config import describe
+
+    path = write(tmp_path, "method: {name: gkd, student_fraction: 0.5, beta: 0.9, reduction: sequence}\n")
+    preset = layers[1] if layers[0] == "--preset" else None
+    overrides = [*REQUIRED, *(layers[2:] if preset else layers)]
+    if refused:
+        with pytest.raises(ValidationError) as raised:
+            load_config(path, preset, overrides)
+        assert refused in describe(raised.value)
+        return
+    method = load_config(path, preset, overrides).method
+    assert {key: getattr(method, key) for key in kept} == kept
+    assert not hasattr(method, "student_fraction")
+    assert "does not have method.student_fraction" in caplog.text and "(set for method gkd): left out" in caplog.text
+
+
+def test_the_built_in_settings_are_those_their_parts_declare():
+    """config.py spells out the built-in methods' settings (it imports no registry); they must
+    be exactly what each method's source and loss declare, as a plugin's are composed."""
+    from dataclasses import replace
+
+    from student_worker.methods import METHODS
+
+    for name, method in METHODS.items():
+        composed = replace(method, settings=None).settings_model()
+        assert set(composed.model_fields) == set(method.settings_model().model_fields), name
 
 
 def test_a_validation_error_reads_as_keys_and_problems():

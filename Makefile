@@ -10,6 +10,8 @@ PY     := $(VENV)/bin/python
 OUT    ?= demo-output
 QUICK  ?=
 SEEDS  ?=
+TASK   ?=
+PUBLISH ?=
 
 .PHONY: setup demo demo-llm test test-fast bench protos docs clean
 
@@ -27,14 +29,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m scripts.fetch_model smollm2-135m-instruct   # the real LLM the tests use (cached)
 	touch $@
 
-# QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds
+# QUICK=1: one seed, short runs; SEEDS=a,b,c picks the seeds; PUBLISH=1 keeps the numbers in
+# docs/results/ and rewrites the tables made from them (README.md, docs/results/*.md)
 demo: setup
-	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) TASK=$(TASK) $(PY) -m examples.demo
+	OUT=$(OUT) QUICK=$(QUICK) SEEDS=$(SEEDS) TASK=$(TASK) PUBLISH=$(PUBLISH) $(PY) -m examples.demo
 
 # the real-LLM demo (examples/demo_llm): OUT defaults to demo-llm-output
 demo-llm: setup
 	OUT=$(if $(filter demo-output,$(OUT)),demo-llm-output,$(OUT)) QUICK=$(QUICK) SEEDS=$(SEEDS) \
-		$(PY) -m examples.demo_llm
+		PUBLISH=$(PUBLISH) $(PY) -m examples.demo_llm
 
 # CI's command; pyproject's addopts add --durations=10 (the slowest tests, listed at the end)
 test: setup

@@ -18,7 +18,9 @@ What happens, all on 127.0.0.1 through the real parts:
    initial students; same test prompts), with a 95% interval from a bootstrap over seeds and test
    prompts (student_worker.tools.stats). The text calls a difference a win only when its interval
    excludes 0, and a tie otherwise.
-Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png.
+Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png. `--publish` (make demo
+PUBLISH=1) also keeps the numbers as docs/results/TASK.json, from which `make docs` writes the
+tables of docs/results/digsum.md and README.md (this module's results_table and headline_table).
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "")
     parser.add_argument("--task", choices=["digsum", "digsum-one-answer"], default=os.environ.get("TASK") or TASK,
                         help="digsum-one-answer: the training data (sft, kd) holds one reference answer per sum")
+    parser.add_argument("--publish", action="store_true", default=os.environ.get("PUBLISH", "") not in ("", "0"),
+                        help="keep the numbers as docs/results/TASK.json and rewrite the tables made from them")
     args = parser.parse_args()
     p = dict(QUICK if args.quick else FULL, task=args.task)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
@@ -201,6 +205,18 @@ def main() -> None:
     print("\n" + table)
     plot(results, args.out / "accuracy.png")
     print(f"wrote {args.out}/results.json, results.md, accuracy.png in {results['total_seconds']:.0f} s")
+    if args.publish:
+        from scripts.gen_docs import publish
+
+        publish(p["task"], summary(results))
+
+
+def summary(r: dict) -> dict:
+    """results.json without what only the intervals and the plot read (each prompt's correctness,
+    the dev curves): what the published tables show, small enough to keep in the repository."""
+    def lean(entry: dict) -> dict:
+        return {key: value for key, value in entry.items() if key not in ("sampled_correct", "curves")}
+    return {**r, "initial": lean(r["initial"]), "methods": {n: lean(m) for n, m in r["methods"].items()}}
 
 
 def _correct_SN(model: dict) -> list[list[int]]:
@@ -239,12 +255,26 @@ def _ci(c: dict) -> str:
     return f"**{text}**" if c["low"] > 0 or c["high"] < 0 else text
 
 
-def results_table(r: dict) -> str:
+def headline_table(r: dict) -> str:
+    """Each model's sampled accuracy with its interval, the best mean in bold (README.md)."""
+    models = {"initial student": r["initial"], **{f"`{n}`": m for n, m in r["methods"].items()}}
+    best = max(m["sampled_interval"]["mean"] for m in r["methods"].values())
+    rows = []
+    for name, m in models.items():
+        i = m["sampled_interval"]
+        mean = f"{i['mean']:.3f}"
+        rows.append(f"| {name} | {f'**{mean}**' if i['mean'] == best else mean} [{i['low']:.3f}, {i['high']:.3f}] |")
+    seeds = ", ".join(map(str, r["seeds"]))
+    return "\n".join([f"| method | sampled accuracy [95% CI], seeds {seeds} |", "| --- | --- |", *rows, ""])
+
+
+def results_table(r: dict, heading: bool = True) -> str:
     seeds = ", ".join(map(str, r["seeds"]))
     n_prompts = r["test_prompts"]
+    title = (f"## {r['task']}: distilling a 0.1M-parameter teacher into a 14k-parameter student "
+             f"({r['steps']} steps per method)")
     lines = [
-        f"## {r['task']}: distilling a 0.1M-parameter teacher into a 14k-parameter student ({r['steps']} steps per method)",
-        "",
+        *([title, ""] if heading else []),
         f"Test split, {n_prompts:,} prompts, seeds {seeds}. Sampled = temperature 1, with 95% interval "
         "(bootstrap over seeds and prompts); greedy and diversity: mean over seeds. Diversity = distinct "
         "correct answers per prompt in 8 samples. Each method's student is its checkpoint with the best "

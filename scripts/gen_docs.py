@@ -22,6 +22,9 @@ Everything outside the markers is hand-written and left alone. The blocks (BLOCK
   (student.lora.r); a field whose type is a union of models lists each model's keys, with the
   variants that have a key named beside it.
 - presets (docs/training.md): student_worker.config.PRESETS, each as the keys it sets.
+- results (docs/results/*.md and README.md's headline tables): each demo's own renderer applied to
+  the numbers it published (docs/results/NAME.json, written by `make demo ... PUBLISH=1` through
+  `publish` below), so a page's numbers are always those of the last published run.
 
 tests/unit/test_docs.py runs the check, and `broken_links` (also here) over README.md and docs/.
 """
@@ -242,12 +245,57 @@ def presets() -> str:
                                       for name, keys in PRESETS.items()])
 
 
+# ---- results: each demo publishes its numbers as docs/results/NAME.json; its own renderer ----------
+
+RESULTS = ROOT / "docs" / "results"
+
+
+def published(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path.relative_to(ROOT)} is missing: the demo writes it (--publish)")
+    return json.loads(path.read_text())
+
+
+def digsum_results(task: str) -> Callable[[], str]:
+    def make() -> str:
+        from examples.demo import results_table
+
+        return results_table(published(task), heading=False)
+    return make
+
+
+def digsum_headline() -> str:
+    from examples.demo import headline_table
+
+    return headline_table(published("digsum"))
+
+
+def smollm2_results() -> str:
+    from examples.demo_llm.report import results_table
+
+    return results_table(published("smollm2"), heading=False)
+
+
+def smollm2_headline() -> str:
+    from examples.demo_llm.report import headline_table
+
+    return headline_table(published("smollm2"))
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "teacher-flags": ("docs/teacher.md", teacher_flags),
     "worker-options": ("docs/training.md", worker_options),
     "worker-config": ("docs/training.md", worker_config),
     "presets": ("docs/training.md", presets),
 }
+
+
+def publish(name: str, results: dict) -> None:
+    """Keep a demo's results as docs/results/NAME.json and rewrite the blocks made from them."""
+    RESULTS.joinpath(f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    for file in stale(write=True):
+        print(f"{file}: rewritten")
 
 
 def render(path: Path, blocks: dict[str, str]) -> str:

@@ -16,7 +16,10 @@
    - agreement: the student's greedy answer equals the teacher's after trimming whitespace;
    - prefix match: the share of the teacher's greedy answer the student's repeats before they differ.
 Writes OUT/results.json, OUT/results.md (also printed, with paired 95% bootstrap intervals over
-the test prompts and side-by-side answers) and OUT/reverse_kl.png.
+the test prompts and side-by-side answers; examples/demo_llm/report.py renders it from
+results.json alone) and OUT/reverse_kl.png. `--publish` (make demo-llm PUBLISH=1) also keeps
+results.json as docs/results/smollm2.json, from which `make docs` writes the tables of
+docs/results/smollm2.md and README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import json
 import os
 import pathlib
 import time
-from dataclasses import astuple
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from distill.client.teacher_client import TeacherClient
+from examples.demo_llm import report
 from examples.demo_llm.prompts import write as write_prompts
 from scripts.fetch_model import fetch
 from student_worker.config import DataConfig, load_config
@@ -42,7 +45,6 @@ from student_worker.methods import Method, TeacherSamples, TopKDivergence, regis
 from student_worker.rollouts.sampling import sample
 from student_worker.rollouts.tokens import eos_ids_of, pad_id_of
 from student_worker.tools.prune import prune
-from student_worker.tools.stats import paired_bootstrap
 from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
@@ -160,6 +162,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--eval-split", choices=["test", "dev"], default="test",
                         help="dev: measure on the dev prompts (for choosing settings; test stays unseen)")
+    parser.add_argument("--publish", action="store_true", default=os.environ.get("PUBLISH", "") not in ("", "0"),
+                        help="keep the numbers as docs/results/smollm2.json and rewrite the tables made from them")
     for key, kind in (("steps", int), ("warm_steps", int), ("batch", int), ("lr", float)):
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, help="overrides the run's setting")
     args = parser.parse_args()
@@ -188,9 +192,10 @@ def main() -> None:
         server.wait_serving(timeout=600)
         with TeacherClient(server.target, timeout=300) as client:
             judge = Judge(client, tokenizer, prompts, p["max_new_tokens"])
-            results = {"teacher": {"model": "SmolLM2-135M-Instruct", "path": str(teacher_dir),
-                                   "student_layers": KEEP_LAYERS, "settings": p,
+            results = {"teacher": {"model": "SmolLM2-135M-Instruct", "student_layers": KEEP_LAYERS,
+                                   "settings": p,
                                    "answer_length": float(np.mean([len(t) for t in judge.teacher_ids]))},
+                       "seeds": seeds, "split": args.eval_split,
                        "initial": new_entry(), "warm_start": new_entry(), "methods": {}}
             per_prompt = {}   # (name, seed) -> measure
             curves = {}       # name -> [(step, teacher tokens, reverse KL)] (first seed)
@@ -224,50 +229,24 @@ def main() -> None:
                           flush=True)
     finally:
         server.terminate()
+    results["comparisons"] = report.comparisons(per_prompt, seeds[0], methods)
+    shown = ["initial", *(["warm_start"] if p["warm_steps"] else []), *methods]
+    results["samples"] = report.samples(per_prompt, seeds[0], shown, [user_turn(e.prompt) for e in test],
+                                        judge.teacher_text)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = markdown(results, per_prompt, judge, seeds, methods, test)
-    (out / "results.md").write_text(report)
-    print(report)
+    text = report.results_table(results)
+    (out / "results.md").write_text(text)
+    print(text)
     plot(curves, out / "reverse_kl.png")
+    if args.publish:
+        from scripts.gen_docs import publish
+
+        publish("smollm2", results)
 
 
-def markdown(results, per_prompt, judge, seeds, methods, test) -> str:
-    r = results
-    lines = [f"# Distilling SmolLM2-135M-Instruct into {r['teacher']['student_layers']} of its 30 layers",
-             "", f"Settings: {r['teacher']['settings']}; seeds {seeds}; "
-             f"teacher answer length {r['teacher']['answer_length']:.1f} tokens.", "",
-             "| method | reverse KL | agreement | prefix match | answer length | teacher tokens | wall s |",
-             "|---|---|---|---|---|---|---|"]
-    w = r["warm_start"]
-    rows = [("initial", r["initial"])]
-    if w["reverse_kl"]:
-        rows.append((f"warm start (seqkd, {r['teacher']['settings']['warm_steps']} steps; every method "
-                     "starts here)", w))
-    rows += [(name, r["methods"][name]) for name in methods]
-    for label, e in rows:
-        lines.append(f"| {label} | {np.mean(e['reverse_kl']):.3f} | {np.mean(e['agreement']):.0%} | "
-                     f"{np.mean(e['prefix_match']):.0%} | {e['answer_length']:.1f} | "
-                     f"{e['teacher_tokens']} | {e['wall_seconds']:.0f} |")
-    lines += ["", "Paired differences over the test prompts (first seed; 95% bootstrap intervals):", ""]
-    s = seeds[0]
-    for on in ("gkd", "onpolicy-rkl"):
-        for off in ("seqkd", "kd"):
-            if on in methods and off in methods:
-                a, b = per_prompt[(on, s)], per_prompt[(off, s)]
-                d, lo, hi, _ = astuple(paired_bootstrap(a["reverse_kl"], b["reverse_kl"]))
-                g, glo, ghi, _ = astuple(paired_bootstrap(a["agreement"], b["agreement"]))
-                f, flo, fhi, _ = astuple(paired_bootstrap(a["prefix_match"], b["prefix_match"]))
-                lines.append(f"- {on} - {off}: reverse KL {d:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                             f"agreement {g:+.0%} [{glo:+.0%}, {ghi:+.0%}], "
-                             f"prefix match {f:+.0%} [{flo:+.0%}, {fhi:+.0%}]")
-    lines += ["", "Sample answers (greedy):", ""]
-    for i in range(min(3, len(test))):
-        lines.append(f"**{test[i].prompt.split('user')[-1].split('<|im_end|>')[0].strip()}**")
-        lines.append(f"- teacher: {judge.teacher_text[i].strip()!r}")
-        for name in ["initial", *(["warm_start"] if w["reverse_kl"] else []), *methods]:
-            lines.append(f"- {name}: {per_prompt[(name, s)]['answers'][i].strip()!r}")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+def user_turn(prompt: str) -> str:
+    """The user's message in a rendered chat prompt."""
+    return prompt.split("user")[-1].split("<|im_end|>")[0].strip()
 
 
 def plot(curves, path) -> None:

@@ -26,6 +26,8 @@ tables of docs/results/digsum.md and README.md (this module's results_table and 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -42,6 +44,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from student_worker.config import load_config
 from student_worker.tasks import TASKS
+from student_worker.tools import generate_file, score_file
 from student_worker.tools.stats import Interval, describe, paired_bootstrap
 from student_worker.train.checkpoint import checkpoint_dir
 from student_worker.train.evaluate import evaluate
@@ -63,7 +66,11 @@ METHODS = {
     "gkd": ("gkd", ["method.divergence=jsd", "method.beta=0.5", "method.student_fraction=1.0"]),
     # speculative KD: interleaved drafts; gkd's divergence, so only the data source differs
     "skd": ("skd", ["method.divergence=jsd", "method.beta=0.5", "method.draft_tokens=8", "method.skd_top_k=8"]),
+    # offline, no teacher while training: the teacher's outputs cached once (build_caches)
+    "seqkd_cached": ("sft", ["data.source={generated}"]),   # sft on the best of 4 teacher samples per prompt
+    "kd_cached": ("kd", ["data.source={scored}", "method.divergence=forward_kl", "train.lag=1"]),  # kd's, from the cache
 }
+OFFLINE = ("seqkd_cached", "kd_cached")   # trained with teacher=null
 ON_POLICY = ("gkd", "onpolicy-rkl", "skd")   # trained on the student's own samples; the rest are off-policy
 # 2,500 test prompts: one sampled accuracy near 0.7 has a standard error of 0.9 points
 FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=2500, task=TASK)
@@ -71,10 +78,30 @@ QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_p
 PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 
-def common_overrides(target: str, seed: int, task: str = TASK) -> list[str]:
-    return [f"teacher.target={target}", f"data.source={task}", "data.batch_size=128",
-            "data.num_examples=50000", "sampling.max_new_tokens=10", "teacher.top_k=15",
-            "student.num_threads=1", f"train.seed={seed}", "train.eval_acceptance_prompts=0"]
+TRAIN_EXAMPLES = 50000   # data.num_examples of the task's training split
+
+
+def common_overrides(target: str | None, seed: int, task: str = TASK) -> list[str]:
+    """target None: a run without a teacher (teacher=null)."""
+    return [f"teacher.target={target}" if target else "teacher=null", f"data.source={task}",
+            "data.batch_size=128", f"data.num_examples={TRAIN_EXAMPLES}", "sampling.max_new_tokens=10",
+            "teacher.top_k=15", "student.num_threads=1", f"train.seed={seed}", "train.eval_acceptance_prompts=0"]
+
+
+def build_caches(out: pathlib.Path, target: str, task: str, examples: int) -> dict:
+    """The teacher's outputs for the offline rows, made once with the commands users run:
+    distill-generate (the best of 4 samples per training prompt by the task's check) and
+    distill-score (the teacher's top-15 on the training data kd reads), each for as many
+    training examples as a run draws (steps x batch: one epoch of the cache, where the online
+    methods draw as many from a pool of TRAIN_EXAMPLES). Kept in OUT: a rerun with the same
+    settings reuses them."""
+    generated, scored = out / f"cache-{task}-{examples}-generated", out / f"cache-{task}-{examples}-scored"
+    teacher = ["--teacher", target, "--tokenizer", str(TEACHER_DIR), "--num-examples", str(examples)]
+    with contextlib.redirect_stdout(io.StringIO()):   # their JSON summaries
+        generate_file.main([task, str(generated), *teacher, "--num-samples", "4", "--best-of-task", task,
+                            "--max-new-tokens", "10", "--batch-prompts", "128"])
+        score_file.main([task, str(scored), *teacher, "--top-k", "15", "--batch-sequences", "128"])
+    return {"generated": str(generated), "scored": str(scored)}
 
 
 def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathlib.Path:
@@ -96,7 +123,8 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     rare odd sample), and a spike just before the last step must not decide the number.
     """
     preset, extra = method or METHODS[name]
-    cfg = load_config(None, preset, common_overrides(target, seed, p["task"]) + extra + [
+    extra = [option.format(**p.get("caches", {})) for option in extra]
+    cfg = load_config(None, preset, common_overrides(None if name in OFFLINE else target, seed, p["task"]) + extra + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
         f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",
         f"train.eval_prompts={p['eval_prompts']}"])
@@ -110,7 +138,8 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     acc = test_accuracy(checkpoint_dir(run_dir, best_step), p)
     return {"seed": seed, "name": name, "wall_seconds": seconds, "accuracy": _scores(acc), "curve": curve,
             "best_step": best_step,
-            "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines) if name != "sft" else 0}
+            "teacher_tokens": sum(x.get("completion_tokens", 0) for x in lines)
+            if cfg.teacher is not None and preset != "sft" else 0}
 
 
 def prepare_seed(out: pathlib.Path, target: str, seed: int, p: dict) -> dict:
@@ -166,6 +195,9 @@ def main() -> None:
         server.wait_serving()
         acc = test_accuracy(TEACHER_DIR, p)
         results["teacher"] = {"greedy": acc.greedy, "sampled": acc.sampled, "diversity": acc.diversity}
+        cached = time.monotonic()
+        p["caches"] = build_caches(args.out, server.target, p["task"], p["steps"] * 128)
+        results["cache_seconds"] = time.monotonic() - cached
         bar = tqdm(total=len(seeds) * (1 + len(METHODS)), desc="demo", unit="run", dynamic_ncols=True)
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(PARALLEL, mp_context=spawn, initializer=_worker_init) as pool:
@@ -247,7 +279,13 @@ def add_intervals(r: dict) -> None:
 
 
 def _comparison(r: dict, a: str, b: str) -> dict:
-    return next(c for c in r["comparisons"] if (c["method"], c["baseline"]) == (a, b))
+    """a minus b, whichever of the two results.json lists first."""
+    for c in r["comparisons"]:
+        if (c["method"], c["baseline"]) == (a, b):
+            return c
+        if (c["method"], c["baseline"]) == (b, a):
+            return {**c, "method": a, "baseline": b, "mean": -c["mean"], "low": -c["high"], "high": -c["low"]}
+    raise KeyError(f"no comparison of {a} and {b}")
 
 
 def _ci(c: dict) -> str:
@@ -292,6 +330,11 @@ def results_table(r: dict, heading: bool = True) -> str:
                      f"{' / '.join(f'{v:.3f}' for v in m['sampled'])} | {statistics.mean(m['greedy']):.3f} | "
                      f"{statistics.mean(m['diversity']):.2f} | {m.get('teacher_tokens', 0):,} | "
                      f"{m.get('wall_seconds', 0):.0f} |")
+    if "cache_seconds" in r:
+        lines += ["", f"`seqkd_cached` and `kd_cached` train with no teacher, from the teacher's outputs "
+                  f"cached once before any method ran ({r['cache_seconds']:.0f} s for both caches: "
+                  "`distill-generate` best of 4 samples per prompt by the task's check, `distill-score` "
+                  "top-15 on the training data); their teacher tokens are 0."]
     keys = ["initial"] + list(r["methods"])
     lines += ["", "Row minus column, sampled accuracy in points, paired (same seeds, same prompts), "
               "95% CI; **bold** where the interval excludes 0, otherwise the two tie.", "",

@@ -96,6 +96,7 @@ class Source(Protocol):
     calls_teacher: bool             # Generate or Verify
     needs_full_distributions: bool  # the student's whole next-token distributions (skd's drafts),
                                     # which only the hf engine returns
+    completions_from_data: bool     # every completion is the data's (a score cache's scores apply)
     parameters: tuple[type, ...]    # its config keys under method: (groups in student_worker.config)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout: ...
@@ -104,6 +105,7 @@ class Source(Protocol):
 class DataCompletions:
     calls_teacher = False
     needs_full_distributions = False
+    completions_from_data = True
     parameters = ()
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
@@ -111,7 +113,9 @@ class DataCompletions:
         if missing:
             raise ValueError(f"method {ctx.cfg.method.name!r} trains on data completions, but examples "
                              f"{missing} have none (add a 'completion' field or pick gkd/rlkd)")
-        return Rollout([ex.prompt_ids for ex in examples], [ex.completion_ids for ex in examples], "data")
+        cached = [ex.teacher_scores for ex in examples]   # a distill-score cache: no Score call
+        return Rollout([ex.prompt_ids for ex in examples], [ex.completion_ids for ex in examples], "data",
+                       teacher_scores=cached if all(s is not None for s in cached) else None)
 
 
 class StudentSamples:
@@ -119,6 +123,7 @@ class StudentSamples:
 
     calls_teacher = False
     needs_full_distributions = False
+    completions_from_data = False
     parameters = ()
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
@@ -140,6 +145,7 @@ class TeacherSamples:
 
     calls_teacher = True
     needs_full_distributions = False
+    completions_from_data = False
     parameters = (BestOfParameters,)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
@@ -171,6 +177,7 @@ class InterleavedDrafts:
 
     calls_teacher = True
     needs_full_distributions = True   # drafts need q's full distribution (return_probs)
+    completions_from_data = False
     parameters = (DraftParameters,)
 
     def rollout(self, examples: list[Example], ctx: Context, step: int) -> Rollout:
@@ -201,6 +208,10 @@ class Mixture:
     @property
     def needs_full_distributions(self) -> bool:
         return self.first.needs_full_distributions or self.second.needs_full_distributions
+
+    @property
+    def completions_from_data(self) -> bool:
+        return self.first.completions_from_data and self.second.completions_from_data
 
     @property
     def parameters(self) -> tuple[type, ...]:
@@ -327,10 +338,17 @@ class Method:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.source.calls_teacher or self.loss.needs_scores
+        return self.teacher_needed(scores_cached=False)
+
+    def teacher_needed(self, scores_cached: bool) -> bool:
+        """Whether a run calls the teacher. scores_cached: the data brings its completions'
+        scores (a distill-score cache), which serve a source whose completions are all the data's."""
+        from_cache = scores_cached and self.source.completions_from_data
+        return self.source.calls_teacher or (self.loss.needs_scores and not from_cache)
 
     def needs_scores(self, rollout: Rollout) -> bool:
-        """Whether this rollout still needs a Score call (interleaved drafts bring Verify's)."""
+        """Whether this rollout still needs a Score call (interleaved drafts and cached data bring
+        their own)."""
         return self.loss.needs_scores and rollout.teacher_scores is None
 
     def score_top_k(self, cfg: RunConfig) -> int:

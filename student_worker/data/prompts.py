@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from distill.results import TeacherScores
 from student_worker.config import DataConfig
 from student_worker.data.chat import render
 from student_worker.rollouts.tokens import eos_ids_of
@@ -29,6 +30,7 @@ class Example:
     completion: str | None
     prompt_ids: list[int]
     completion_ids: list[int] | None   # reference completion, ending with EOS
+    teacher_scores: TeacherScores | None = None   # the completion's, from a distill-score cache
 
 
 def _read_records(cfg: DataConfig) -> tuple[list[dict], Task | None]:
@@ -50,7 +52,8 @@ def _read_records(cfg: DataConfig) -> tuple[list[dict], Task | None]:
                      "a .jsonl file or a datasets folder")
 
 
-def _example(cfg: DataConfig, tokenizer, rec: dict, eos_ids: list[int], where: str) -> Example:
+def example_from_record(cfg: DataConfig, tokenizer, rec: dict, eos_ids: list[int], where: str) -> Example:
+    """One record (chat messages, or a prompt and an optional completion) as the worker tokenizes it."""
     if cfg.messages_field in rec:
         prompt, prompt_ids, completion, completion_ids = render(
             tokenizer, rec[cfg.messages_field], use_template=cfg.chat_template,
@@ -77,7 +80,7 @@ class PromptData:
         eos_ids = eos_ids or eos_ids_of(tokenizer)
         self.examples, self.filtered = [], 0
         for i, rec in enumerate(records):
-            example = _example(cfg, tokenizer, rec, eos_ids, f"example {i} of {cfg.source}")
+            example = example_from_record(cfg, tokenizer, rec, eos_ids, f"example {i} of {cfg.source}")
             if cfg.max_prompt_tokens is not None and len(example.prompt_ids) > cfg.max_prompt_tokens:
                 self.filtered += 1
             else:

@@ -6,7 +6,16 @@ many times). One JSON object a line, either
   {"token_ids": [1, 5, 9, ...], "score_from": 1}     score_from: first scored position (default 1)
   {"text": "..."}                                     with --tokenizer: every position from 1
   {"prompt": "...", "completion": "..."}              with --tokenizer: the completion's positions
---tokenizer must be the teacher's (its fingerprint is checked against the teacher's Info).
+  {"messages": [...]}                                 with --tokenizer: the last assistant turn's
+Prompt and chat records are tokenized as the worker's data path does (chat template, EOS after the
+completion), so the shards hold the completions a training run reads. INPUT may also be a
+distill-generate folder (its samples are scored), or with --tokenizer a built-in task or datasets
+folder as data.source takes it (--split, --num-examples; a task's name is kept in the shards, so a
+run training from them evaluates on that task). --tokenizer must be the teacher's (its
+fingerprint is checked against the teacher's Info).
+
+A training run reads the folder as data.source (student_worker/data/cache.py): kd and every
+top-k divergence train from it without calling the teacher.
 
 OUT_DIR/shard-00000.safetensors holds input lines [0, S), the next [S, 2S) and so on
 (S = --shard-sequences); a shard already on disk is skipped, so a stopped run continues where it
@@ -35,11 +44,30 @@ from distill.client.teacher_client import TeacherClient
 from distill.fingerprint import tokenizer_fingerprint
 from distill.results import TeacherScores
 from distill.tls import add_client_arguments
+from student_worker.config import DataConfig
+from student_worker.data.cache import GENERATE_MANIFEST, GENERATE_SHARDS
+from student_worker.data.prompts import PromptData, example_from_record
+from student_worker.rollouts.tokens import eos_ids_of
 
 
-def read_sequences(path: Path, tokenizer=None) -> list[tuple[list[int], int]]:
-    """(token ids, score_from) of every line of a JSONL file."""
+def read_sequences(path: Path, tokenizer=None, split: str = "train",
+                   num_examples: int = 4096) -> list[tuple[list[int], int]]:
+    """(token ids, score_from) of every record of INPUT: a JSONL file, a distill-generate folder,
+    or (with a tokenizer) a built-in task or datasets folder as data.source takes it."""
+    if (path / GENERATE_MANIFEST).is_file():
+        return [(r["prompt_ids"] + r["completion_ids"], len(r["prompt_ids"]))
+                for shard in sorted(path.glob(GENERATE_SHARDS)) for r in map(json.loads, shard.open())]
+    if path.suffix != ".jsonl":
+        if tokenizer is None:
+            raise ValueError(f"{path}: a task or datasets folder needs --tokenizer")
+        examples = PromptData(DataConfig(source=str(path), split=split, num_examples=num_examples),
+                              tokenizer).examples
+        missing = [i for i, ex in enumerate(examples) if ex.completion_ids is None]
+        if missing:
+            raise ValueError(f"{path}: examples {missing[:5]} have no completion to score")
+        return [(ex.prompt_ids + ex.completion_ids, len(ex.prompt_ids)) for ex in examples]
     sequences = []
+    data = DataConfig(source=str(path))
     with open(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -52,13 +80,17 @@ def read_sequences(path: Path, tokenizer=None) -> list[tuple[list[int], int]]:
                 raise ValueError(f"{path}:{number}: a text line needs --tokenizer (or give token_ids)")
             if "text" in row:
                 sequences.append((tokenizer(row["text"])["input_ids"], 1))
-            elif "prompt" in row and "completion" in row:
-                prompt = tokenizer(row["prompt"])["input_ids"]
-                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-                sequences.append((prompt + completion, max(len(prompt), 1)))
-            else:
-                raise ValueError(f"{path}:{number}: expected token_ids, text, or prompt and "
-                                 f"completion; got keys {sorted(row)}")
+                continue
+            if data.prompt_field not in row and data.messages_field not in row:
+                raise ValueError(f"{path}:{number}: expected token_ids, text, prompt and completion, or "
+                                 f"chat messages; got keys {sorted(row)}")
+            # as the worker tokenizes it (chat template, EOS after the completion): a cache of the
+            # completions a training run reads
+            ex = example_from_record(data, tokenizer, row, eos_ids_of(tokenizer), f"{path}:{number}")
+            if ex.completion_ids is None:
+                raise ValueError(f"{path}:{number}: no completion to score (a 'completion' field, or an "
+                                 "assistant message last)")
+            sequences.append((ex.prompt_ids + ex.completion_ids, len(ex.prompt_ids)))
     return sequences
 
 
@@ -127,38 +159,50 @@ def score_file(client: TeacherClient, sequences: list[tuple[list[int], int]], ou
     return paths
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options distill-score and distill-generate share: the teacher, the input's split and
+    size, requests in flight, and what a shared teacher asks of a client (api key, TLS)."""
+    parser.add_argument("--teacher", default=os.environ.get("TEACHER_ADDRESS", "127.0.0.1:50051"),
+                        help="HOST:PORT, dns:///name:port or a comma-separated list (default: $TEACHER_ADDRESS)")
+    parser.add_argument("--split", default="train", help="the input's split (built-in tasks, datasets folders)")
+    parser.add_argument("--num-examples", type=int, default=4096, help="examples drawn from a built-in task")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    add_client_arguments(parser)
+
+
+def connect(args: argparse.Namespace) -> TeacherClient:
+    return TeacherClient(args.teacher, timeout=args.timeout, api_key=args.api_key, tls=args.tls,
+                         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distill-score", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("input", type=Path, help="JSONL file")
+    parser.add_argument("input", type=Path, help="JSONL file, distill-generate folder, built-in task or "
+                                                 "datasets folder")
     parser.add_argument("out_dir", type=Path, help="folder for the safetensors shards")
-    parser.add_argument("--teacher", default=os.environ.get("TEACHER_ADDRESS", "127.0.0.1:50051"),
-                        help="HOST:PORT, dns:///name:port or a comma-separated list "
-                             "(default: $TEACHER_ADDRESS)")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--tokenizer", help="the teacher's tokenizer (folder or hub id), for text lines")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="log-probs on the wire and in the shards")
     parser.add_argument("--shard-sequences", type=int, default=4096, help="sequences per shard")
     parser.add_argument("--batch-sequences", type=int, default=32, help="sequences per request")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    add_client_arguments(parser)
+    add_job_arguments(parser)
     args = parser.parse_args(argv)
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    with TeacherClient(args.teacher, timeout=args.timeout, api_key=args.api_key, tls=args.tls,
-                       tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
+    with connect(args) as client:
         info = client.info()
         if tokenizer is not None and tokenizer_fingerprint(tokenizer) != info.tokenizer_fingerprint:
             parser.error(f"--tokenizer {args.tokenizer} is not the teacher's ({info.model_id}): "
                          "the tokenizer fingerprints differ, so its token ids would mean other text")
         try:
-            sequences = read_sequences(args.input, tokenizer)
+            sequences = read_sequences(args.input, tokenizer, args.split, args.num_examples)
         except (OSError, ValueError) as exc:
             parser.error(str(exc))
         metadata = dict(model_id=info.model_id, backend=info.backend, top_k=str(args.top_k),

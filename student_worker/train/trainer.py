@@ -37,6 +37,7 @@ from distill.client.teacher import PatientTeacher, TeacherUnreachable, check_tok
 from distill.client.teacher_client import TeacherClient
 from distill.results import TeacherScores
 from student_worker.config import RunConfig
+from student_worker.data.cache import CacheData, CacheError, cache_kind
 from student_worker.data.prompts import PromptData
 from student_worker.distributed import every_rank, init_distributed, is_node_leader, ranks_per_node
 from student_worker.losses.chunked_loss import completion_counts, reduction_weights
@@ -108,7 +109,7 @@ class Run:
     method: Method
     teacher: PatientTeacher | None
     info: object | None             # the teacher's Info
-    data: PromptData
+    data: PromptData | CacheData
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ctx: Context
@@ -140,7 +141,9 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
                        "and computes in bf16 (student.autocast)")
     model = _load_student(cfg, ckpt, device, weights_dtype)
     method = get_method(cfg)
-    teacher, info = _connect_teacher(cfg, method, tokenizer, model, announce=rank == 0)
+    cached = cache_kind(cfg.data.source)
+    teacher, info = _connect_teacher(cfg, method, method.teacher_needed(scores_cached=cached == "score"),
+                                     tokenizer, model, announce=rank == 0)
     if rank == 0:
         run_record.write(output_dir, cfg, info)
     # stop on every end-of-sequence id the teacher or the student declares (incl. end of turn)
@@ -149,7 +152,14 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     if info is not None and info.max_context:   # a prompt needs room for at least one new token
         limit = min(cfg.data.max_prompt_tokens or info.max_context, info.max_context - 1)
         data_cfg = cfg.data.model_copy(update={"max_prompt_tokens": limit})
-    data = PromptData(data_cfg, tokenizer, rank, world, cfg.train.seed, eos_ids)
+    if cached:
+        try:
+            data = CacheData(cfg.data.source, tokenizer, rank, world, cfg.train.seed, cfg.data.batch_size,
+                             top_k=cfg.teacher.top_k if cfg.teacher else None)
+        except CacheError as exc:
+            raise SystemExit(f"cannot train from data.source: {exc}") from None
+    else:
+        data = PromptData(data_cfg, tokenizer, rank, world, cfg.train.seed, eos_ids)
     if data.filtered and rank == 0:
         logger.info("left out %d prompts longer than %d tokens (data.max_prompt_tokens, the "
                     "teacher's context); %d kept", data.filtered, data_cfg.max_prompt_tokens, len(data.examples))
@@ -489,13 +499,15 @@ def _sampler_updating(run: Run):
     return sampler.updating(run.model, run.step + 1, run.cfg.sampling.sync_every)
 
 
-def _connect_teacher(cfg: RunConfig, method: Method, tokenizer, model, announce: bool):
+def _connect_teacher(cfg: RunConfig, method: Method, needs_teacher: bool, tokenizer, model, announce: bool):
     """The patient teacher client and its Info, after checking the student can train against it.
-    (None, None) for a method that needs no teacher and has none configured. announce: print
+    (None, None) for a run that needs no teacher and has none configured. announce: print
     the retry messages of a teacher outage (one rank does)."""
     if cfg.teacher is None:
-        if method.needs_teacher:
-            raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target")
+        if needs_teacher:
+            raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target"
+                             + (" (a distill-score cache as data.source brings the scores of data "
+                                "completions only)" if method.loss.needs_scores else ""))
         return None, None
     t = cfg.teacher
     client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, tls=t.tls,

@@ -1,8 +1,9 @@
 """The options users combine, trained together: the real worker loop on two CPU ranks (gloo)
 against the real teacher server, 3 steps a run, over a pairwise covering design of method (every
 preset) x train.parallel x LoRA x sampling.engine x train.lag x train.pipeline_halves x
-micro-batches x activation checkpointing x precision (float32, bf16 autocast, pure bf16): every
-pair of option values appears together in at least one run. Each run either trains (finite
+micro-batches x activation checkpointing x precision (float32, bf16 autocast, pure bf16) x data
+(JSONL, or a distill-score cache of it): every pair of option values appears together in at least
+one run. Each run either trains (finite
 losses at steps 1, 2, 3, a final checkpoint that loads as a Hugging Face model, weights moved) or
 is refused before any step with a message naming the offending option, as REFUSALS declares
 (the design: tests.helpers.combinations, checked by tests/unit/test_combination_design.py).
@@ -34,6 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from scripts.tiny_model import make_tiny_model
+from student_worker.tools import score_file
 from student_worker.train import checkpoint
 from tests.helpers.combinations import COMMON, DESIGN, NAMES, overrides, refused_options
 from tests.helpers.ranks import spawn_ranks
@@ -62,7 +64,7 @@ def _await_peer(path: Path, timeout: float) -> bool:
 
 
 def _design_ranks(rank: int, names: list[str], runs: list[dict], student: str, target: str, data: str,
-                  out: str) -> None:
+                  score_cache: str, out: str) -> None:
     """Every run of the design, one after another, in one process group. A run's outcome on
     this rank goes to OUT/NAME.rankR.json: trained, refused (SystemExit: the message) or crashed
     (the traceback). The ranks meet after each run through those files, not a collective, so a
@@ -96,7 +98,8 @@ def _design_ranks(rank: int, names: list[str], runs: list[dict], student: str, t
         faulthandler.dump_traceback_later(120, file=stacks)
         try:
             cfg = load_config(None, run["method"], [f"student.path={student}", f"teacher.target={target}",
-                                                    f"data.source={data}", *overrides(run)])
+                                                    f"data.source={data}",
+                                                    *(o.format(score_cache=score_cache) for o in overrides(run))])
         except ValueError as exc:   # a refusal by the configuration itself
             outcome = {"status": "refused", "message": str(exc)}
         else:
@@ -123,11 +126,14 @@ def outcomes(teacher, vllm_student, data_file, tmp_path_factory):
     """{name: (outcome on rank 0, outcome on rank 1)} for every run of the design (vLLM runs
     only where vLLM is installed), each run's folder under the returned `out`."""
     out = tmp_path_factory.mktemp("combinations")
+    score_cache = out / "score-cache"   # the data file's records, a shard of 2 for each rank
+    assert score_file.main([str(data_file), str(score_cache), "--teacher", teacher.target, "--top-k", "8",
+                            "--tokenizer", str(vllm_student), "--shard-sequences", "2"]) == 0
     chosen = [(name, run) for name, run in zip(NAMES, DESIGN) if HAS_VLLM or run["engine"] != "vllm"]
     started, stopped = time.monotonic(), ""
     try:
         spawn_ranks(_design_ranks, [n for n, _ in chosen], [r for _, r in chosen], str(vllm_student),
-                    teacher.target, str(data_file), str(out), timeout=540)
+                    teacher.target, str(data_file), str(score_cache), str(out), timeout=540)
     except (Exception, pytest.fail.Exception) as exc:   # a rank hung or died: its finished runs count
         stopped = f"the ranks stopped: {exc}"
     print(f"\n{len(chosen)} combinations on 2 ranks: {time.monotonic() - started:.0f} s")

@@ -30,6 +30,12 @@ def test_make_demo_quick(tmp_path):
     assert {"on_policy", "off_policy", "mean", "low", "high", "on_policy_wins", "text"} <= results["headline"].keys()
     assert results["methods"]["gkd"]["sampled"][0] > results["initial"]["sampled"][0]
     assert results["methods"]["sft"]["teacher_tokens"] == 0 < results["methods"]["gkd"]["teacher_tokens"]
+    # the offline rows: trained with no teacher from the caches the demo built once
+    assert {m: results["methods"][m]["teacher_tokens"] for m in ("seqkd_cached", "kd_cached")} == \
+        {"seqkd_cached": 0, "kd_cached": 0}
+    assert results["methods"]["kd_cached"]["sampled"][0] > results["initial"]["sampled"][0]
+    assert sorted(p.name for p in tmp_path.glob("cache-*")) == ["cache-digsum-7680-generated",
+                                                                 "cache-digsum-7680-scored"]
     table = (tmp_path / "results.md").read_text()
     assert "| gkd |" in table and "95% CI" in table and "**Headline**" in table
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

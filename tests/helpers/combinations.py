@@ -22,6 +22,9 @@ FACTORS: dict[str, dict[str, list[str]]] = {
     "precision": {"float32": ["student.dtype=float32", "student.autocast=none"],
                   "mixed": ["student.dtype=float32", "student.autocast=bfloat16"],
                   "bf16": ["student.dtype=bfloat16", "student.autocast=none"]},
+    # the data as JSONL, or the same records from a distill-score cache (a shard per rank): data
+    # completions come with their scores, student samples are still scored online
+    "data": {"jsonl": [], "cache": ["data.source={score_cache}"]},
 }
 
 
@@ -72,12 +75,13 @@ def covering_design(factors: dict, refused=refused_options, must: list[dict] = (
 DESIGN = covering_design(FACTORS, must=MUST)
 
 
-SHORT = {"lora": "lora", "lag": "lag1", "halves": "halves", "micro": "micro", "checkpointing": "ckpt"}
+SHORT = {"lora": "lora", "lag": "lag1", "halves": "halves", "micro": "micro", "checkpointing": "ckpt",
+         "data": "cache"}
 
 
 def run_name(run: dict) -> str:
     """e.g. gkd-fsdp-vllm-mixed-lora-micro: the non-default values."""
-    flags = [SHORT[k] for k, v in run.items() if k in SHORT and v not in ("off", "0")]
+    flags = [SHORT[k] for k, v in run.items() if k in SHORT and v != next(iter(FACTORS[k]))]
     return "-".join([run["method"], run["parallel"], run["engine"], run["precision"], *flags])
 
 

@@ -288,6 +288,8 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "worker-options": ("docs/training.md", worker_options),
     "worker-config": ("docs/training.md", worker_config),
     "presets": ("docs/training.md", presets),
+    "smollm2-results": ("docs/results/smollm2.md", smollm2_results),
+    "smollm2-headline": ("README.md", smollm2_headline),
 }
 
 

@@ -21,9 +21,10 @@ OUT_DIR/shard-00000.safetensors holds input lines [0, S), the next [S, 2S) and s
 (S = --shard-sequences); a shard already on disk is skipped, so a stopped run continues where it
 was. Each shard, for its n sequences (concatenated; row i of a sequence's block is its position
 score_from + i):
-  line [n] int64, score_from [n] int32, token_offsets [n+1] int64, token_ids [T] int32,
-  row_offsets [n+1] int64, topk_ids [N, k] int32, topk_logprobs [N, k], token_logprobs [N],
-  tail_logprobs [N] (float32, or float16 with --dtype float16)
+  line [n] int64, score_from [n] int32, token_offsets [n+1] int64, token_ids [T],
+  row_offsets [n+1] int64, topk_ids [N, k], topk_logprobs [N, k], token_logprobs [N],
+  tail_logprobs [N] (float32, or float16 with --dtype float16; ids uint16 where the teacher's
+  vocabulary fits, else int32: 84 bytes a scored position at k = 20 with float16 and uint16)
 and metadata: the teacher's model id, backend and tokenizer fingerprint, top_k. `read_shard`
 gives the sequences back one by one.
 """
@@ -94,17 +95,23 @@ def read_sequences(path: Path, tokenizer=None, split: str = "train",
     return sequences
 
 
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer type that holds every token id (uint16 up to 65,536 ids)."""
+    return torch.uint16 if vocab_size <= 1 << 16 else torch.int32
+
+
 def shard_tensors(lines: list[int], sequences: list[tuple[list[int], int]],
-                  scores: list[TeacherScores], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One shard's arrays (see the module docstring)."""
+                  scores: list[TeacherScores], dtype: torch.dtype,
+                  ids: torch.dtype = torch.int32) -> dict[str, torch.Tensor]:
+    """One shard's arrays (see the module docstring); token ids as `ids`."""
     offsets = lambda sizes: torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
     return {
         "line": torch.tensor(lines, dtype=torch.int64),
         "score_from": torch.tensor([start for _, start in sequences], dtype=torch.int32),
         "token_offsets": offsets([len(ids) for ids, _ in sequences]),
-        "token_ids": torch.tensor([t for ids, _ in sequences for t in ids], dtype=torch.int32),
+        "token_ids": torch.tensor([t for seq, _ in sequences for t in seq], dtype=torch.int64).to(ids),
         "row_offsets": offsets([s.token_logprobs.numel() for s in scores]),
-        "topk_ids": torch.cat([s.topk_ids for s in scores]).to(torch.int32),
+        "topk_ids": torch.cat([s.topk_ids for s in scores]).to(ids),
         "topk_logprobs": torch.cat([s.topk_logprobs for s in scores]).to(dtype),
         "token_logprobs": torch.cat([s.token_logprobs for s in scores]).to(dtype),
         "tail_logprobs": torch.cat([s.tail_logprobs for s in scores]).to(dtype),
@@ -129,8 +136,9 @@ def shard_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def score_file(client: TeacherClient, sequences: list[tuple[list[int], int]], out_dir: Path, *,
                top_k: int, shard_sequences: int, batch_sequences: int, concurrency: int,
-               dtype: str, metadata: dict[str, str]) -> list[Path]:
-    """Score `sequences` into shards under `out_dir` (existing shards are kept); the shard paths."""
+               dtype: str, metadata: dict[str, str], vocab_size: int = 1 << 31) -> list[Path]:
+    """Score `sequences` into shards under `out_dir` (existing shards are kept); the shard paths.
+    Token ids are stored as the smallest type that holds vocab_size ids."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
 
@@ -150,7 +158,7 @@ def score_file(client: TeacherClient, sequences: list[tuple[list[int], int]], ou
             batches = [shard[i:i + batch_sequences] for i in range(0, len(shard), batch_sequences)]
             scores = [s for batch_scores in pool.map(score, batches) for s in batch_scores]
             tensors = shard_tensors(list(range(first, first + len(shard))), shard, scores,
-                                    torch_dtype)
+                                    torch_dtype, id_dtype(vocab_size))
             partial = path.with_suffix(".partial")       # a shard appears whole or not at all
             save_file(tensors, partial, metadata=metadata)
             partial.replace(path)
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = score_file(client, sequences, args.out_dir, top_k=args.top_k,
                            shard_sequences=args.shard_sequences,
                            batch_sequences=args.batch_sequences, concurrency=args.concurrency,
-                           dtype=args.dtype, metadata=metadata)
+                           dtype=args.dtype, metadata=metadata, vocab_size=info.vocab_size)
     print(json.dumps({"sequences": len(sequences), "shards": [str(p) for p in paths]}))
     return 0
 

@@ -73,6 +73,20 @@ def test_kd_from_the_score_cache_equals_kd_online(caches, teacher, student_dir, 
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-5, rtol=1e-5)
 
 
+def test_a_run_from_the_cache_resumes_where_it_stopped(caches, student_dir, tmp_path):
+    """Stopped after 2 of 5 steps (the cache's epoch is 4 batches: the resume crosses it), then
+    --resume: the same weights as the run that never stopped."""
+    _, scored = caches
+    options = [f"student.path={student_dir}", "teacher=null", f"data.source={scored}", *TRAIN, "train.steps=5"]
+    straight = train(load_config(None, "kd", options), tmp_path / "a", progress=False)
+    assert train(load_config(None, "kd", [*options, "train.stop_after=2"]), tmp_path / "b",
+                 progress=False).name == "step-000002"
+    resumed = train(load_config(None, "kd", options), tmp_path / "b", resume=True, progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
 def test_sft_on_the_generate_cache_is_offline_seqkd(caches, student_dir, tmp_path):
     generated, _ = caches
     cfg = load_config(None, "sft", [f"student.path={student_dir}", "teacher=null", f"data.source={generated}",

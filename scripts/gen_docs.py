@@ -288,6 +288,9 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "worker-options": ("docs/training.md", worker_options),
     "worker-config": ("docs/training.md", worker_config),
     "presets": ("docs/training.md", presets),
+    "digsum-results": ("docs/results/digsum.md", digsum_results("digsum")),
+    "digsum-one-answer-results": ("docs/results/digsum.md", digsum_results("digsum-one-answer")),
+    "digsum-headline": ("README.md", digsum_headline),
     "smollm2-results": ("docs/results/smollm2.md", smollm2_results),
     "smollm2-headline": ("README.md", smollm2_headline),
 }

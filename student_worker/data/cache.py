@@ -67,6 +67,24 @@ def fold_top_k(scores: TeacherScores, k: int) -> TeacherScores:
                          tail.float(), None)
 
 
+def _count_records(path: Path) -> int:
+    """A distill-generate shard's records, after checking it ends with a whole record (shards
+    are written whole, so a cut one was damaged after: it would fail mid-run)."""
+    count, last = 0, ""
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                count, last = count + 1, line
+    try:
+        json.loads(last)
+        if not last.endswith("\n"):
+            raise ValueError("no newline after the last record")
+    except ValueError as exc:
+        raise CacheError(f"{path}: its last record is cut short ({exc}); delete the shard and run "
+                         "distill-generate again to rewrite it") from None
+    return count
+
+
 class _ScoreShard:
     """One distill-score shard, open: records read one by one."""
 
@@ -124,11 +142,7 @@ class CacheData:
         paths = sorted(self.folder.glob(GENERATE_SHARDS))
         if not paths:
             raise CacheError(f"{self.folder}: no {GENERATE_SHARDS} yet (distill-generate writes them)")
-        shards = []
-        for p in paths:
-            with p.open() as f:
-                shards.append(Shard(p, sum(1 for line in f if line.strip())))
-        return shards
+        return [Shard(p, _count_records(p)) for p in paths]
 
     def _check(self, tokenizer, shards: list[Shard], top_k: int | None) -> None:
         if self.kind == "score":

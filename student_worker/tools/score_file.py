@@ -24,7 +24,8 @@ score_from + i):
   line [n] int64, score_from [n] int32, token_offsets [n+1] int64, token_ids [T],
   row_offsets [n+1] int64, topk_ids [N, k], topk_logprobs [N, k], token_logprobs [N],
   tail_logprobs [N] (float32, or float16 with --dtype float16; ids uint16 where the teacher's
-  vocabulary fits, else int32: 84 bytes a scored position at k = 20 with float16 and uint16)
+  vocabulary fits, else int32: 90 bytes a scored position at k = 20 with float16 and uint16,
+  shards whole, in bench/offline_cache.py)
 and metadata: the teacher's model id, backend and tokenizer fingerprint, top_k. `read_shard`
 gives the sequences back one by one.
 """

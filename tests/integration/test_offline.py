@@ -167,6 +167,14 @@ def test_bad_caches_are_refused_naming_the_file(caches, student_dir, tmp_path):
         CacheData(str(other), tokenizer)
     with pytest.raises(CacheError, match="holds neither distill-score shards"):
         CacheData(str(tmp_path), tokenizer)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in generated.iterdir():
+        (damaged / path.name).write_text(path.read_text())
+    text = (generated / "shard-00001.jsonl").read_text()
+    (damaged / "shard-00001.jsonl").write_text(text[:-20])
+    with pytest.raises(CacheError, match="damaged/shard-00001.jsonl: its last record is cut short"):
+        CacheData(str(damaged), tokenizer)
 
 
 def test_a_run_without_teacher_needs_scores_for_every_completion(caches, student_dir, tmp_path):

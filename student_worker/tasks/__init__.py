@@ -46,8 +46,10 @@ class ReverseTask:
 
 
 from student_worker.tasks.digsum import DigsumTask, OneAnswerDigsumTask  # noqa: E402  (the registry needs Task first)
+from student_worker.tasks.ringwalk import CanonicalRingWalkTask, RingWalkTask  # noqa: E402
 
-TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(), DigsumTask(), OneAnswerDigsumTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ReverseTask(), DigsumTask(), OneAnswerDigsumTask(),
+                                                       RingWalkTask(), CanonicalRingWalkTask())}
 
 
 def register_task(task: Task) -> None:

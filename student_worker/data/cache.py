@@ -85,8 +85,9 @@ def _count_records(path: Path) -> int:
     return count
 
 
-class _ScoreShard:
-    """One distill-score shard, open: records read one by one."""
+class ScoreShard:
+    """One distill-score shard (student_worker/tools/score_file.py's format), open: records read
+    one by one as memory-mapped slices. The one reader of that format."""
 
     def __init__(self, path: Path):
         try:
@@ -100,12 +101,12 @@ class _ScoreShard:
         self.path = path
 
     def record(self, i: int) -> tuple[list[int], int, TeacherScores]:
+        """Sequence i: its token ids, score_from, and the teacher's rows (ids int64, log-probs float32)."""
         tokens = self.file.get_slice("token_ids")[self.token_offsets[i]:self.token_offsets[i + 1]]
-        a, b = self.row_offsets[i], self.row_offsets[i + 1]
-        scores = TeacherScores(*(self.file.get_slice(name)[a:b].float() if name != "topk_ids"
-                                 else self.file.get_slice(name)[a:b].long()
-                                 for name in ("topk_ids", "topk_logprobs", "token_logprobs", "tail_logprobs")),
-                               None)
+        rows = slice(self.row_offsets[i], self.row_offsets[i + 1])
+        logprobs = (self.file.get_slice(name)[rows].float() for name in ("topk_logprobs", "token_logprobs",
+                                                                          "tail_logprobs"))
+        scores = TeacherScores(self.file.get_slice("topk_ids")[rows].long(), *logprobs, None)
         return tokens.tolist(), self.score_from[i], scores
 
 
@@ -137,7 +138,7 @@ class CacheData:
     def _shards(self) -> list[Shard]:
         if self.kind == "score":
             paths = sorted(self.folder.glob(SCORE_SHARDS))
-            return [Shard(p, len(_ScoreShard(p).score_from)) for p in paths]
+            return [Shard(p, len(ScoreShard(p).score_from)) for p in paths]
         self.manifest = json.loads((self.folder / GENERATE_MANIFEST).read_text())
         paths = sorted(self.folder.glob(GENERATE_SHARDS))
         if not paths:
@@ -195,7 +196,7 @@ class CacheData:
     def _open(self, shard: int):
         path = self.mine[shard].path
         if self.kind == "score":
-            return _ScoreShard(path)
+            return ScoreShard(path)
         with path.open() as f:
             return [json.loads(line) for line in f if line.strip()]
 

@@ -40,14 +40,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from distill.client.teacher_client import TeacherClient
 from distill.fingerprint import tokenizer_fingerprint
 from distill.results import TeacherScores
 from distill.tls import add_client_arguments
 from student_worker.config import DataConfig
-from student_worker.data.cache import GENERATE_MANIFEST, GENERATE_SHARDS
+from student_worker.data.cache import GENERATE_MANIFEST, GENERATE_SHARDS, ScoreShard
 from student_worker.data.prompts import PromptData, example_from_record
 from student_worker.rollouts.tokens import eos_ids_of
 
@@ -58,7 +58,7 @@ def read_sequences(path: Path, tokenizer=None, split: str = "train",
     or (with a tokenizer) a built-in task or datasets folder as data.source takes it."""
     if (path / GENERATE_MANIFEST).is_file():
         return [(r["prompt_ids"] + r["completion_ids"], len(r["prompt_ids"]))
-                for shard in sorted(path.glob(GENERATE_SHARDS)) for r in map(json.loads, shard.open())]
+                for shard in sorted(path.glob(GENERATE_SHARDS)) for r in map(json.loads, shard.read_text().splitlines())]
     if path.suffix != ".jsonl":
         if tokenizer is None:
             raise ValueError(f"{path}: a task or datasets folder needs --tokenizer")
@@ -120,14 +120,11 @@ def shard_tensors(lines: list[int], sequences: list[tuple[list[int], int]],
 
 
 def read_shard(path: str | os.PathLike):
-    """Yield (line, token_ids [T], score_from, TeacherScores) for every sequence of a shard."""
-    t = load_file(path)
-    for i, line in enumerate(t["line"].tolist()):
-        tokens = slice(*t["token_offsets"][i:i + 2].tolist())
-        rows = slice(*t["row_offsets"][i:i + 2].tolist())
-        yield line, t["token_ids"][tokens], int(t["score_from"][i]), TeacherScores(
-            t["topk_ids"][rows].long(), t["topk_logprobs"][rows].float(),
-            t["token_logprobs"][rows].float(), t["tail_logprobs"][rows].float(), None)
+    """Yield (line, token_ids [T] int64, score_from, TeacherScores) for every sequence of a shard."""
+    shard = ScoreShard(Path(path))
+    for i, line in enumerate(shard.file.get_tensor("line").tolist()):
+        ids, score_from, scores = shard.record(i)
+        yield line, torch.tensor(ids), score_from, scores
 
 
 def shard_metadata(path: str | os.PathLike) -> dict[str, str]:

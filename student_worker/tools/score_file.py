@@ -57,8 +57,9 @@ def read_sequences(path: Path, tokenizer=None, split: str = "train",
     """(token ids, score_from) of every record of INPUT: a JSONL file, a distill-generate folder,
     or (with a tokenizer) a built-in task or datasets folder as data.source takes it."""
     if (path / GENERATE_MANIFEST).is_file():
-        return [(r["prompt_ids"] + r["completion_ids"], len(r["prompt_ids"]))
-                for shard in sorted(path.glob(GENERATE_SHARDS)) for r in map(json.loads, shard.read_text().splitlines())]
+        records = [json.loads(line) for shard in sorted(path.glob(GENERATE_SHARDS))
+                   for line in shard.read_text().splitlines()]
+        return [(r["prompt_ids"] + r["completion_ids"], len(r["prompt_ids"])) for r in records]
     if path.suffix != ".jsonl":
         if tokenizer is None:
             raise ValueError(f"{path}: a task or datasets folder needs --tokenizer")

@@ -74,6 +74,9 @@ class StudentConfig(_Section):
 
 class TeacherConfig(_Section):
     target: str = Field(..., description="teacher address(es): host:port[,host:port] or dns:///name:port")
+    routing: Literal["least_work", "round_robin"] = Field(
+        "least_work", description="over several replicas: least_work sends each call to the replica expected "
+                                  "to answer first (its queue and pace); round_robin spreads calls evenly")
     api_key: str | None = Field(None, description="the tenant's bearer token (a shared teacher)")
     tls: bool = Field(False, description="TLS with the system's CAs (implied by tls_ca/tls_cert)")
     tls_ca: str | None = Field(None, description="PEM: the CA that signed the teacher's certificate")

@@ -106,6 +106,11 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._closed = False
 
+    @property
+    def queued_tokens(self) -> int:
+        """Tokens accepted and not yet taken into a forward pass."""
+        return self._queued_tokens
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 

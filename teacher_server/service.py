@@ -11,6 +11,7 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from distill.client.routing import QUEUE_KEY
 from distill.v1 import teacher_pb2 as pb
 from distill.v1 import teacher_pb2_grpc as pb_grpc
 from teacher_server import protocol
@@ -96,7 +97,10 @@ def rpc(name: str):
                     raise Unavailable("the teacher is draining for shutdown; retry on another replica")
                 caller = self.tenants.authenticate(context.invocation_metadata(), name)
                 tenant = caller.name
-                return await method(self, _parse_message(name, raw), context, caller)
+                response = await method(self, _parse_message(name, raw), context, caller)
+                # the queue left behind, for the clients' least-work routing across replicas
+                context.set_trailing_metadata(((QUEUE_KEY, str(self.batcher.queued_tokens)),))
+                return response
             except ServiceError as exc:
                 code = _STATUS[type(exc)]
                 reason, trailers = _rejection(exc)

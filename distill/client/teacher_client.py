@@ -11,11 +11,13 @@
     v.num_accepted, v.next_token     # keep draft[:num_accepted], then append next_token
 
 `target` is one address, several ("h1:50051,h2:50051" or a list) or a resolver name such as
-"dns:///teachers.internal:50051"; requests are spread over every address with gRPC's
-`round_robin` policy. Calls that fail with UNAVAILABLE (a replica draining or down) are retried
-by gRPC itself with exponential backoff, on another replica when there is one; calls refused with
-RESOURCE_EXHAUSTED (a queue or quota limit) are retried after the server's retry hint. Every call
-has a deadline (`timeout` seconds).
+"dns:///teachers.internal:50051". Over several replicas the blocking client sends each call to the
+replica expected to answer first (`routing="least_work"`, distill.client.routing: the work in
+flight there and its reported queue, at its recent pace); `routing="round_robin"` (and the asyncio
+client) spread calls evenly with gRPC's `round_robin` policy. Calls that fail with UNAVAILABLE (a
+replica draining or down) are retried with exponential backoff, on another replica when there is
+one; calls refused with RESOURCE_EXHAUSTED (a queue or quota limit) are retried after the server's
+retry hint. Every call has a deadline (`timeout` seconds).
 
 A shared teacher wants a token (`api_key`, sent as `authorization: Bearer ...`) and TLS:
 `tls_ca` (the CA that signed the server's certificate; `tls=True` trusts the system's CAs), and
@@ -33,6 +35,7 @@ import grpc
 import numpy as np
 import torch
 
+from distill.client.routing import LeastWorkRouter, names_replicas
 from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
                              samples_from_proto, scores_from_packed, scores_from_proto, verify_from_proto,
                              whole_scores_from_packed)
@@ -75,12 +78,13 @@ def resolve_target(target: str | Sequence[str]) -> str:
     return f"ipv{families.pop()}:" + ",".join(addresses)
 
 
-def channel_options(max_message_bytes: int, max_attempts: int,
-                    keepalive_s: float = 20.0) -> list[tuple[str, object]]:
+def channel_options(max_message_bytes: int, max_attempts: int, keepalive_s: float = 20.0,
+                    retry_unavailable: bool = True) -> list[tuple[str, object]]:
     """Message limits, round-robin balancing, gRPC-native retries (max_attempts 1: none) and
     keepalive pings: a replica that stops answering (frozen, or its network gone) is found within
     about 1.5 x keepalive_s, and calls on it fail over to another replica instead of waiting for
-    their deadline."""
+    their deadline. retry_unavailable False: the channel of one replica under LeastWorkRouter,
+    which moves such calls to another replica itself."""
     method = {"name": [{"service": SERVICE_NAME}]}
     if max_attempts > 1:
         method["retryPolicy"] = {
@@ -88,7 +92,8 @@ def channel_options(max_message_bytes: int, max_attempts: int,
             "initialBackoff": "0.2s", "maxBackoff": "5s", "backoffMultiplier": 2.0,
             # RESOURCE_EXHAUSTED carries the server's pushback (grpc-retry-pushback-ms): the
             # next attempt waits exactly that long, or never comes when it is negative
-            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"] if retry_unavailable
+            else ["RESOURCE_EXHAUSTED"],
         }
     service_config = {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]}
     return [
@@ -215,23 +220,47 @@ def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature:
         seed=seed, logprob_dtype=wire_dtype(dtype))
 
 
+ROUTINGS = ("least_work", "round_robin")
+
+
+def _num_tokens(sequences) -> int:
+    if isinstance(sequences, (torch.Tensor, np.ndarray)):
+        return int(np.prod(sequences.shape))
+    return sum(len(seq) for seq in sequences)
+
+
 class _ClientBase:
     def __init__(self, target: str | Sequence[str], timeout: float = 60.0, api_key: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5,
                  keepalive_s: float = 20.0,
                  tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None):
+        self.named_target = target if isinstance(target, str) else ",".join(target)
         self.target = resolve_target(target)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._options = channel_options(max_message_bytes, max_attempts, keepalive_s)
+        self._max_attempts = max_attempts
+        self._limits = (max_message_bytes, max_attempts, keepalive_s)
+        self._options = channel_options(*self._limits)
         self._credentials = channel_credentials(tls, tls_ca, tls_cert, tls_key)
 
-    def _channel(self, grpc_module):
+    def _channel(self, grpc_module, target: str | None = None, options=None):
         """A channel on `grpc_module` (grpc or grpc.aio), TLS when credentials were given."""
+        target, options = target or self.target, options or self._options
         if self._credentials is None:
-            return grpc_module.insecure_channel(self.target, options=self._options)
-        return grpc_module.secure_channel(self.target, self._credentials, options=self._options)
+            return grpc_module.insecure_channel(target, options=options)
+        return grpc_module.secure_channel(target, self._credentials, options=options)
+
+    def _replica_channel(self, address: str) -> grpc.Channel:
+        """The channel to one replica under LeastWorkRouter: it alone, UNAVAILABLE not retried
+        on it (the router tries another replica); TLS checks the certificate against the name
+        the target gave, not the address it resolved to."""
+        options = channel_options(*self._limits, retry_unavailable=False)
+        options.append(("grpc.lb_policy_name", "pick_first"))
+        if self._credentials is not None and self.named_target.startswith("dns:"):
+            host = self.named_target.split("///", 1)[-1].rpartition(":")[0].strip("[]")
+            options.append(("grpc.ssl_target_name_override", host))
+        return self._channel(grpc, address, options)
 
     def _call_kwargs(self, timeout: float | None) -> dict:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
@@ -240,13 +269,26 @@ class _ClientBase:
 class TeacherClient(_ClientBase):
     """Blocking client. Thread-safe; one per process is enough."""
 
-    def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, **kwargs):
+    def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, routing: str = "least_work",
+                 **kwargs):
         super().__init__(target, timeout, api_key, **kwargs)
-        self.channel = self._channel(grpc)
-        self.stub = pb_grpc.TeacherStub(self.channel)
+        if routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {routing!r}; expected one of {ROUTINGS}")
+        # one replica, or gRPC's round robin: one channel; several under least_work: the router's
+        routed = routing == "least_work" and names_replicas(self.named_target)
+        self.router = None if not routed else LeastWorkRouter(
+            self.named_target, self._replica_channel, pb_grpc.TeacherStub, self._max_attempts)
+        self.channel = self._channel(grpc) if self.router is None else None
+        self.stub = pb_grpc.TeacherStub(self.channel) if self.router is None else None
+
+    def _call(self, method: str, request, tokens: int, timeout: float | None):
+        kwargs = self._call_kwargs(timeout)
+        if self.router is None:
+            return getattr(self.stub, method)(request, **kwargs)
+        return self.router.call(method, request, tokens, kwargs["timeout"], kwargs["metadata"])
 
     def info(self, timeout: float | None = None) -> pb.InfoResponse:
-        return self.stub.Info(pb.InfoRequest(), **self._call_kwargs(timeout))
+        return self._call("Info", pb.InfoRequest(), 1, timeout)
 
     def score(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
               temperature: float = 1.0, candidates=None, dtype: str = "float32",
@@ -258,7 +300,7 @@ class TeacherClient(_ClientBase):
         log-probs ("float32" or "float16"; results are float32 tensors either way).
         """
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
-        response = self.stub.Score(request, **self._call_kwargs(timeout))
+        response = self._call("Score", request, _num_tokens(sequences), timeout)
         return scores_from_response(response)
 
     def score_packed(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
@@ -268,7 +310,7 @@ class TeacherClient(_ClientBase):
         one after another (sequence i has len(sequences[i]) - score_from[i] of them), as the
         training batch wants it; saves splitting into B small tensors and concatenating back."""
         request = score_request(sequences, score_from, top_k, temperature, candidates, dtype)
-        response = self.stub.Score(request, **self._call_kwargs(timeout))
+        response = self._call("Score", request, _num_tokens(sequences), timeout)
         return whole_scores_from_response(response)
 
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
@@ -283,7 +325,8 @@ class TeacherClient(_ClientBase):
         """
         request = generate_request(prompts, num_samples, temperature, top_p, max_new_tokens,
                                    stop_token_ids, seed, dtype)
-        response = self.stub.Generate(request, **self._call_kwargs(timeout))
+        tokens = num_samples * (_num_tokens(prompts) + len(prompts) * max_new_tokens)
+        response = self._call("Generate", request, tokens, timeout)
         return samples_from_proto(response, len(prompts))
 
     def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs=None,
@@ -301,11 +344,12 @@ class TeacherClient(_ClientBase):
         """
         request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
                                  score_top_k, dtype)
-        response = self.stub.Verify(request, **self._call_kwargs(timeout))
+        response = self._call("Verify", request, _num_tokens(prefixes) + _num_tokens(drafts), timeout)
         return [verify_from_proto(r) for r in response.results]
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in [self.channel] if self.router is None else [r.channel for r in self.router.replicas]:
+            channel.close()
 
     def __enter__(self) -> "TeacherClient":
         return self

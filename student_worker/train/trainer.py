@@ -510,7 +510,7 @@ def _connect_teacher(cfg: RunConfig, method: Method, needs_teacher: bool, tokeni
                                 "completions only)" if method.loss.needs_scores else ""))
         return None, None
     t = cfg.teacher
-    client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, tls=t.tls,
+    client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, routing=t.routing, tls=t.tls,
                            tls_ca=t.tls_ca, tls_cert=t.tls_cert, tls_key=t.tls_key)
     teacher = PatientTeacher(client, t.patience_s, announce=announce)
     try:

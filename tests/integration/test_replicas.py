@@ -1,5 +1,6 @@
 """Teacher replicas, for real on 127.0.0.1: one run over two replicas, one of which dies mid-call;
-calls fail over from a frozen replica (one job over two torchrun nodes: tests/e2e/test_torchrun.py)."""
+calls fail over from a frozen or killed replica; least-work routing keeps calls off a busy replica
+(one job over two torchrun nodes: tests/e2e/test_torchrun.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import subprocess
 import sys
 import time
 
+import threading
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from distill.client.teacher_client import TeacherClient
 from tests.helpers import TeacherProcess, worker_cmd
 
 
@@ -61,7 +65,8 @@ def test_a_teacher_replica_killed_mid_call_loses_no_step(tiny_model_dir, student
             a.wait_serving(), b.wait_serving()
             worker = subprocess.Popen(
                 [sys.executable, "-m", *worker_cmd(student_dir, f"{a.target},{b.target}", data_file,
-                                                    tmp_path / "run", f"train.steps={steps}")],
+                                                    tmp_path / "run", f"train.steps={steps}",
+                                                    "teacher.routing=round_robin")],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
             # round_robin: both replicas serve; once each has answered a few calls, freeze a, so
             # that the next call round_robin gives it stays unanswered, and kill a only once that
@@ -90,17 +95,16 @@ def test_a_teacher_replica_killed_mid_call_loses_no_step(tiny_model_dir, student
     assert state["step"] == steps
 
 
-def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir):
+@pytest.mark.parametrize("routing", ["least_work", "round_robin"])
+def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir, routing):
     """A replica that stops answering (SIGSTOP: connected, silent) is found by the client's
     keepalive pings; calls sent to it move to the live replica long before their deadline."""
-    from distill.client.teacher_client import TeacherClient
-
     servers = [TeacherProcess(tiny_model_dir) for _ in range(2)]
     frozen = servers[0]
     try:
         for s in servers:
             s.wait_serving()
-        with TeacherClient([s.target for s in servers], timeout=120, keepalive_s=2) as client:
+        with TeacherClient([s.target for s in servers], timeout=120, keepalive_s=2, routing=routing) as client:
             for _ in range(4):           # connections to both replicas are up and used
                 client.score([list(range(20))], 1, top_k=2)
             assert all(scores_served(s) >= 1 for s in servers)
@@ -114,3 +118,65 @@ def test_calls_fail_over_from_a_frozen_replica(tiny_model_dir):
         frozen.proc.send_signal(signal.SIGCONT)
         for s in servers:
             assert s.terminate() == 0, s.log()
+
+
+def test_least_work_routing_keeps_calls_off_a_busy_replica(tiny_model_dir):
+    """Replica b is kept busy by another client; one client's calls over both replicas go mostly
+    to the idle a under least_work (b's answers report its queue), and half to each under
+    round_robin. Counted by the servers' own /metrics."""
+    idle, busy = TeacherProcess(tiny_model_dir), TeacherProcess(tiny_model_dir)
+    stop = threading.Event()
+    try:
+        idle.wait_serving(), busy.wait_serving()
+
+        def other_job() -> None:   # two calls always queued on b
+            with TeacherClient(busy.target) as other:
+                while not stop.is_set():
+                    other.score([list(range(40))] * 64, 1, top_k=4)
+
+        others = [threading.Thread(target=other_job) for _ in range(2)]
+        for thread in others:
+            thread.start()
+        poll(lambda: scores_served(busy) >= 2, "the other job's calls on b")
+        served = {}
+        for routing in ("least_work", "round_robin"):
+            before = scores_served(idle), scores_served(busy)
+            with TeacherClient(f"{idle.target},{busy.target}", routing=routing) as client:
+                for _ in range(20):
+                    client.score([list(range(20))], 1, top_k=2)
+            served[routing] = scores_served(idle) - before[0]
+        # least_work: one call to b at most, to learn its pace (both start unknown)
+        assert served["least_work"] >= 19, served
+        assert served["round_robin"] <= 15, served   # gRPC alternates once both are connected
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join(60)
+        for s in (idle, busy):
+            assert s.terminate() == 0, s.log()
+
+
+def test_least_work_follows_a_dns_name_and_skips_a_killed_replica(tiny_model_dir):
+    """A dns:/// target is resolved by the client (localhost: its addresses; the server listens
+    on one of them, the other is down from the start), and a replica killed between calls is
+    passed over: every call succeeds and b serves the rest."""
+    a, b = TeacherProcess(tiny_model_dir), TeacherProcess(tiny_model_dir)
+    try:
+        a.wait_serving(), b.wait_serving()
+        with TeacherClient(f"dns:///localhost:{a.grpc_port}", timeout=30) as client:
+            assert client.score([list(range(10))], 1, top_k=2)[0].topk_ids.shape == (9, 2)
+            assert any(r.answers for r in client.router.replicas)
+        with TeacherClient(f"{a.target},{b.target}", timeout=30) as client:
+            for _ in range(4):
+                client.score([list(range(10))], 1, top_k=2)
+            a.proc.kill()
+            a.proc.wait()
+            served_by_b = scores_served(b)
+            start = time.monotonic()
+            for _ in range(5):
+                assert client.score([list(range(10))], 1, top_k=2)[0].topk_ids.shape == (9, 2)
+            assert time.monotonic() - start < 10
+        assert scores_served(b) == served_by_b + 5
+    finally:
+        a.proc.kill()
+        assert b.terminate() == 0, b.log()

@@ -124,8 +124,9 @@ def config_rows(model: type[BaseModel], prefix: str = "", variants: tuple[str, .
         optional = type(None) in typing.get_args(field.annotation)
         if optional or description:   # a section one can leave out or set whole deserves its row
             rows.append(Row(key, type_name(field.annotation), default_text(field), description, variants))
-        if len(sub) == 1:
-            rows += config_rows(sub[0], key + ".", variants)
+        if len(sub) == 1:   # a mapping of models (named teachers) has a NAME level
+            mapping = any(typing.get_origin(t) is dict for t in (field.annotation, *typing.get_args(field.annotation)))
+            rows += config_rows(sub[0], key + (".NAME." if mapping else "."), variants)
             continue
         disc = field.discriminator if isinstance(field.discriminator, str) else None
         for member in sub:

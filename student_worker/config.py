@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import CliSettingsSource
 
@@ -100,6 +101,8 @@ class DataConfig(_Section):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict,
                                                  description="extra arguments to apply_chat_template")
     max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are left out (counted)")
+    teacher_field: str = Field("teacher", description="with named teachers: the record field naming the "
+                                                      "teacher that scores it")
     batch_size: int = Field(8, ge=1, description="prompts per worker per step")
     num_examples: int = Field(4096, ge=1, description="examples drawn from a built-in task")
 
@@ -257,6 +260,9 @@ class TrainConfig(_Section):
 class RunConfig(_Section):
     student: StudentConfig
     teacher: TeacherConfig | None = None   # sft needs none
+    teachers: dict[str, TeacherConfig] | None = Field(
+        None, description="named teachers instead of one (each record names its own: data.teacher_field); "
+                          'on the command line as JSON: teachers=\'{"math": {"target": "h:50051"}, ...}\'')
     data: DataConfig
     sampling: SamplingConfig = SamplingConfig()
     method: SerializeAsAny[MethodSettings] = Field(default_factory=lambda: METHOD_SETTINGS[DEFAULT_METHOD]())
@@ -278,6 +284,35 @@ class RunConfig(_Section):
             raise ValidationError.from_exception_data(
                 "method", [{"type": unknown, "loc": ("name",), "input": name}]) from None
         return model.model_validate(value)
+
+    @model_validator(mode="after")
+    def _one_kind_of_teacher(self) -> "RunConfig":
+        if self.teachers is None:
+            return self
+        if self.teacher is not None:
+            raise ValueError("set teacher (one teacher) or teachers (named teachers), not both")
+        if not self.teachers:
+            raise ValueError("teachers is empty: name at least one, or use teacher")
+        first_name, first = next(iter(self.teachers.items()))
+        for name, t in self.teachers.items():
+            for key in ("top_k", "logprob_dtype"):   # one loss over the whole batch
+                if getattr(t, key) != getattr(first, key):
+                    raise ValueError(f"teachers.{name}.{key}={getattr(t, key)} differs from teachers."
+                                     f"{first_name}.{key}={getattr(first, key)}: the loss reads every "
+                                     f"sequence's teacher at one {key}; set the same for all")
+        return self
+
+    @property
+    def teachers_by_name(self) -> dict[str, TeacherConfig]:
+        """Every teacher of the run by name (the one `teacher` is named "teacher"); {} for none."""
+        if self.teachers is not None:
+            return dict(self.teachers)
+        return {"teacher": self.teacher} if self.teacher is not None else {}
+
+    @property
+    def scoring(self) -> TeacherConfig | None:
+        """The settings every teacher of the run shares (top_k, logprob_dtype): the first's."""
+        return next(iter(self.teachers_by_name.values()), None)
 
 
 # Named starting points; a YAML file and overrides refine them.

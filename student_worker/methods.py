@@ -39,7 +39,7 @@ from student_worker.data.prompts import Example
 from student_worker.losses import chunked_loss, divergences
 from student_worker.rollouts.rollout import Rollout, TeacherBatch, TokenBatch
 from student_worker.rollouts.sampling import Completion, sample
-from student_worker.rollouts.speculative import acceptance, speculative_generate
+from student_worker.rollouts.speculative import speculative_generate
 from student_worker.seeding import derive_seed
 from student_worker.tasks import Task
 
@@ -185,11 +185,11 @@ class InterleavedDrafts:
         results = speculative_generate(
             ctx.model, ctx.teacher, [ex.prompt_ids for ex in examples], gamma=m.draft_tokens,
             max_new_tokens=s.max_new_tokens, mode="topk", accept_top_k=m.skd_top_k, temperature=s.temperature,
-            eos_ids=ctx.eos_ids, pad_id=ctx.pad_id, score_top_k=ctx.cfg.teacher.top_k,
+            eos_ids=ctx.eos_ids, pad_id=ctx.pad_id, score_top_k=ctx.cfg.scoring.top_k,
             seed=derive_seed(ctx.cfg.train.seed, "interleave", step))
         rollout = Rollout([ex.prompt_ids for ex in examples], [r.completion for r in results], "interleaved",
                           teacher_scores=[r.teacher for r in results])
-        rollout.acceptance = acceptance(results)["acceptance_rate"]
+        rollout.drafts = (sum(r.accepted for r in results), sum(r.drafted for r in results))
         return rollout
 
 
@@ -281,7 +281,7 @@ class TopKDivergence:
         return (DivergenceParameters,) if self.name else (DivergenceParameters, DivergenceChoice)
 
     def top_k(self, cfg: RunConfig) -> int:
-        return cfg.teacher.top_k
+        return cfg.scoring.top_k
 
     def per_token(self, m):
         return chunked_loss.topk_divergence(self.name or m.divergence, beta=m.beta, alpha=m.alpha)

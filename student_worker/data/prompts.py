@@ -31,6 +31,7 @@ class Example:
     prompt_ids: list[int]
     completion_ids: list[int] | None   # reference completion, ending with EOS
     teacher_scores: TeacherScores | None = None   # the completion's, from a distill-score cache
+    teacher: str | None = None                    # with named teachers: the one that scores it
 
 
 def _read_records(cfg: DataConfig) -> tuple[list[dict], Task | None]:
@@ -68,7 +69,8 @@ def example_from_record(cfg: DataConfig, tokenizer, rec: dict, eos_ids: list[int
         raise ValueError(f"{where} has neither a {cfg.prompt_field!r} nor a {cfg.messages_field!r} field")
     if not prompt_ids:
         raise ValueError(f"{where}: the prompt has no tokens")
-    return Example(prompt, completion, prompt_ids, completion_ids)
+    teacher = rec.get(cfg.teacher_field)
+    return Example(prompt, completion, prompt_ids, completion_ids, teacher=None if teacher is None else str(teacher))
 
 
 class PromptData:

@@ -26,9 +26,11 @@ class Rollout:
     rewards: torch.Tensor | None = None            # [B], from the task's check
     teacher_scores: list | None = None             # TeacherScores per sequence, when the rollout
                                                    # already holds them (skd: from Verify)
-    acceptance: float | None = None                # skd: fraction of drafts the teacher kept
+    drafts: tuple[int, int] | None = None          # skd: (drafts the teacher kept, drafts sent)
     sampler_weights_step: int | None = None        # sampling.engine=vllm: the optimizer step of
                                                    # the weights the engine sampled with
+    teachers: list[str] | None = None              # the teacher that scores each sequence (named
+                                                   # teachers; set by the trainer)
 
     @property
     def sequences(self) -> list[list[int]]:
@@ -37,6 +39,11 @@ class Rollout:
     @property
     def prompt_lens(self) -> list[int]:
         return [len(p) for p in self.prompt_ids]
+
+    @property
+    def acceptance(self) -> float | None:
+        """skd: the fraction of the student's drafts the teacher kept."""
+        return None if self.drafts is None else self.drafts[0] / max(self.drafts[1], 1)
 
     @property
     def num_completion_tokens(self) -> int:
@@ -85,11 +92,9 @@ def _agreed(name: str, values: list):
     return values[0]
 
 
-def _refused(name: str, values: list):
-    """acceptance is a rate: merging rates needs each part's draft count, which a Rollout does not
-    keep (skd never samples in halves: it calls the teacher)."""
-    raise ValueError(f"cannot concat rollouts that carry {name}: a rate without its draft counts "
-                     f"cannot be merged")
+def _summed(name: str, values: list[tuple]) -> tuple:
+    """Counts (skd's kept and sent drafts): the parts' sums."""
+    return tuple(sum(v) for v in zip(*values))
 
 
 # Rollout.concat's rule for every field of Rollout: rule(field name, the parts' values) -> value
@@ -100,8 +105,9 @@ _MERGE = {
     "sampled_logprobs": _joined,
     "rewards": _catted,
     "teacher_scores": _joined,
-    "acceptance": _refused,
+    "drafts": _summed,
     "sampler_weights_step": _agreed,
+    "teachers": _joined,
 }
 
 

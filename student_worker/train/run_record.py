@@ -79,10 +79,12 @@ def check_output_dir(output_dir: Path, cfg: RunConfig, resume: bool, allow_confi
         log.warning("resuming with a changed configuration: %s", "; ".join(changed))
 
 
-def write(output_dir: Path, cfg: RunConfig, info) -> None:
-    """config.yaml and teacher_info.json (none without a teacher), at every start."""
+def write(output_dir: Path, cfg: RunConfig, infos: dict) -> None:
+    """config.yaml and teacher_info.json (none without a teacher), at every start: the teacher's
+    Info, or with named teachers every one's by name."""
     output_dir = Path(output_dir)
     (output_dir / "config.yaml").write_text(config_yaml(cfg))
-    if info is not None:
-        (output_dir / "teacher_info.json").write_text(
-            json.dumps(MessageToDict(info, preserving_proto_field_name=True), indent=2) + "\n")
+    if infos:
+        as_dicts = {name: MessageToDict(info, preserving_proto_field_name=True) for name, info in infos.items()}
+        recorded_info = as_dicts if cfg.teachers is not None else next(iter(as_dicts.values()))
+        (output_dir / "teacher_info.json").write_text(json.dumps(recorded_info, indent=2) + "\n")

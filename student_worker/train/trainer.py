@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -107,8 +108,9 @@ class Run:
     ddp_model: torch.nn.Module      # the same, wrapped in DDP when world > 1 (training); FSDP: model
     compute_dtype: torch.dtype | None   # bf16 mixed precision (student.autocast), None: the weights'
     method: Method
-    teacher: PatientTeacher | None
-    info: object | None             # the teacher's Info
+    teacher: PatientTeacher | None  # the first of teachers (the only one without named teachers)
+    info: object | None             # its Info
+    teachers: dict[str, PatientTeacher]   # every teacher by name ({} without one)
     data: PromptData | CacheData
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -142,20 +144,23 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     model = _load_student(cfg, ckpt, device, weights_dtype)
     method = get_method(cfg)
     cached = cache_kind(cfg.data.source)
-    teacher, info = _connect_teacher(cfg, method, method.teacher_needed(scores_cached=cached == "score"),
-                                     tokenizer, model, announce=rank == 0)
+    teachers, infos = _connect_teachers(cfg, method, method.teacher_needed(scores_cached=cached == "score"),
+                                        tokenizer, announce=rank == 0)
+    teacher, info = next(iter(teachers.values()), None), next(iter(infos.values()), None)
     if rank == 0:
-        run_record.write(output_dir, cfg, info)
-    # stop on every end-of-sequence id the teacher or the student declares (incl. end of turn)
-    eos_ids = eos_ids_of(tokenizer, model, info.special_tokens.eos_ids if info else ())
+        run_record.write(output_dir, cfg, infos)
+    # stop on every end-of-sequence id a teacher or the student declares (incl. end of turn)
+    eos_ids = eos_ids_of(tokenizer, model, [i for x in infos.values() for i in x.special_tokens.eos_ids])
+    # prompt + completion must fit every teacher's context
+    max_context = min((x.max_context for x in infos.values() if x.max_context), default=None)
     data_cfg = cfg.data
-    if info is not None and info.max_context:   # a prompt needs room for at least one new token
-        limit = min(cfg.data.max_prompt_tokens or info.max_context, info.max_context - 1)
+    if max_context:   # a prompt needs room for at least one new token
+        limit = min(cfg.data.max_prompt_tokens or max_context, max_context - 1)
         data_cfg = cfg.data.model_copy(update={"max_prompt_tokens": limit})
     if cached:
         try:
             data = CacheData(cfg.data.source, tokenizer, rank, world, cfg.train.seed, cfg.data.batch_size,
-                             top_k=cfg.teacher.top_k if cfg.teacher else None)
+                             top_k=cfg.scoring.top_k if cfg.scoring else None)
         except CacheError as exc:
             raise SystemExit(f"cannot train from data.source: {exc}") from None
     else:
@@ -165,6 +170,8 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
                     "teacher's context); %d kept", data.filtered, data_cfg.max_prompt_tokens, len(data.examples))
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
+    if cfg.teachers is not None:
+        _check_teacher_names(data, cfg)
     # FSDP turns the parameters into sharded DTensors: wrap before the optimizer sees them
     ddp_model = wrap_for_training(model, parallel=cfg.train.parallel, world=world, device=device,
                                   compute_dtype=compute_dtype, ranks_per_node=ranks_per_node())
@@ -178,12 +185,12 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     model.train()
     ctx = Context(cfg, model, tokenizer, eos_ids, pad_id_of(tokenizer, eos_ids), data.task, teacher,
                   real_vocab=info.tokenizer_size if info else len(tokenizer),
-                  max_context=info.max_context if info else None)
+                  max_context=max_context)
     if cfg.sampling.engine == "vllm":
         ctx.sampler = _start_vllm_sampler(cfg, method, ckpt, model, device, world, step,
                                           compute_dtype or weights_dtype)
     return Run(cfg, output_dir, rank, world, device, tokenizer, model, ddp_model, compute_dtype, method, teacher,
-               info, data, optimizer, scheduler, ctx, step)
+               info, teachers, data, optimizer, scheduler, ctx, step)
 
 
 def _resume_point(output_dir: Path, cfg: RunConfig, rank: int) -> Path | None:
@@ -206,8 +213,20 @@ def _resume_point(output_dir: Path, cfg: RunConfig, rank: int) -> Path | None:
 @dataclass
 class Timing:
     rollout_s: float        # producing completions (student sampling, teacher Generate/Verify)
-    latency_s: float        # the teacher's Score call, start to answer
-    wait_s: float           # how long the loop blocked on it (latency not hidden by overlap)
+    latency_s: float        # the teacher's Score calls, start to answer, summed
+    wait_s: float           # how long the loop blocked on them (latency not hidden by overlap)
+    latency_by_teacher: dict[str, float]   # named teachers: each one's Score calls
+
+
+def _by_teacher(examples: list, run: Run) -> list[tuple[str, list]]:
+    """The batch's examples by the teacher that scores them, in order of first appearance (one
+    group, the run's teacher, without named teachers)."""
+    if run.cfg.teachers is None:
+        return [(next(iter(run.teachers), ""), examples)]
+    groups: dict[str, list] = {}
+    for example in examples:
+        groups.setdefault(example.teacher, []).append(example)
+    return list(groups.items())
 
 
 def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
@@ -222,29 +241,37 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
     # would spend its per-step teacher seed twice
     halves = cfg.train.pipeline_halves and not method.source.calls_teacher
 
-    def score(rollout):
+    def score(rollout, name: str):
         start = time.monotonic()
-        scores = run.teacher.score_packed(rollout.sequences, rollout.prompt_lens,
-                                          top_k=method.score_top_k(cfg), dtype=cfg.teacher.logprob_dtype)
-        return scores, time.monotonic() - start
+        scores = run.teachers[name].score_packed(rollout.sequences, rollout.prompt_lens,
+                                                 top_k=method.score_top_k(cfg), dtype=cfg.scoring.logprob_dtype)
+        return scores, time.monotonic() - start, name
 
     def produce(step: int) -> tuple[Rollout, list]:
-        """The step's rollout and its pending Score calls. In halves: the teacher scores the first
-        half while the student samples the second, with the same weights (still on-policy)."""
+        """The step's rollout and its pending Score calls. Named teachers: each teacher's part
+        of the batch is produced with it (its Generate, its Verify) and scored by it while the
+        next part samples. In halves (one teacher): the teacher scores the first half while the
+        student samples the second, with the same weights (still on-policy)."""
         # sampling at a step depends only on (seed, step, rank): resumes replay it exactly
         torch.manual_seed(derive_seed(cfg.train.seed, "sample", step, run.rank))
-        examples = run.data.batch(step)
-        cut = len(examples) // 2 if halves and len(examples) > 1 else 0
+        groups = _by_teacher(run.data.batch(step), run)
+        if len(groups) == 1 and halves and len(groups[0][1]) > 1:
+            (name, examples), = groups
+            cut = len(examples) // 2
+            groups = [(name, examples[:cut]), (name, examples[cut:])]
         parts, pending = [], []
-        with full_weights(run.model):   # FSDP: gathered once per step (both halves), not per token
-            for part in [examples[:cut], examples[cut:]] if cut else [examples]:
-                rollout = method.source.rollout(part, run.ctx, step)
+        with full_weights(run.model):   # FSDP: gathered once per step (all parts), not per token
+            for name, part in groups:
+                ctx = run.ctx if not name or run.teachers[name] is run.teacher else dataclasses.replace(
+                    run.ctx, teacher=run.teachers[name])
+                rollout = method.source.rollout(part, ctx, step)
+                rollout.teachers = [name] * len(part)
                 if method.needs_scores(rollout):
-                    pending.append(pool.submit(score, rollout))   # scored while the next part samples
+                    pending.append(pool.submit(score, rollout, name))   # scored while the next part samples
                 parts.append(rollout)
         return Rollout.concat(parts), pending
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="teacher")
+    pool = ThreadPoolExecutor(max(1, len(run.teachers)), thread_name_prefix="teacher")
     pipeline: collections.deque = collections.deque()
     next_step = run.step
     try:
@@ -256,9 +283,12 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
             rollout, pending = pipeline.popleft()
             waiting = time.monotonic()
             answers = [p.result() for p in pending]
-            scores = TeacherScores.concat([s for s, _ in answers]) if answers else rollout.teacher_scores
-            latency = sum(seconds for _, seconds in answers)   # teacher time, overlapped or not
-            yield rollout, scores, Timing(waiting - start, latency, time.monotonic() - waiting)
+            scores = TeacherScores.concat([s for s, _, _ in answers]) if answers else rollout.teacher_scores
+            latency = sum(seconds for _, seconds, _ in answers)   # teacher time, overlapped or not
+            by_teacher = collections.Counter()
+            for _, seconds, name in answers:
+                by_teacher[name] += seconds
+            yield rollout, scores, Timing(waiting - start, latency, time.monotonic() - waiting, dict(by_teacher))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -288,6 +318,8 @@ def update(run: Run, rollout: Rollout, scores) -> tuple[torch.Tensor, dict]:
         chunk_size=cfg.train.loss_chunk_size, autocast_dtype=run.compute_dtype)
     logs = {**loss_row.logs(cfg.method, loss.item() / run.world, token_logprobs_M, inputs, rollout),
             **sampler_logs}
+    if cfg.teachers is not None:
+        logs.update(_per_teacher(rollout, scores, token_logprobs_M))
     if rollout.acceptance is not None:
         logs["acceptance_rate"] = rollout.acceptance
     clip = run.cfg.optim.grad_clip
@@ -368,6 +400,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
                            "completion_tokens": int(stats[1]), "tokens_per_s": stats[1].item() / step_s,
                            "rollout_s": timing.rollout_s, "update_s": now - update_start,
                            "teacher_latency_s": timing.latency_s, "teacher_wait_s": timing.wait_s,
+                           **({f"teacher_latency_s.{n}": v for n, v in timing.latency_by_teacher.items()}
+                              if cfg.teachers is not None else {}),
                            "hidden_fraction": 1 - teacher_wait / teacher_time if teacher_time else None,
                            "source": rollout.source, "elapsed_s": now - started, **evaluated})
                 bar.set_postfix(loss=f"{stats[0].item() / run.world:.4f}")
@@ -396,8 +430,8 @@ def train(cfg: RunConfig, output_dir: str | Path, resume: bool = False, progress
         bar.close()
         if log is not None:
             log.trackers.close()
-        if run.teacher is not None:
-            run.teacher.client.close()
+        for teacher in run.teachers.values():
+            teacher.client.close()
         if run.ctx.sampler is not None:
             run.ctx.sampler.close()
     if run.is_main and teacher_time:
@@ -499,28 +533,61 @@ def _sampler_updating(run: Run):
     return sampler.updating(run.model, run.step + 1, run.cfg.sampling.sync_every)
 
 
-def _connect_teacher(cfg: RunConfig, method: Method, needs_teacher: bool, tokenizer, model, announce: bool):
-    """The patient teacher client and its Info, after checking the student can train against it.
-    (None, None) for a run that needs no teacher and has none configured. announce: print
-    the retry messages of a teacher outage (one rank does)."""
-    if cfg.teacher is None:
+def _connect_teachers(cfg: RunConfig, method: Method, needs_teacher: bool, tokenizer, announce: bool):
+    """The patient client and the Info of every teacher by name, after checking the student can
+    train against each ({}, {} for a run that needs no teacher and has none configured).
+    announce: print the retry messages of a teacher outage (one rank does)."""
+    configured = cfg.teachers_by_name
+    if not configured:
         if needs_teacher:
             raise SystemExit(f"method {cfg.method.name!r} needs a teacher: set teacher.target"
                              + (" (a distill-score cache as data.source brings the scores of data "
                                 "completions only)" if method.loss.needs_scores else ""))
-        return None, None
-    t = cfg.teacher
-    client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, routing=t.routing, tls=t.tls,
-                           tls_ca=t.tls_ca, tls_cert=t.tls_cert, tls_key=t.tls_key)
-    teacher = PatientTeacher(client, t.patience_s, announce=announce)
-    try:
-        info = teacher.info()
-    except TeacherUnreachable as exc:
-        raise SystemExit(f"cannot start: {exc}") from exc
-    check_tokenizer(info, tokenizer, cfg.student.path)
-    if cfg.teacher.top_k > info.max_top_k:
-        raise SystemExit(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
-    return teacher, info
+        return {}, {}
+    teachers, infos = {}, {}
+    for name, t in configured.items():
+        key = f"teachers.{name}" if cfg.teachers is not None else "teacher"
+        client = TeacherClient(t.target, timeout=t.timeout_s, api_key=t.api_key, routing=t.routing, tls=t.tls,
+                               tls_ca=t.tls_ca, tls_cert=t.tls_cert, tls_key=t.tls_key)
+        teachers[name] = PatientTeacher(client, t.patience_s, announce=announce)
+        try:
+            infos[name] = teachers[name].info()
+        except TeacherUnreachable as exc:
+            raise SystemExit(f"cannot start: {f'{key}: ' if cfg.teachers is not None else ''}{exc}") from exc
+        check_tokenizer(infos[name], tokenizer, cfg.student.path)
+        if t.top_k > infos[name].max_top_k:
+            raise SystemExit(f"{key}.top_k={t.top_k} exceeds the teacher's max_top_k={infos[name].max_top_k}")
+    return teachers, infos
+
+
+def _check_teacher_names(data, cfg: RunConfig) -> None:
+    """With named teachers every example must name one of them (data.teacher_field)."""
+    field = cfg.data.teacher_field
+    for i, example in enumerate(data.examples):
+        if example.teacher not in cfg.teachers:
+            said = "has no" if example.teacher is None else f"names teacher {example.teacher!r} in its"
+            raise SystemExit(f"example {i} of {cfg.data.source} {said} {field!r} field; with named teachers "
+                             f"every record names one of {sorted(cfg.teachers)} (data.teacher_field)")
+
+
+def _per_teacher(rollout: Rollout, scores, token_logprobs_M: torch.Tensor) -> dict:
+    """Named teachers: each one's completion tokens in the batch and the student's mean log-ratio
+    to it on them, log q(token) - log p(token) (on the student's own samples: the sampled reverse
+    KL estimate), this rank's."""
+    counts = torch.tensor([len(c) for c in rollout.completion_ids])
+    out = {}
+    if isinstance(scores, list):
+        scores = TeacherScores.concat(scores)
+    ratio_M = None if scores is None else token_logprobs_M.detach().float().cpu() - scores.token_logprobs
+    starts = torch.cumsum(counts, 0) - counts
+    for name in dict.fromkeys(rollout.teachers):
+        rows = [i for i, n in enumerate(rollout.teachers) if n == name]
+        tokens = int(counts[rows].sum())
+        out[f"teacher_tokens.{name}"] = tokens
+        if ratio_M is not None and tokens:
+            total = sum(ratio_M[starts[i]:starts[i] + counts[i]].sum() for i in rows)
+            out[f"kl_estimate.{name}"] = float(total) / tokens
+    return out
 
 
 def _save(run: Run) -> None:

@@ -84,11 +84,10 @@ def test_concat_merges_every_field_by_its_rule():
         Rollout.concat([half([1], [2], 0.0), half([1], [2], 0.0, step=None)])
     with pytest.raises(ValueError, match="different source"):
         Rollout.concat([Rollout([[1]], [[2]], "student"), Rollout([[1]], [[2]], "data")])
-    # a rate cannot be merged without its counts; one part keeps it
-    skd = Rollout([[1]], [[2]], "interleaved", acceptance=0.5)
-    assert Rollout.concat([skd]).acceptance == 0.5
-    with pytest.raises(ValueError, match="acceptance"):
-        Rollout.concat([skd, skd])
+    # skd's acceptance merges by its counts (named teachers: one part per teacher)
+    kept_1_of_2, kept_3_of_3 = (Rollout([[1]], [[2]], "interleaved", drafts=d) for d in ((1, 2), (3, 3)))
+    assert Rollout.concat([kept_1_of_2]).acceptance == 0.5
+    assert Rollout.concat([kept_1_of_2, kept_3_of_3]).acceptance == 4 / 5
 
 
 def test_concat_refuses_a_field_without_a_rule():

@@ -1,6 +1,7 @@
 """Our on-policy gkd through the teacher server vs TRL's GKDTrainer (teacher in process), on the demo.
 
     python -m bench.vs_trl [--steps 300] [--seeds 0,1] [--quick] [--out vs-trl-output]
+    python -m bench.vs_trl --task digsum-one-answer     # the collapse (issue 30), through TRL too
 
 Side by side in one run, per seed, from the same initial student (the demo's: examples/demo.py
 trains it by sft to a target dev accuracy) on the same prompts in the same order, with the demo's
@@ -70,10 +71,10 @@ def trl_python(venv: pathlib.Path) -> pathlib.Path:
     return python
 
 
-def gkd_config(target: str, seed: int, init: pathlib.Path, steps: int):
+def gkd_config(target: str, seed: int, init: pathlib.Path, steps: int, task: str):
     """The demo's gkd run, strictly on-policy, no evaluation inside the timed loop."""
     preset, extra = METHODS["gkd"]
-    return load_config(None, preset, common_overrides(target, seed) + extra + [
+    return load_config(None, preset, common_overrides(target, seed, task) + extra + [
         f"student.path={init}", f"optim.lr={LR}", f"method.beta={BETA}", f"train.steps={steps}",
         "train.lag=0", "train.eval_every=0", f"student.num_threads={WORKER_THREADS}",
         f"sampling.max_new_tokens={MAX_NEW_TOKENS}", f"sampling.temperature={TEMPERATURE}"])
@@ -164,7 +165,7 @@ def one_seed(out: pathlib.Path, server: TeacherProcess, seed: int, p: dict, step
              trl_threads: int, python: pathlib.Path) -> dict:
     # a finished initial student of an earlier run in the same OUT is reused (it takes minutes)
     init = checkpoint.latest_checkpoint(out / f"seed{seed}" / "initial") or initial_student(out, server.target, seed, p)
-    cfg = gkd_config(server.target, seed, init, steps)
+    cfg = gkd_config(server.target, seed, init, steps, p["task"])
     # alternate who goes first, so a drift in the machine's load does not favour one side
     order = ["trl", "ours"] if seed % 2 == 0 else ["ours", "trl"]
     runs = {}
@@ -194,7 +195,7 @@ def one_seed(out: pathlib.Path, server: TeacherProcess, seed: int, p: dict, step
 
 def table(r: dict) -> str:
     lines = [f"## ours (gkd, lag 0, teacher server) vs TRL {TRL_PINS[0].split('==')[1]} GKDTrainer "
-             f"(teacher in process): digsum, {r['steps']} steps of {r['batch']}, warm-up {r['warmup']} steps not timed",
+             f"(teacher in process): {r['task']}, {r['steps']} steps of {r['batch']}, warm-up {r['warmup']} steps not timed",
              "", f"threads: server {SERVER_THREADS}, our worker {WORKER_THREADS}, TRL {r['trl_threads']}; "
              f"load average before / after: {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} (2 cores)",
              "", "| seed | TRL s/step median (mean) | ours s/step median (mean) | ours / TRL median (mean) | "
@@ -227,11 +228,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the initial student")
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings (60 steps)")
     parser.add_argument("--trl-threads", type=int, default=1)
+    parser.add_argument("--task", choices=["digsum", "digsum-one-answer"], default="digsum",
+                        help="digsum-one-answer: does TRL's GKDTrainer drop from the one-answer student too?")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("vs-trl-output"))
     cache = pathlib.Path(os.environ.get("DISTILL_CACHE") or pathlib.Path.home() / ".cache" / "distill")
     parser.add_argument("--venv", type=pathlib.Path, default=cache / "trl-venv", help="TRL's virtual environment")
     args = parser.parse_args()
-    p = QUICK if args.quick else FULL
+    p = dict(QUICK if args.quick else FULL, task=args.task)
     steps = args.steps or p["steps"]
     warmup = min(10, steps // 6)
     torch.set_num_threads(WORKER_THREADS)
@@ -240,7 +243,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     python = trl_python(args.venv.resolve())
     started = time.monotonic()
-    results = {"steps": steps, "batch": 128, "warmup": warmup, "trl_threads": args.trl_threads,
+    results = {"task": args.task, "steps": steps, "batch": 128, "warmup": warmup, "trl_threads": args.trl_threads,
                "server_threads": SERVER_THREADS, "worker_threads": WORKER_THREADS, "load_before": os.getloadavg()}
     server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1", "--num-threads", str(SERVER_THREADS))
     try:

@@ -10,11 +10,12 @@ expected wait:
 
 - Tokens in flight: this client's own calls sent there and not yet answered.
 - Tokens queued: every answer carries the replica's queue (trailing metadata `QUEUE_KEY`), so
-  other workers' load counts too; the report fades with a half-life of QUEUE_HALF_LIFE_S, since a
-  queue drains while nobody asks.
+  other workers' and other teams' load counts too.
 - Seconds per token: an average over the replica's recent answers (latency / tokens), so a slow
-  replica costs more per token. A replica not heard from for FORGET_S is unknown again and gets
-  the next call (how a slow replica that recovered is noticed); an unknown replica counts as free.
+  replica costs more per token.
+- What a replica last reported goes stale: one not heard from for FORGET_S is unknown again and
+  gets the next call (how a replica that was busy or slow and recovered is noticed); an unknown
+  replica counts as free.
 
 Failover: only replicas whose connection is up (or not yet tried) are chosen while there are
 such; a call that fails UNAVAILABLE (the replica is draining, down or unreachable) marks the
@@ -39,7 +40,6 @@ from typing import Callable
 import grpc
 
 QUEUE_KEY = "distill-queued-tokens"   # trailing metadata of every answer: the replica's queue
-QUEUE_HALF_LIFE_S = 1.0
 FORGET_S = 30.0
 RESOLVE_EVERY_S = 10.0
 DOWN_S, MAX_DOWN_S = 1.0, 30.0   # a replica that answered UNAVAILABLE is passed over this long
@@ -82,8 +82,7 @@ class Replica:
     def expected_wait(self, tokens: int, now: float) -> float:
         if self.seconds_per_token is None or now - self.reported_at > FORGET_S:
             return 0.0
-        queued = self.queued_tokens * math.exp2(-(now - self.reported_at) / QUEUE_HALF_LIFE_S)
-        return (self.in_flight_tokens + queued + tokens) * self.seconds_per_token
+        return (self.in_flight_tokens + self.queued_tokens + tokens) * self.seconds_per_token
 
 
 class LeastWorkRouter:

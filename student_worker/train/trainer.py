@@ -171,6 +171,10 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     if cfg.train.eval_every and data.task is None:
         raise SystemExit("train.eval_every needs a built-in task as data.source (its check)")
     if cfg.teachers is not None:
+        if cached:
+            raise SystemExit("named teachers read each record's teacher from data.teacher_field, and a "
+                             f"cache ({cfg.data.source}) keeps no record's fields: train named teachers "
+                             "from the JSONL or datasets records")
         _check_teacher_names(data, cfg)
     # FSDP turns the parameters into sharded DTensors: wrap before the optimizer sees them
     ddp_model = wrap_for_training(model, parallel=cfg.train.parallel, world=world, device=device,

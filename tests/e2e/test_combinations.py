@@ -2,8 +2,8 @@
 against the real teacher server, 3 steps a run, over a pairwise covering design of method (every
 preset) x train.parallel x LoRA x sampling.engine x train.lag x train.pipeline_halves x
 micro-batches x activation checkpointing x precision (float32, bf16 autocast, pure bf16) x data
-(JSONL, or a distill-score cache of it): every pair of option values appears together in at least
-one run. Each run either trains (finite
+(JSONL, or a distill-score cache of it) x teachers (one, or two named ones): every pair of option
+values appears together in at least one run. Each run either trains (finite
 losses at steps 1, 2, 3, a final checkpoint that loads as a Hugging Face model, weights moved) or
 is refused before any step with a message naming the offending option, as REFUSALS declares
 (the design: tests.helpers.combinations, checked by tests/unit/test_combination_design.py).
@@ -99,7 +99,8 @@ def _design_ranks(rank: int, names: list[str], runs: list[dict], student: str, t
         try:
             cfg = load_config(None, run["method"], [f"student.path={student}", f"teacher.target={target}",
                                                     f"data.source={data}",
-                                                    *(o.format(score_cache=score_cache) for o in overrides(run))])
+                                                    *(o.format(score_cache=score_cache, target=target)
+                                                      for o in overrides(run))])
         except ValueError as exc:   # a refusal by the configuration itself
             outcome = {"status": "refused", "message": str(exc)}
         else:
@@ -126,6 +127,10 @@ def outcomes(teacher, vllm_student, data_file, tmp_path_factory):
     """{name: (outcome on rank 0, outcome on rank 1)} for every run of the design (vLLM runs
     only where vLLM is installed), each run's folder under the returned `out`."""
     out = tmp_path_factory.mktemp("combinations")
+    # the records name teachers a and b in turn (read only by the runs with named teachers)
+    records = [json.loads(line) for line in data_file.read_text().splitlines()]
+    data_file = out / "data.jsonl"
+    data_file.write_text("".join(json.dumps({**r, "teacher": "ab"[i % 2]}) + "\n" for i, r in enumerate(records)))
     score_cache = out / "score-cache"   # the data file's records, a shard of 2 for each rank
     assert score_file.main([str(data_file), str(score_cache), "--teacher", teacher.target, "--top-k", "8",
                             "--tokenizer", str(vllm_student), "--shard-sequences", "2"]) == 0

@@ -25,6 +25,9 @@ FACTORS: dict[str, dict[str, list[str]]] = {
     # the data as JSONL, or the same records from a distill-score cache (a shard per rank): data
     # completions come with their scores, student samples are still scored online
     "data": {"jsonl": [], "cache": ["data.source={score_cache}"]},
+    # named teachers (two names for the one server: each record names one; the batch splits by them)
+    "teachers": {"one": [], "two": ["teacher=null", 'teachers={{"a": {{"target": "{target}", "top_k": 8}}, '
+                                                    '"b": {{"target": "{target}", "top_k": 8}}}}']},
 }
 
 
@@ -32,6 +35,8 @@ FACTORS: dict[str, dict[str, list[str]]] = {
 REFUSALS = [
     # skd drafts need the student's full distributions, which vLLM does not return
     (lambda run: run["method"] == "skd" and run["engine"] == "vllm", "sampling.engine"),
+    # a distill-score cache keeps no record's teacher name
+    (lambda run: run["data"] == "cache" and run["teachers"] == "two", "data.teacher_field"),
 ]
 
 
@@ -76,7 +81,7 @@ DESIGN = covering_design(FACTORS, must=MUST)
 
 
 SHORT = {"lora": "lora", "lag": "lag1", "halves": "halves", "micro": "micro", "checkpointing": "ckpt",
-         "data": "cache"}
+         "data": "cache", "teachers": "teachers2"}
 
 
 def run_name(run: dict) -> str:

@@ -7,8 +7,10 @@
 Each variant is (preset, overrides) trained from each seed's initial student exactly as
 examples/demo.py trains its methods (INITS='{"0": "checkpoint dir"}' reuses initial students
 from an earlier run: training them is most of the cost). Prints each variant's sampled test
-accuracy and its paired difference to BASE, 95% bootstrap interval. Tune on seeds you will not
-report (the demo's claims come from others).
+accuracy and its paired difference to BASE, 95% bootstrap interval, and its dev curve (the
+number to tune on). TASK picks the demo's task (ringwalk-canonical included), FULL=1 the demo's
+full evaluation settings instead of its quick ones, TEST_PROMPTS a shorter test. Tune on seeds
+you will not report (the demo's claims come from others).
 """
 
 import json
@@ -26,10 +28,11 @@ def main() -> None:
     variants = json.loads(os.environ["VARIANTS"])
     seeds = [int(s) for s in os.environ["SEEDS"].split(",")]
     out = pathlib.Path(os.environ["OUT"])
-    p = dict(demo.QUICK, steps=int(os.environ.get("STEPS", demo.QUICK["steps"])),
-             task=os.environ.get("TASK", demo.TASK))
+    base = demo.FULL if os.environ.get("FULL") else demo.QUICK   # FULL=1: the demo's evaluation settings
+    p = dict(base, steps=int(os.environ.get("STEPS", base["steps"])), task=os.environ.get("TASK", demo.TASK),
+             test_prompts=int(os.environ.get("TEST_PROMPTS", base["test_prompts"])))
     demo._worker_init()
-    server = TeacherProcess(demo.TEACHER_DIR, "--max-wait-ms", "1", start_timeout=600)
+    server = TeacherProcess(demo.TASK_SETTINGS[p["task"]]["teacher"], "--max-wait-ms", "1", start_timeout=600)
     results = {}
     try:
         server.wait_serving()
@@ -45,7 +48,8 @@ def main() -> None:
             for done in as_completed(runs):
                 r = done.result()
                 results[r["seed"], r["name"]] = r
-                print(f"seed {r['seed']} {r['name']}: sampled {r['accuracy']['sampled']:.3f}", flush=True)
+                dev = " ".join(f"{step}:{acc:.2f}" for step, acc in r["curve"])
+                print(f"seed {r['seed']} {r['name']}: sampled {r['accuracy']['sampled']:.3f}; dev {dev}", flush=True)
     finally:
         server.terminate()
     correct = {n: [[int(c) for c in results[s, n]["accuracy"]["sampled_correct"]] for s in seeds] for n in variants}

@@ -52,7 +52,6 @@ from student_worker.train.trainer import train
 from teacher_server.process import TeacherProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TEACHER_DIR, STUDENT_DIR = ROOT / "examples" / "demo-teacher", ROOT / "examples" / "demo-student"
 TASK = "digsum"
 
 # method name in the table -> (preset, overrides). Same steps, batch and learning rate for all.
@@ -73,8 +72,21 @@ METHODS = {
 OFFLINE = ("seqkd_cached", "kd_cached")   # trained with teacher=null
 ON_POLICY = ("gkd", "onpolicy-rkl", "skd")   # trained on the student's own samples; the rest are off-policy
 # 2,500 test prompts: one sampled accuracy near 0.7 has a standard error of 0.9 points
-FULL = dict(steps=300, init_target=0.45, eval_every=50, eval_prompts=256, test_prompts=2500, task=TASK)
-QUICK = dict(steps=60, init_target=0.45, eval_every=30, eval_prompts=128, test_prompts=2500, task=TASK)
+FULL = dict(steps=300, eval_every=50, eval_prompts=256, test_prompts=2500, task=TASK)
+QUICK = dict(steps=60, eval_every=30, eval_prompts=128, test_prompts=2500, task=TASK)
+# per task: its teacher, the students' architecture (digsum: examples/demo-student's config; None: the
+# 1-layer width-32 student of examples/train_demo_teacher.py with room for `positions`), answer
+# length, the initial students' sampled dev accuracy and, where it differs from FULL, the steps
+TASK_SETTINGS = {
+    "digsum": dict(teacher=ROOT / "examples" / "demo-teacher", student=ROOT / "examples" / "demo-student",
+                   new_tokens=10, init_target=0.45),
+    "digsum-one-answer": dict(teacher=ROOT / "examples" / "demo-teacher",
+                              student=ROOT / "examples" / "demo-student", new_tokens=10, init_target=0.45),
+    # the long-horizon task (student_worker/tasks/ringwalk.py); settings chosen on seeds 0-2, dev split
+    "ringwalk-canonical": dict(teacher=ROOT / "examples" / "ringwalk-teacher", student=None, positions=64,
+                               new_tokens=48, init_target=0.08),
+}
+TEACHER_DIR = TASK_SETTINGS[TASK]["teacher"]
 PARALLEL = 2   # worker processes at once: the teacher (one thread) is idle most of a step
 
 
@@ -84,7 +96,8 @@ TRAIN_EXAMPLES = 50000   # data.num_examples of the task's training split
 def common_overrides(target: str | None, seed: int, task: str = TASK) -> list[str]:
     """target None: a run without a teacher (teacher=null)."""
     return [f"teacher.target={target}" if target else "teacher=null", f"data.source={task}",
-            "data.batch_size=128", f"data.num_examples={TRAIN_EXAMPLES}", "sampling.max_new_tokens=10",
+            "data.batch_size=128", f"data.num_examples={TRAIN_EXAMPLES}",
+            f"sampling.max_new_tokens={TASK_SETTINGS[task]['new_tokens']}",
             "teacher.top_k=15", "student.num_threads=1", f"train.seed={seed}", "train.eval_acceptance_prompts=0"]
 
 
@@ -96,20 +109,31 @@ def build_caches(out: pathlib.Path, target: str, task: str, examples: int) -> di
     methods draw as many from a pool of TRAIN_EXAMPLES). Kept in OUT: a rerun with the same
     settings reuses them."""
     generated, scored = out / f"cache-{task}-{examples}-generated", out / f"cache-{task}-{examples}-scored"
-    teacher = ["--teacher", target, "--tokenizer", str(TEACHER_DIR), "--num-examples", str(examples)]
+    settings = TASK_SETTINGS[task]
+    teacher = ["--teacher", target, "--tokenizer", str(settings["teacher"]), "--num-examples", str(examples)]
     with contextlib.redirect_stdout(io.StringIO()):   # their JSON summaries
         generate_file.main([task, str(generated), *teacher, "--num-samples", "4", "--best-of-task", task,
-                            "--max-new-tokens", "10", "--batch-prompts", "128"])
+                            "--max-new-tokens", str(settings["new_tokens"]), "--batch-prompts", "128"])
         score_file.main([task, str(scored), *teacher, "--top-k", "15", "--batch-sequences", "128"])
     return {"generated": str(generated), "scored": str(scored)}
+
+
+def student_config(out: pathlib.Path, task: str) -> pathlib.Path:
+    """The folder whose config.json the initial students of `task` are built from."""
+    settings = TASK_SETTINGS[task]
+    if settings["student"] is not None:
+        return settings["student"]
+    from examples.train_demo_teacher import STUDENT, write_config_folder
+
+    return write_config_folder(out / f"student-config-{task}", settings["positions"], **STUDENT)
 
 
 def initial_student(out: pathlib.Path, target: str, seed: int, p: dict) -> pathlib.Path:
     """sft from seeded random weights until sampled dev accuracy reaches the target."""
     cfg = load_config(None, "sft", common_overrides(target, seed, p["task"]) + [
-        f"student.path={STUDENT_DIR}", "student.init=config", "optim.lr=3e-3",
+        f"student.path={student_config(out, p['task'])}", "student.init=config", "optim.lr=3e-3",
         "train.steps=3000", "train.eval_every=50", f"train.eval_prompts={p['eval_prompts']}",
-        f"train.stop_at_accuracy={p['init_target']}"])
+        f"train.stop_at_accuracy={TASK_SETTINGS[p['task']]['init_target']}"])
     return train(cfg, out / f"seed{seed}" / "initial", progress=False)
 
 
@@ -124,10 +148,11 @@ def run_method(out: pathlib.Path, target: str, seed: int, name: str, init: pathl
     """
     preset, extra = method or METHODS[name]
     extra = [option.format(**p.get("caches", {})) for option in extra]
-    cfg = load_config(None, preset, common_overrides(None if name in OFFLINE else target, seed, p["task"]) + extra + [
+    # the method's own options last: a variant may change the learning rate or the steps
+    cfg = load_config(None, preset, common_overrides(None if name in OFFLINE else target, seed, p["task"]) + [
         f"student.path={init}", "optim.lr=1e-3", f"train.steps={p['steps']}",
         f"train.eval_every={p['eval_every']}", f"train.save_every={p['eval_every']}",
-        f"train.eval_prompts={p['eval_prompts']}"])
+        f"train.eval_prompts={p['eval_prompts']}"] + extra)
     run_dir = out / f"seed{seed}" / name
     start = time.monotonic()
     train(cfg, run_dir, progress=False)
@@ -157,7 +182,7 @@ def _scores(acc) -> dict:
 def test_accuracy(model_dir: pathlib.Path, p: dict):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     return evaluate(model, AutoTokenizer.from_pretrained(model_dir), TASKS[p["task"]], "test",
-                    num_prompts=p["test_prompts"], max_new_tokens=10)
+                    num_prompts=p["test_prompts"], max_new_tokens=TASK_SETTINGS[p["task"]]["new_tokens"])
 
 
 def _worker_init() -> None:
@@ -170,12 +195,14 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("OUT") or "demo-output"))
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"))
     parser.add_argument("--seeds", default=os.environ.get("SEEDS") or "")
-    parser.add_argument("--task", choices=["digsum", "digsum-one-answer"], default=os.environ.get("TASK") or TASK,
-                        help="digsum-one-answer: the training data (sft, kd) holds one reference answer per sum")
+    parser.add_argument("--task", choices=sorted(TASK_SETTINGS), default=os.environ.get("TASK") or TASK,
+                        help="digsum-one-answer: the training data (sft, kd) holds one reference answer per sum; "
+                        "ringwalk-canonical: the long-horizon task, one canonical walk per prompt")
     parser.add_argument("--publish", action="store_true", default=os.environ.get("PUBLISH", "") not in ("", "0"),
                         help="keep the numbers as docs/results/TASK.json and rewrite the tables made from them")
     args = parser.parse_args()
     p = dict(QUICK if args.quick else FULL, task=args.task)
+    p.update({k: v for k, v in TASK_SETTINGS[args.task].items() if k in p})   # a task's own steps
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
     _worker_init()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,10 +217,11 @@ def main() -> None:
                                "teacher_tokens": 0, "wall_seconds": 0.0, "curves": [], "best_steps": []}
                            for m in METHODS}}
     # a generous start timeout: on a busy shared CPU importing torch alone can take minutes
-    server = TeacherProcess(TEACHER_DIR, "--max-wait-ms", "1", start_timeout=600)
+    teacher_dir = TASK_SETTINGS[args.task]["teacher"]
+    server = TeacherProcess(teacher_dir, "--max-wait-ms", "1", start_timeout=600)
     try:
         server.wait_serving()
-        acc = test_accuracy(TEACHER_DIR, p)
+        acc = test_accuracy(teacher_dir, p)
         results["teacher"] = {"greedy": acc.greedy, "sampled": acc.sampled, "diversity": acc.diversity}
         cached = time.monotonic()
         p["caches"] = build_caches(args.out, server.target, p["task"], p["steps"] * 128)
@@ -376,7 +404,7 @@ def plot(r: dict, path: pathlib.Path) -> None:
     curves.axhline(r["teacher"]["sampled"], color="black", linestyle="--", linewidth=1, label="teacher")
     curves.set_xlabel("gradient step")
     curves.set_ylabel("dev accuracy, sampled at temperature 1")
-    curves.set_title(f"digsum dev curves, {len(r['seeds'])} seed(s): mean line, min-max band")
+    curves.set_title(f"{r['task']} dev curves, {len(r['seeds'])} seed(s): mean line, min-max band")
     curves.legend(loc="best", ncol=3, fontsize="small", framealpha=0.6)
     curves.grid(alpha=0.3)
 

@@ -85,6 +85,10 @@ class TeacherConfig(_Section):
     tls_key: str | None = Field(None, description="PEM: this worker's private key (mutual TLS)")
     timeout_s: float = Field(120.0, gt=0, description="deadline of one teacher call")
     top_k: int = Field(20, ge=1, description="teacher log-probs returned per position")
+    temperature: float = Field(
+        1.0, gt=0, description="the teacher's softmax temperature in Score (the loss's targets): below 1 "
+                               "sharpens them towards its most likely tokens, above 1 flattens them; 1: its "
+                               "own distribution")
     patience_s: float = Field(
         600.0, ge=0, description="how long to keep retrying an unreachable teacher before stopping")
     logprob_dtype: Literal["float32", "float16"] = "float32"

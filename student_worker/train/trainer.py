@@ -42,7 +42,7 @@ from student_worker.data.cache import CacheData, CacheError, cache_kind
 from student_worker.data.prompts import PromptData
 from student_worker.distributed import every_rank, init_distributed, is_node_leader, ranks_per_node
 from student_worker.losses.chunked_loss import completion_counts, reduction_weights
-from student_worker.methods import Context, Method, get_method
+from student_worker.methods import Context, InterleavedDrafts, Method, get_method
 from student_worker.rollouts.rollout import Rollout, teacher_batch, to_device, token_batch
 from student_worker.rollouts.sampler_mismatch import compare_with_sampler, trainer_token_logprobs
 from student_worker.rollouts.speculative import acceptance, speculative_generate
@@ -144,6 +144,12 @@ def setup(cfg: RunConfig, output_dir: str | Path, resume: bool = False, allow_co
     model = _load_student(cfg, ckpt, device, weights_dtype)
     method = get_method(cfg)
     cached = cache_kind(cfg.data.source)
+    sharpened = [k for k, t in cfg.teachers_by_name.items() if t.temperature != 1]
+    # Score's targets: a loss that reads scores, not skd's (from Verify) nor a cache's (scored before)
+    scored_live = method.loss.needs_scores and not isinstance(method.source, InterleavedDrafts) and cached != "score"
+    if sharpened and not scored_live:
+        raise SystemExit(f"teacher.temperature (set for {sharpened}) sharpens Score's targets, and method "
+                         f"{method.name!r} on data.source {cfg.data.source} trains on none: leave it at 1")
     teachers, infos = _connect_teachers(cfg, method, method.teacher_needed(scores_cached=cached == "score"),
                                         tokenizer, announce=rank == 0)
     teacher, info = next(iter(teachers.values()), None), next(iter(infos.values()), None)
@@ -248,7 +254,8 @@ def rollouts(run: Run) -> Iterator[tuple[Rollout, list | None, Timing]]:
     def score(rollout, name: str):
         start = time.monotonic()
         scores = run.teachers[name].score_packed(rollout.sequences, rollout.prompt_lens,
-                                                 top_k=method.score_top_k(cfg), dtype=cfg.scoring.logprob_dtype)
+                                                 top_k=method.score_top_k(cfg), dtype=cfg.scoring.logprob_dtype,
+                                                 temperature=cfg.teachers_by_name[name].temperature)
         return scores, time.monotonic() - start, name
 
     def produce(step: int) -> tuple[Rollout, list]:
@@ -561,6 +568,9 @@ def _connect_teachers(cfg: RunConfig, method: Method, needs_teacher: bool, token
         check_tokenizer(infos[name], tokenizer, cfg.student.path)
         if t.top_k > infos[name].max_top_k:
             raise SystemExit(f"{key}.top_k={t.top_k} exceeds the teacher's max_top_k={infos[name].max_top_k}")
+        if t.temperature != 1 and not infos[name].features.score_temperature:
+            raise SystemExit(f"{key}.temperature={t.temperature:g}: this teacher's backend scores at "
+                             f"temperature 1 only ({infos[name].backend}); leave it at 1")
     return teachers, infos
 
 

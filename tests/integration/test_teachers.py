@@ -12,6 +12,7 @@ import random
 import statistics
 
 import httpx
+import torch
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,3 +96,23 @@ def test_a_record_without_a_known_teacher_is_refused_at_start(servers, tmp_path)
     data.write_text(json.dumps({"prompt": "12=", "completion": "3", "teacher": "math"}) + "\n")
     with pytest.raises(SystemExit, match=r"names teacher 'math'.*one of \['digsum', 'ringwalk'\]"):
         job(servers, data, tmp_path, "kd", 1)
+
+
+def test_teacher_temperature_is_the_temperature_of_the_targets(teacher, student_dir, data_file, tmp_path):
+    """teacher.temperature reaches Score: the batch's targets are the server's answer at that
+    temperature; a method whose targets do not come from Score refuses it at start."""
+    from distill.client.teacher_client import TeacherClient
+    from student_worker.train.trainer import rollouts, setup
+
+    options = [f"student.path={student_dir}", f"teacher.target={teacher.target}", f"data.source={data_file}",
+               "data.batch_size=2", "teacher.top_k=8", "teacher.temperature=0.5", "train.steps=1"]
+    run = setup(load_config(None, "kd", options), tmp_path / "kd")
+    rollout, scores, _ = next(rollouts(run))
+    with TeacherClient(teacher.target) as client:
+        sharp, plain = (client.score_packed(rollout.sequences, rollout.prompt_lens, top_k=8, temperature=t)
+                        for t in (0.5, 1.0))
+    assert torch.equal(scores.topk_logprobs, sharp.topk_logprobs)
+    assert not torch.allclose(scores.topk_logprobs, plain.topk_logprobs)
+    for preset in ("seqkd", "skd"):
+        with pytest.raises(SystemExit, match=f"teacher.temperature.*method '{preset}'"):
+            setup(load_config(None, preset, options), tmp_path / preset)

@@ -11,22 +11,25 @@ What happens, all on 127.0.0.1 through the real parts:
    a target, so that every seed starts from a comparable student.
 3. Per seed and method, the student worker trains a copy of that initial student for the same
    number of steps against the teacher server, evaluating on the dev split as it goes.
-4. Every final student is scored on the same 2,500 test prompts (one accuracy's standard error
-   is under 1 point): greedy and sampled (temperature 1, the same evaluation seed for all) accuracy,
-   and diversity (distinct correct answers per prompt over 8 samples).
+4. Every final student is scored on the same 2,500 test draws (the test split's distinct prompts,
+   53 for digsum and 90 for ringwalk, drawn repeatedly): greedy and sampled (temperature 1, the
+   same evaluation seed for all) accuracy, and diversity (distinct correct answers per prompt over
+   8 samples).
 5. Every method is compared with every baseline as a paired difference (same seeds, so the same
-   initial students; same test prompts), with a 95% interval from a bootstrap over seeds and test
-   prompts (student_worker.tools.stats). The text calls a difference a win only when its interval
-   excludes 0, and a tie otherwise.
+   initial students; same test draws), with a 95% interval from a bootstrap over seeds and then
+   distinct test prompts, each with all its draws (student_worker.tools.stats). The text calls a
+   difference a win only when its interval excludes 0, and a tie otherwise.
 Writes OUT/results.json, OUT/results.md (also printed) and OUT/accuracy.png. `--publish` (make demo
 PUBLISH=1) also keeps the numbers as docs/results/TASK.json, from which `make docs` writes the
-tables of docs/results/digsum.md and README.md (this module's results_table and headline_table).
+tables of docs/results/ and README.md (this module's results_table and headline_table).
+`--from-results OUT/results.json` trains nothing and makes the intervals, tables and plot again.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import multiprocessing
@@ -200,7 +203,12 @@ def main() -> None:
                         "ringwalk-canonical: the long-horizon task, one canonical walk per prompt")
     parser.add_argument("--publish", action="store_true", default=os.environ.get("PUBLISH", "") not in ("", "0"),
                         help="keep the numbers as docs/results/TASK.json and rewrite the tables made from them")
+    parser.add_argument("--from-results", type=pathlib.Path, metavar="RESULTS_JSON",
+                        help="train nothing: the intervals, tables and plot again from an earlier run's results.json")
     args = parser.parse_args()
+    if args.from_results:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return report(json.loads(args.from_results.read_text()), args.out, args.publish)
     p = dict(QUICK if args.quick else FULL, task=args.task)
     p.update({k: v for k, v in TASK_SETTINGS[args.task].items() if k in p})   # a task's own steps
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or ([0] if args.quick else [0, 1, 2])
@@ -257,18 +265,24 @@ def main() -> None:
             entry["wall_seconds"] += r["wall_seconds"]
             entry["curves"].append(r["curve"])
             entry["best_steps"].append(r["best_step"])
-    add_intervals(results)
     results["total_seconds"] = time.monotonic() - started
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = results_table(results)
-    (args.out / "results.md").write_text(table)
-    print("\n" + table)
-    plot(results, args.out / "accuracy.png")
-    print(f"wrote {args.out}/results.json, results.md, accuracy.png in {results['total_seconds']:.0f} s")
-    if args.publish:
-        from scripts.gen_docs import publish
+    report(results, args.out, args.publish)
 
-        publish(p["task"], summary(results))
+
+def report(results: dict, out: pathlib.Path, publish: bool) -> None:
+    """Intervals, OUT/results.json, results.md (printed) and accuracy.png; with `publish`, the
+    numbers kept as docs/results/TASK.json and the tables made from them rewritten."""
+    add_intervals(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = results_table(results)
+    (out / "results.md").write_text(table)
+    print("\n" + table)
+    plot(results, out / "accuracy.png")
+    print(f"wrote {out}/results.json, results.md, accuracy.png ({results['total_seconds']:.0f} s of training and tests)")
+    if publish:
+        from scripts.gen_docs import publish as keep
+
+        keep(results["task"], summary(results))
 
 
 def summary(r: dict) -> dict:
@@ -283,23 +297,36 @@ def _correct_SN(model: dict) -> list[list[int]]:
     return [[int(c) for c in row] for row in model["sampled_correct"]]
 
 
+def test_prompt_ids(task: str, n: int) -> list[int]:
+    """Which distinct prompt each of the n test draws is: a task's test split has fewer distinct
+    prompts than draws (digsum 53, ringwalk 90), and the intervals resample the distinct ones."""
+    prompts = [e["prompt"] for e in TASKS[task].examples("test", n)]
+    index = {prompt: i for i, prompt in enumerate(dict.fromkeys(prompts))}
+    return [index[prompt] for prompt in prompts]
+
+
 def add_intervals(r: dict) -> None:
     """Each model's sampled accuracy with its interval, every method against every baseline (the
     initial student and each method listed before it) as a paired difference, and the headline:
-    the best on-policy method against the best off-policy one, the kd_jsd control included."""
+    the best on-policy method against the best off-policy one, the kd_jsd control included.
+    Bootstrap: seeds, then within each seed the distinct test prompts with all their draws."""
     models = {"initial": r["initial"], **r["methods"]}
+    clusters = test_prompt_ids(r["task"], r["test_prompts"])
+    r["distinct_test_prompts"] = len(set(clusters))
+    r["interval"] = "95% percentile bootstrap, paired: resample seeds, then each seed's distinct test prompts"
+    bootstrap = functools.partial(paired_bootstrap, clusters_N=clusters)
     for m in models.values():
-        m["sampled_interval"] = paired_bootstrap(_correct_SN(m)).as_dict()
+        m["sampled_interval"] = bootstrap(_correct_SN(m)).as_dict()
     names = list(models)
     r["comparisons"] = [
-        {"method": a, "baseline": b, **paired_bootstrap(_correct_SN(models[a]), _correct_SN(models[b])).as_dict()}
+        {"method": a, "baseline": b, **bootstrap(_correct_SN(models[a]), _correct_SN(models[b])).as_dict()}
         for i, a in enumerate(names) for b in names[:i]]
     on = [n for n in r["methods"] if n in ON_POLICY]
     off = [n for n in r["methods"] if n not in ON_POLICY]
     if on and off:
         best_on = max(on, key=lambda n: r["methods"][n]["sampled_interval"]["mean"])
         best_off = max(off, key=lambda n: r["methods"][n]["sampled_interval"]["mean"])
-        d = paired_bootstrap(_correct_SN(models[best_on]), _correct_SN(models[best_off]))
+        d = bootstrap(_correct_SN(models[best_on]), _correct_SN(models[best_off]))
         r["headline"] = {"on_policy": best_on, "off_policy": best_off, **d.as_dict(),
                          "on_policy_wins": d.low > 0,
                          "text": describe(f"the best on-policy method ({best_on})",
@@ -341,8 +368,9 @@ def results_table(r: dict, heading: bool = True) -> str:
              f"({r['steps']} steps per method)")
     lines = [
         *([title, ""] if heading else []),
-        f"Test split, {n_prompts:,} prompts, seeds {seeds}. Sampled = temperature 1, with 95% interval "
-        "(bootstrap over seeds and prompts); greedy and diversity: mean over seeds. Diversity = distinct "
+        f"Test split, {n_prompts:,} draws of {r.get('distinct_test_prompts', n_prompts)} distinct prompts, "
+        f"seeds {seeds}. Sampled = temperature 1, with 95% interval (bootstrap over seeds and distinct "
+        "prompts); greedy and diversity: mean over seeds. Diversity = distinct "
         "correct answers per prompt in 8 samples. Each method's student is its checkpoint with the best "
         f"sampled dev accuracy (checked every {r['eval_every']} steps, same rule for all).",
         "",

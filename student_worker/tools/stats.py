@@ -39,7 +39,7 @@ class Interval:
         return cls(d["mean"], d["low"], d["high"], d["confidence"])
 
 
-def paired_bootstrap(a_SN, b_SN=None, *, resamples: int = 4000, confidence: float = 0.95,
+def paired_bootstrap(a_SN, b_SN=None, *, clusters_N=None, resamples: int = 4000, confidence: float = 0.95,
                      seed: int = 0) -> Interval:
     """Interval for mean(a - b) over seeds and prompts; b=None gives the interval of mean(a).
 
@@ -47,7 +47,9 @@ def paired_bootstrap(a_SN, b_SN=None, *, resamples: int = 4000, confidence: floa
     both from seed s and column i from prompt i. A 1-D input is one seed.
     Each resample draws S seeds with replacement and, for every drawn seed independently, N
     prompts with replacement; the statistic is the mean over drawn seeds of the mean over drawn
-    prompts.
+    prompts. clusters_N: which distinct prompt each column is, where a test set draws the same
+    prompt several times (samples of one prompt are not independent evidence): then the distinct
+    prompts are what is resampled, each with all its columns.
     """
     diff_SN = np.atleast_2d(np.asarray(a_SN, dtype=np.float64))
     if b_SN is not None:
@@ -59,7 +61,10 @@ def paired_bootstrap(a_SN, b_SN=None, *, resamples: int = 4000, confidence: floa
     if num_prompts == 0:
         raise ValueError("no prompts to compare")
     rng = np.random.default_rng(seed)
-    prompt_means_SR = np.stack([_prompt_means(row, resamples, rng) for row in diff_SN])
+    if clusters_N is None:
+        prompt_means_SR = np.stack([_prompt_means(row, resamples, rng) for row in diff_SN])
+    else:
+        prompt_means_SR = np.stack([_cluster_means(row, np.asarray(clusters_N), resamples, rng) for row in diff_SN])
     # seed level: draw seeds, and for each drawn seed an independent prompt-level draw
     seeds_RS = rng.integers(num_seeds, size=(resamples, num_seeds))
     columns_RS = rng.integers(resamples, size=(resamples, num_seeds))
@@ -76,6 +81,20 @@ def describe(name_a: str, name_b: str, d: Interval, unit: str = "points", scale:
         return f"{name_a} and {name_b} tie ({scale * d.mean:+.1f} {unit}, {ci})"
     verb = "beats" if d.mean > 0 else "trails"
     return f"{name_a} {verb} {name_b} by {scale * abs(d.mean):.1f} {unit} ({ci})"
+
+
+def _cluster_means(scores_N: np.ndarray, clusters_N: np.ndarray, resamples: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """`resamples` bootstrap means of one seed's columns, drawing distinct prompts (clusters)
+    with replacement, each with all its columns: the mean over the drawn columns."""
+    if clusters_N.shape != scores_N.shape:
+        raise ValueError(f"clusters_N has {clusters_N.shape[0]} entries for {scores_N.shape[0]} prompts")
+    _, cluster_N = np.unique(clusters_N, return_inverse=True)
+    sums_C = np.bincount(cluster_N, weights=scores_N)
+    counts_C = np.bincount(cluster_N).astype(np.float64)
+    num_clusters = len(counts_C)
+    draws_RC = rng.multinomial(num_clusters, np.full(num_clusters, 1 / num_clusters), size=resamples)
+    return (draws_RC @ sums_C) / (draws_RC @ counts_C)
 
 
 def _prompt_means(scores_N: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:

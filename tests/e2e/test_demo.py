@@ -39,6 +39,13 @@ def test_make_demo_quick(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| gkd |" in table and "95% CI" in table and "**Headline**" in table
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the intervals resample digsum's 53 distinct test prompts; an earlier run's results.json
+    # makes the same tables again without training
+    assert results["distinct_test_prompts"] == 53
+    again = subprocess.run([sys.executable, "-m", "examples.demo", "--from-results", str(tmp_path / "results.json"),
+                            "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "again" / "results.md").read_text() == table
 
 
 def test_quickstart_config_with_torchrun(tmp_path):

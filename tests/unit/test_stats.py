@@ -40,6 +40,27 @@ def test_many_seeds_without_prompt_noise_give_the_interval_of_the_seed_means():
     assert (d.high - d.low) / 2 == pytest.approx(half, rel=0.1)
 
 
+def test_repeated_prompts_are_resampled_as_prompts():
+    # 400 distinct prompts, each drawn 25 times, where a beats b on some prompts and trails on
+    # others: the 10,000 draws are evidence about 400 prompts, and the interval must be that of the
+    # 400 per-prompt means (the textbook one), not of 10,000 independent draws (5x narrower)
+    rng = np.random.default_rng(4)
+    per_prompt = rng.choice([-1.0, 0.0, 1.0], p=[0.3, 0.3, 0.4], size=400)
+    clusters = np.repeat(np.arange(400), 25)
+    a = (per_prompt[clusters] > 0).astype(float)
+    b = (per_prompt[clusters] < 0).astype(float)
+    clustered = paired_bootstrap(a, b, clusters_N=clusters, resamples=4000)
+    half = 1.96 * per_prompt.std() / math.sqrt(per_prompt.size)
+    assert clustered.mean == pytest.approx(per_prompt.mean())
+    assert (clustered.high - clustered.low) / 2 == pytest.approx(half, rel=0.1)
+    naive = paired_bootstrap(a, b, resamples=4000)
+    assert (naive.high - naive.low) * 4 < clustered.high - clustered.low
+    # every column its own prompt: the same interval as without clusters
+    alone = paired_bootstrap(a[:2000], b[:2000], clusters_N=np.arange(2000), resamples=4000)
+    plain = paired_bootstrap(a[:2000], b[:2000], resamples=4000)
+    assert alone.high - alone.low == pytest.approx(plain.high - plain.low, rel=0.1)
+
+
 def test_a_constant_difference_has_no_width():
     d = paired_bootstrap(np.ones((3, 10)), np.zeros((3, 10)))
     assert d.mean == d.low == d.high == 1.0

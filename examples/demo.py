@@ -278,7 +278,7 @@ def report(results: dict, out: pathlib.Path, publish: bool) -> None:
     (out / "results.md").write_text(table)
     print("\n" + table)
     plot(results, out / "accuracy.png")
-    print(f"wrote {out}/results.json, results.md, accuracy.png ({results['total_seconds']:.0f} s of training and tests)")
+    print(f"wrote {out}/results.json, results.md, accuracy.png (the run took {results['total_seconds']:.0f} s)")
     if publish:
         from scripts.gen_docs import publish as keep
 

@@ -368,9 +368,11 @@ def results_table(r: dict, heading: bool = True) -> str:
              f"({r['steps']} steps per method)")
     lines = [
         *([title, ""] if heading else []),
-        f"Test split, {n_prompts:,} draws of {r.get('distinct_test_prompts', n_prompts)} distinct prompts, "
-        f"seeds {seeds}. Sampled = temperature 1, with 95% interval (bootstrap over seeds and distinct "
-        "prompts); greedy and diversity: mean over seeds. Diversity = distinct "
+        (f"Test split, {n_prompts:,} draws of {r['distinct_test_prompts']} distinct prompts, seeds {seeds}. "
+         "Sampled = temperature 1, with 95% interval (bootstrap over seeds and distinct prompts)"
+         if "distinct_test_prompts" in r else   # results from before the intervals knew the prompts
+         f"Test split, {n_prompts:,} prompts, seeds {seeds}. Sampled = temperature 1, with 95% interval "
+         "(bootstrap over seeds and prompts)") + "; greedy and diversity: mean over seeds. Diversity = distinct "
         "correct answers per prompt in 8 samples. Each method's student is its checkpoint with the best "
         f"sampled dev accuracy (checked every {r['eval_every']} steps, same rule for all).",
         "",

@@ -258,7 +258,7 @@ def published(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def digsum_results(task: str) -> Callable[[], str]:
+def demo_results(task: str) -> Callable[[], str]:
     def make() -> str:
         from examples.demo import results_table
 
@@ -289,9 +289,10 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "worker-options": ("docs/training.md", worker_options),
     "worker-config": ("docs/training.md", worker_config),
     "presets": ("docs/training.md", presets),
-    "digsum-results": ("docs/results/digsum.md", digsum_results("digsum")),
-    "digsum-one-answer-results": ("docs/results/digsum.md", digsum_results("digsum-one-answer")),
+    "digsum-results": ("docs/results/digsum.md", demo_results("digsum")),
+    "digsum-one-answer-results": ("docs/results/digsum.md", demo_results("digsum-one-answer")),
     "digsum-headline": ("README.md", digsum_headline),
+    "ringwalk-canonical-results": ("docs/results/ringwalk.md", demo_results("ringwalk-canonical")),
     "smollm2-results": ("docs/results/smollm2.md", smollm2_results),
     "smollm2-headline": ("README.md", smollm2_headline),
 }

@@ -41,14 +41,15 @@ ROUTINGS = ("round_robin", "least_work")
 SEQUENCE = list(range(3, 13)) * 2 + [3, 4, 5, 6]   # 24 digit tokens
 
 
-def other_tenant(target: str, stop, sequences: int = 256, threads: int = 2) -> None:
+def other_tenant(target: str, stop, busy, sequences: int = 256, threads: int = 2) -> None:
     """Another team's job on replica B: `threads` callers sending Score calls of `sequences`
-    sequences back to back, so that B always has a queue."""
+    sequences back to back, so that B always has a queue (`busy` set once the first is answered)."""
     torch.set_num_threads(1)
     with TeacherClient(target, timeout=600) as client:
         def caller() -> None:
             while not stop.is_set():
                 client.score([SEQUENCE] * sequences, 1, top_k=15)
+                busy.set()
 
         with ThreadPoolExecutor(threads) as pool:
             for _ in range(threads):
@@ -89,13 +90,15 @@ def main() -> None:
     torch.set_num_threads(1)
     fast, busy = (TeacherProcess(TEACHER, "--num-threads", "1", "--max-wait-ms", "1") for _ in range(2))
     spawn = multiprocessing.get_context("spawn")
-    stop = spawn.Event()
+    stop, busy_now = spawn.Event(), spawn.Event()
     load = None
     results = {r: [] for r in ROUTINGS}
     try:
         fast.wait_serving(), busy.wait_serving()
-        load = spawn.Process(target=other_tenant, args=(busy.target, stop))
+        load = spawn.Process(target=other_tenant, args=(busy.target, stop, busy_now))
         load.start()
+        if not busy_now.wait(300):
+            raise SystemExit("the other tenant's load never reached replica B")
         target = f"{fast.target},{busy.target}"
         with tempfile.TemporaryDirectory() as tmp:
             for round_ in range(args.rounds):

@@ -20,8 +20,8 @@ expected wait:
 Failover: only replicas whose connection is up (or not yet tried) are chosen while there are
 such; a call that fails UNAVAILABLE (the replica is draining, down or unreachable) marks the
 replica down (1 s, doubling while it keeps failing, up to 30 s) and goes to the next best replica
-at once; when every replica is down
-the call waits with backoff, like gRPC's own retries, up to `max_attempts` attempts in all. A
+at once; when every replica is down the call waits with backoff, like gRPC's own retries, up to
+`max_attempts` attempts in all. A
 `dns:///name:port` target is resolved here (every address of the name) and again every
 RESOLVE_EVERY_S, and when every replica is down, so replicas that come and go are followed.
 """
@@ -53,13 +53,19 @@ def names_replicas(target: str) -> bool:
     return target.startswith("dns:") or "," in target
 
 
+def dns_name(target: str) -> tuple[str, str]:
+    """(host, port) of a "dns:///host:port" (or "dns:host:port") target."""
+    name = target.split("///", 1)[1] if "///" in target else target[len("dns:"):]
+    host, _, port = name.rpartition(":")
+    return host.strip("[]"), port or "443"
+
+
 def replica_addresses(target: str) -> list[str]:
     """The replicas a target names, as host:port (a dns: name is looked up: OSError when it does
     not resolve)."""
     if target.startswith("dns:"):
-        name = target.split("///", 1)[1] if "///" in target else target[len("dns:"):]
-        host, _, port = name.rpartition(":")
-        infos = socket.getaddrinfo(host.strip("[]"), int(port or 443), type=socket.SOCK_STREAM)
+        host, port = dns_name(target)
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
         ips = dict.fromkeys(info[4][0] for info in infos)   # unique, in the resolver's order
         return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
     return [p.strip() for p in target.split(",") if p.strip()]
@@ -207,13 +213,12 @@ class _NoReplica(grpc.RpcError):
 
     def __init__(self, target: str):
         super().__init__(f"no teacher replica of {target} could be reached")
-        self._details = f"no teacher replica of {target} could be reached"
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
 
     def details(self) -> str:
-        return self._details
+        return str(self)
 
     def trailing_metadata(self):
         return ()

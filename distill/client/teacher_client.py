@@ -35,7 +35,7 @@ import grpc
 import numpy as np
 import torch
 
-from distill.client.routing import LeastWorkRouter, names_replicas
+from distill.client.routing import LeastWorkRouter, dns_name, names_replicas
 from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
                              samples_from_proto, scores_from_packed, scores_from_proto, verify_from_proto,
                              whole_scores_from_packed)
@@ -234,12 +234,12 @@ class _ClientBase:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_attempts: int = 5,
                  keepalive_s: float = 20.0,
                  tls: bool = False, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None):
+                 tls_key: str | None = None, routed: bool = False):
+        """routed: LeastWorkRouter resolves the target's replicas itself; gRPC needs one target."""
         self.named_target = target if isinstance(target, str) else ",".join(target)
-        self.target = resolve_target(target)
+        self.target = self.named_target if routed else resolve_target(target)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._max_attempts = max_attempts
         self._limits = (max_message_bytes, max_attempts, keepalive_s)
         self._options = channel_options(*self._limits)
         self._credentials = channel_credentials(tls, tls_ca, tls_cert, tls_key)
@@ -256,10 +256,8 @@ class _ClientBase:
         on it (the router tries another replica); TLS checks the certificate against the name
         the target gave, not the address it resolved to."""
         options = channel_options(*self._limits, retry_unavailable=False)
-        options.append(("grpc.lb_policy_name", "pick_first"))
         if self._credentials is not None and self.named_target.startswith("dns:"):
-            host = self.named_target.split("///", 1)[-1].rpartition(":")[0].strip("[]")
-            options.append(("grpc.ssl_target_name_override", host))
+            options.append(("grpc.ssl_target_name_override", dns_name(self.named_target)[0]))
         return self._channel(grpc, address, options)
 
     def _call_kwargs(self, timeout: float | None) -> dict:
@@ -271,13 +269,13 @@ class TeacherClient(_ClientBase):
 
     def __init__(self, target, timeout: float = 60.0, api_key: str | None = None, routing: str = "least_work",
                  **kwargs):
-        super().__init__(target, timeout, api_key, **kwargs)
         if routing not in ROUTINGS:
             raise ValueError(f"unknown routing {routing!r}; expected one of {ROUTINGS}")
         # one replica, or gRPC's round robin: one channel; several under least_work: the router's
-        routed = routing == "least_work" and names_replicas(self.named_target)
+        routed = routing == "least_work" and names_replicas(target if isinstance(target, str) else ",".join(target))
+        super().__init__(target, timeout, api_key, routed=routed, **kwargs)
         self.router = None if not routed else LeastWorkRouter(
-            self.named_target, self._replica_channel, pb_grpc.TeacherStub, self._max_attempts)
+            self.named_target, self._replica_channel, pb_grpc.TeacherStub, self._limits[1])
         self.channel = self._channel(grpc) if self.router is None else None
         self.stub = pb_grpc.TeacherStub(self.channel) if self.router is None else None
 

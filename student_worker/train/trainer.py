@@ -21,9 +21,9 @@ import contextlib
 import json
 import logging
 import math
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -588,19 +588,18 @@ def _per_teacher(rollout: Rollout, scores, token_logprobs_M: torch.Tensor) -> di
     """Named teachers: each one's completion tokens in the batch and the student's mean log-ratio
     to it on them, log q(token) - log p(token) (on the student's own samples: the sampled reverse
     KL estimate), this rank's."""
-    counts = torch.tensor([len(c) for c in rollout.completion_ids])
-    out = {}
-    if isinstance(scores, list):
-        scores = TeacherScores.concat(scores)
-    ratio_M = None if scores is None else token_logprobs_M.detach().float().cpu() - scores.token_logprobs
-    starts = torch.cumsum(counts, 0) - counts
-    for name in dict.fromkeys(rollout.teachers):
-        rows = [i for i, n in enumerate(rollout.teachers) if n == name]
-        tokens = int(counts[rows].sum())
-        out[f"teacher_tokens.{name}"] = tokens
-        if ratio_M is not None and tokens:
-            total = sum(ratio_M[starts[i]:starts[i] + counts[i]].sum() for i in rows)
-            out[f"kl_estimate.{name}"] = float(total) / tokens
+    names = list(dict.fromkeys(rollout.teachers))
+    # the teacher of each completion token, in the row-major order of token_logprobs_M and scores
+    teacher_M = torch.tensor([names.index(n) for n in rollout.teachers]).repeat_interleave(
+        torch.tensor([len(c) for c in rollout.completion_ids]))
+    tokens = torch.bincount(teacher_M, minlength=len(names))
+    out = {f"teacher_tokens.{name}": int(n) for name, n in zip(names, tokens)}
+    if scores is not None:
+        if isinstance(scores, list):
+            scores = TeacherScores.concat(scores)
+        ratio_M = token_logprobs_M.detach().float().cpu() - scores.token_logprobs
+        sums = torch.bincount(teacher_M, weights=ratio_M.double(), minlength=len(names))
+        out.update({f"kl_estimate.{name}": float(s / n) for name, s, n in zip(names, sums, tokens) if n})
     return out
 
 

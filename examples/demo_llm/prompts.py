@@ -7,6 +7,11 @@ instruct teacher answers them correctly and briefly.
 Each line is a chat record, `{"messages": [{"role": "user", "content": ...}]}`. The prompts are
 distinct, and each lies in exactly one split (sizes in SPLITS, drawn with a fixed seed, so every
 run writes the same files); the test split is for evaluation only.
+
+A fourth file, check.jsonl, holds the checked prompts (CHECKS): questions with one right answer that
+the teacher gets right most of the time (capitals, opposites, copying a sentence; SmolLM2-135M gets
+about 4 in 10 small sums right, so arithmetic is not among them), none of them in the train split.
+Each record adds `kind` and `answer`; `is_correct` marks an answer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import itertools
 import json
 import pathlib
 import random
+import re
 
 SEED = 0
 SPLITS = {"train": 400, "dev": 50, "test": 50}
@@ -76,6 +82,47 @@ TOPICS = {
 }
 
 
+# The checked prompts: a question per key, answered right when the answer contains the value
+# (case-insensitive; a prefix where spellings vary). The train split's prompts are left out.
+CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Japan": "Tokyo", "China": "Beijing",
+            "India": "Delhi", "Egypt": "Cairo", "Kenya": "Nairobi", "Canada": "Ottawa", "Mexico": "Mexico City",
+            "Russia": "Moscow", "Greece": "Athens", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw",
+            "Ireland": "Dublin", "Peru": "Lima", "Austria": "Vienna", "Hungary": "Budapest", "Cuba": "Havana",
+            "Iran": "Tehran", "Iraq": "Baghdad", "South Korea": "Seoul", "Indonesia": "Jakarta",
+            "Romania": "Bucharest", "Bulgaria": "Sofia", "Croatia": "Zagreb", "Saudi Arabia": "Riyadh",
+            "Ethiopia": "Addis Ababa", "Ghana": "Accra", "New Zealand": "Wellington", "Afghanistan": "Kabul",
+            "Nepal": "Kathmandu", "Bangladesh": "Dhaka", "Lebanon": "Beirut", "Qatar": "Doha", "Senegal": "Dakar",
+            "Uganda": "Kampala", "Pakistan": "Islamabad", "Czech Republic": "Prague"}
+OPPOSITE_OF = {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "up": "down", "open": "clos",
+               "early": "late", "wet": "dry", "loud": "quiet", "rich": "poor", "high": "low", "long": "short",
+               "day": "night", "good": "bad", "left": "right", "black": "white", "inside": "outside",
+               "win": "los", "begin": "end", "push": "pull", "light": "dark", "strong": "weak", "easy": "hard"}
+COPY_SENTENCES = [*SENTENCES, "Blue birds sing at dawn.", "My sister likes green apples.",
+                  "The old man reads the news.", "A red kite flies high.", "Ten boats sail past the pier."]
+CHECKS = {
+    "capital": [(f"What is the capital of {c}?", city) for c, city in CAPITALS.items()],
+    "opposite": [(f"Give the opposite of the word \"{w}\".", o) for w, o in OPPOSITE_OF.items()],
+    "copy": [(f"Repeat this sentence word for word: {s}", s) for s in COPY_SENTENCES],
+}
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def is_correct(answer: str, expected: str) -> bool:
+    """The answer contains the expected text, ignoring case, punctuation and spacing."""
+    return f" {_normal(expected)}" in f" {_normal(answer)}"
+
+
+def check_records() -> list[dict]:
+    """The checked prompts not in the train split, kinds interleaved (so a prefix mixes them)."""
+    train = set(splits()["train"])
+    kinds = [[{**chat_record(q), "kind": kind, "answer": a} for q, a in pool if q not in train]
+             for kind, pool in CHECKS.items()]
+    return [r for group in itertools.zip_longest(*kinds) for r in group if r is not None]
+
+
 def all_prompts() -> list[str]:
     """Every prompt of the demo, drawn from TOPICS with the fixed seed (distinct, in draw order)."""
     rng = random.Random(SEED)
@@ -101,13 +148,15 @@ def chat_record(prompt: str) -> dict:
 
 
 def write(out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Write OUT_DIR/{train,dev,test}.jsonl; return their paths."""
+    """Write OUT_DIR/{train,dev,test,check}.jsonl; return their paths."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, prompts in splits().items():
         paths[name] = out_dir / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(chat_record(p)) + "\n" for p in prompts))
+    paths["check"] = out_dir / "check.jsonl"
+    paths["check"].write_text("".join(json.dumps(r) + "\n" for r in check_records()))
     return paths
 
 
@@ -115,4 +164,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     for name, path in write(parser.parse_args().out_dir).items():
-        print(f"{name}: {SPLITS[name]} prompts in {path}")
+        print(f"{name}: {sum(1 for _ in path.open())} prompts in {path}")

@@ -68,6 +68,11 @@ class ServerSettings(BaseSettings):
         0, ge=0, description="largest top_k served (0: vocabulary size; vllm: 64, its max_logprobs)")
     max_context: int = Field(0, ge=0, description="longest sequence served (0: the model's)")
     max_draft_tokens: int = Field(16, ge=1, description="longest draft a Verify request may send")
+    prefix_cache_mb: int = Field(
+        1024, ge=0, description="transformers: memory for Verify sessions' KV caches, MiB (least recently "
+                                "used evicted first; 0: no sessions, every round runs its whole sequence)")
+    session_idle_s: float = Field(
+        60.0, gt=0, description="a Verify session's cache is dropped after this many seconds without a round")
     max_message_mb: int = Field(256, ge=1, description="largest gRPC message, both ways, in MiB")
     num_threads: int = Field(
         0, ge=0, description="torch CPU threads (0: torch's default; 1 when sharing a small CPU)")

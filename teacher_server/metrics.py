@@ -80,6 +80,21 @@ class Metrics:
                                     "Time a request's sequences waited before a forward pass, by tenant "
                                     "(one observation per request and pass that ran some of them)",
                                     ["tenant"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.session_hits = Counter("teacher_session_hits",
+                                    "Verify rounds that reused their session's KV cache, by tenant",
+                                    ["tenant"], registry=r)
+        self.session_misses = Counter("teacher_session_misses",
+                                      "Verify rounds with a session key and nothing to reuse (new, "
+                                      "evicted or expired), by tenant", ["tenant"], registry=r)
+        self.session_tokens_reused = Counter("teacher_session_tokens_reused",
+                                             "Tokens a Verify round did not run again thanks to its "
+                                             "session's cache, by tenant", ["tenant"], registry=r)
+        self.session_evictions = Counter("teacher_session_evictions",
+                                         "Session caches dropped before their session ended, by tenant "
+                                         "and reason (budget: --prefix-cache-mb; idle: --session-idle-s)",
+                                         ["tenant", "reason"], registry=r)
+        self.session_bytes = Gauge("teacher_session_bytes", "Bytes held by Verify session caches",
+                                   registry=r)
         self.forward_latency = Histogram("teacher_forward_seconds",
                                          "Duration of one batched forward pass + scoring",
                                          buckets=_LATENCY_BUCKETS, registry=r)

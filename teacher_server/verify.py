@@ -29,6 +29,9 @@ class VerifyItem:
     accept_top_k: int                  # K of mode "topk"
     top_k: int                         # k of the returned score arrays
     seed: int                          # per sequence: its answer does not depend on batch-mates
+    tenant: str = ""                   # whose session_key it is
+    session_key: str = ""              # "" when the caller keeps no session
+    end_session: bool = False
 
     @property
     def token_ids(self) -> torch.Tensor:

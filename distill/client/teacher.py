@@ -50,6 +50,7 @@ class Teacher(Protocol):
     def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs=None,
                mode: str = "speculative", top_k: int | None = None, temperature: float = 1.0,
                seed: int | None = None, score_top_k: int | None = None, dtype: str = "float32",
+               session_keys: Sequence[str] | None = None, end_sessions: Sequence[bool] | None = None,
                timeout: float | None = None) -> list[VerifyOutcome]: ...
 
 

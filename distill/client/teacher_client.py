@@ -187,7 +187,8 @@ def whole_scores_from_response(response: pb.ScoreResponse) -> TeacherScores:
 
 def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs, mode: str,
                    top_k: int | None, temperature: float, seed: int | None, score_top_k: int | None,
-                   dtype: str) -> pb.VerifyRequest:
+                   dtype: str, session_keys: Sequence[str] | None = None,
+                   end_sessions: Sequence[bool] | None = None) -> pb.VerifyRequest:
     """See TeacherClient.verify."""
     if mode not in VERIFY_MODES:
         raise ValueError(f"unknown verify mode {mode!r}; expected one of {sorted(VERIFY_MODES)}")
@@ -199,9 +200,11 @@ def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], dra
     request = pb.VerifyRequest(mode=VERIFY_MODES[mode], temperature=temperature, seed=seed,
                                accept_top_k=top_k if mode == "topk" else 0, top_k=k,
                                logprob_dtype=wire_dtype(dtype))
-    for prefix, draft, probs in zip(prefixes, drafts, _per_sequence(draft_probs, len(prefixes),
-                                                                     "draft_probs")):
-        seq = request.sequences.add(prefix_ids=pack(_ids(prefix)), draft_ids=pack(_ids(draft)))
+    for i, (prefix, draft, probs) in enumerate(zip(prefixes, drafts, _per_sequence(draft_probs, len(prefixes),
+                                                                                   "draft_probs"))):
+        seq = request.sequences.add(prefix_ids=pack(_ids(prefix)), draft_ids=pack(_ids(draft)),
+                                    session_key=session_keys[i] if session_keys else "",
+                                    end_session=bool(end_sessions[i]) if end_sessions else False)
         if isinstance(probs, tuple):          # top-k form: (ids [γ, k], probs [γ, k])
             seq.draft_topk_ids.CopyFrom(pack(torch.as_tensor(probs[0]), "int32"))
             probs = probs[1]
@@ -330,6 +333,7 @@ class TeacherClient(_ClientBase):
     def verify(self, prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], draft_probs=None,
                mode: str = "speculative", top_k: int | None = None, temperature: float = 1.0,
                seed: int | None = None, score_top_k: int | None = None, dtype: str = "float32",
+               session_keys: Sequence[str] | None = None, end_sessions: Sequence[bool] | None = None,
                timeout: float | None = None) -> list[VerifyOutcome]:
         """The teacher's accept/reject of each prefix's draft of γ tokens.
 
@@ -339,9 +343,12 @@ class TeacherClient(_ClientBase):
         mode "topk" keeps drafts among the teacher's `top_k` most likely tokens; "greedy" keeps
         drafts equal to its argmax; both ignore draft_probs. The returned scores have k =
         `score_top_k`, else `top_k`, else 20. The same `seed` gives the same outcome.
+        `session_keys` (one per sequence) let a teacher with Features.verify_sessions keep each
+        sequence's cache between rounds, so the next round runs only its new tokens; the answer is
+        the same with or without them. `end_sessions` marks the rounds after which a key is done.
         """
         request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
-                                 score_top_k, dtype)
+                                 score_top_k, dtype, session_keys, end_sessions)
         response = self._call("Verify", request, _num_tokens(prefixes) + _num_tokens(drafts), timeout)
         return [verify_from_proto(r) for r in response.results]
 
@@ -390,10 +397,11 @@ class AsyncTeacherClient(_ClientBase):
                      draft_probs=None, mode: str = "speculative", top_k: int | None = None,
                      temperature: float = 1.0, seed: int | None = None,
                      score_top_k: int | None = None, dtype: str = "float32",
+                     session_keys: Sequence[str] | None = None, end_sessions: Sequence[bool] | None = None,
                      timeout: float | None = None) -> list[VerifyOutcome]:
         """See TeacherClient.verify."""
         request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
-                                 score_top_k, dtype)
+                                 score_top_k, dtype, session_keys, end_sessions)
         response = await self.stub.Verify(request, **self._call_kwargs(timeout))
         return [verify_from_proto(r) for r in response.results]
 

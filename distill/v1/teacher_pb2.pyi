@@ -109,16 +109,20 @@ class ScoreResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., packed: _Optional[_Union[ScoreResult, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class VerifySequence(_message.Message):
-    __slots__ = ("prefix_ids", "draft_ids", "draft_probs", "draft_topk_ids")
+    __slots__ = ("prefix_ids", "draft_ids", "draft_probs", "draft_topk_ids", "session_key", "end_session")
     PREFIX_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOPK_IDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    END_SESSION_FIELD_NUMBER: _ClassVar[int]
     prefix_ids: Tensor
     draft_ids: Tensor
     draft_probs: Tensor
     draft_topk_ids: Tensor
-    def __init__(self, prefix_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_probs: _Optional[_Union[Tensor, _Mapping]] = ..., draft_topk_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    session_key: str
+    end_session: bool
+    def __init__(self, prefix_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_ids: _Optional[_Union[Tensor, _Mapping]] = ..., draft_probs: _Optional[_Union[Tensor, _Mapping]] = ..., draft_topk_ids: _Optional[_Union[Tensor, _Mapping]] = ..., session_key: _Optional[str] = ..., end_session: _Optional[bool] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("sequences", "mode", "temperature", "seed", "accept_top_k", "top_k", "logprob_dtype")
@@ -213,7 +217,7 @@ class SpecialTokens(_message.Message):
     def __init__(self, bos: _Optional[int] = ..., eos: _Optional[int] = ..., pad: _Optional[int] = ..., unk: _Optional[int] = ..., eos_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Features(_message.Message):
-    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs", "score_temperature", "verify_speculative", "generate_temperature")
+    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs", "score_temperature", "verify_speculative", "generate_temperature", "verify_sessions")
     SCORE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +225,7 @@ class Features(_message.Message):
     SCORE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     GENERATE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     score_candidates: bool
     verify: bool
     generate: bool
@@ -228,7 +233,8 @@ class Features(_message.Message):
     score_temperature: bool
     verify_speculative: bool
     generate_temperature: bool
-    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ..., score_temperature: _Optional[bool] = ..., verify_speculative: _Optional[bool] = ..., generate_temperature: _Optional[bool] = ...) -> None: ...
+    verify_sessions: bool
+    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ..., score_temperature: _Optional[bool] = ..., verify_speculative: _Optional[bool] = ..., generate_temperature: _Optional[bool] = ..., verify_sessions: _Optional[bool] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("model_id", "backend", "vocab_size", "tokenizer_size", "tokenizer_fingerprint", "special_tokens", "max_context", "max_top_k", "max_draft_tokens", "max_batch_tokens", "max_message_bytes", "features", "model_dtype", "server_version")

@@ -26,6 +26,7 @@ class Features:
     score_temperature: bool = True
     verify_speculative: bool = True
     generate_temperature: bool = True
+    verify_sessions: bool = False
 
 
 @dataclass

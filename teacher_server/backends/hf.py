@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 
 from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
 from teacher_server.generation import ChosenLogprobs, GenerateItem, MaskPadded, cut_at_stop
 from teacher_server.scoring import ScoreItem, mask_padded, score_logits
+from teacher_server.sessions import KV, SessionCache
 from teacher_server.verify import VerifyItem, verify_draft
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class TransformersBackend:
     """
 
     def __init__(self, model, tokenizer, model_id: str, chunk_tokens: int = 1024,
-                 max_context: int = 0):
+                 max_context: int = 0, prefix_cache_mb: int = 0, session_idle_s: float = 60.0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         # inputs go where the embedding is (with a device_map, the first layers' device)
@@ -49,6 +52,14 @@ class TransformersBackend:
             **tokenizer_fields(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
         )
         self.pad_id = max(self.info.pad, 0)
+        # Verify sessions need a cache of plain attention layers (one that can be cut back to a
+        # shorter prefix: not sliding windows, not recurrent state)
+        self.sessions = None
+        if prefix_cache_mb and all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers):
+            self.sessions = SessionCache(prefix_cache_mb << 20, session_idle_s)
+            self.info.features = dataclasses.replace(self.info.features, verify_sessions=True)
+        elif prefix_cache_mb:
+            log.info("Verify sessions are off: %s's cache cannot be cut back to a prefix", model_id)
         # `model.generate` fills every option a call leaves unset from the checkpoint's
         # generation_config.json (top_k, repetition_penalty, min_length, ...): a neutral config
         # makes Generate sample exactly what the request asks for.
@@ -77,7 +88,7 @@ class TransformersBackend:
             model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=_DTYPES[dtype],
                                                          **hub).to(device)
         return cls(model, tokenizer, settings.model, settings.logits_chunk_tokens,
-                   settings.max_context)
+                   settings.max_context, settings.prefix_cache_mb, settings.session_idle_s)
 
     def _logits(self, hidden_NH: torch.Tensor) -> torch.Tensor:
         """The LM head plus the output transforms some architectures apply after it."""
@@ -117,8 +128,16 @@ class TransformersBackend:
         first_row = [0, *itertools.accumulate(lengths.numel() for lengths, _ in spans)]
         input_ids_BL = pad_packed(torch.cat([item.token_ids for item in items]), lengths_B,
                                   self.pad_id)
-        hidden_BLH = self.hidden_states(input_ids_BL, lengths_B)
+        keyed = {i: item for i, item in enumerate(items)
+                 if self.sessions is not None and isinstance(item, VerifyItem) and item.session_key}
+        if keyed:
+            hidden_BLH, caches = self._hidden_with_sessions(
+                input_ids_BL, lengths_B, {first_row[i]: item for i, item in keyed.items()})
+        else:
+            hidden_BLH = self.hidden_states(input_ids_BL, lengths_B)
         verdicts = self._verdicts(items, first_row, hidden_BLH)
+        for i, item in keyed.items():
+            self._keep_session(item, caches[first_row[i]], verdicts[i])
         # targets: the padded ids plus a column for the token after each sequence (a Verify
         # item's next token: its last scored position is its length, not length - 1)
         targets_BL1 = torch.nn.functional.pad(input_ids_BL, (0, 1), value=self.pad_id)
@@ -157,6 +176,50 @@ class TransformersBackend:
                     scores.candidate_logprobs = scores.candidate_logprobs[:, :cands_of(i).shape[1]]
                 outputs[i] = VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores
         return outputs
+
+    @torch.inference_mode()
+    def _hidden_with_sessions(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor,
+                              keyed: dict[int, VerifyItem]) -> tuple[torch.Tensor, dict[int, KV]]:
+        """hidden_states for a batch whose rows `keyed` are Verify rounds of sessions, and each such
+        row's keys and values after the pass. A row whose session has r reusable tokens runs only
+        the rest (its hidden rows before r stay zero: no scored position reads them); the other
+        rows run as one batch, keeping their caches when they have a key."""
+        B, L = input_ids_BL.shape
+        reused = {row: self.sessions.take(item.tenant, item.session_key, item.token_ids, item.prefix.numel() - 1)
+                  for row, item in keyed.items()}
+        full = [row for row in range(B) if reused.get(row, (0, None))[0] == 0]
+        hidden_BLH = torch.zeros(B, L, self.model.config.hidden_size, device=self.device,
+                                 dtype=next(self.model.parameters()).dtype)
+        caches = {}
+        if full:
+            rows = torch.tensor(full)
+            width = int(lengths_B[rows].max())
+            mask_RW = (torch.arange(width) < lengths_B[rows, None]).long()
+            out = self.decoder(input_ids=input_ids_BL[rows, :width].to(self.device),
+                               attention_mask=mask_RW.to(self.device), use_cache=any(r in keyed for r in full))
+            hidden_BLH[rows.to(self.device), :width] = out.last_hidden_state
+            for j, row in enumerate(full):
+                if row in keyed:      # right padding: row j's first lengths[row] positions are its own
+                    n = int(lengths_B[row])
+                    caches[row] = [(layer.keys[j:j + 1, :, :n].clone(), layer.values[j:j + 1, :, :n].clone())
+                                   for layer in out.past_key_values.layers]
+        for row, (start, kv) in reused.items():
+            if start:
+                n = int(lengths_B[row])
+                out = self.decoder(input_ids=input_ids_BL[row:row + 1, start:n].to(self.device),
+                                   past_key_values=DynamicCache(kv), use_cache=True)
+                hidden_BLH[row, start:n] = out.last_hidden_state[0]
+                caches[row] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return hidden_BLH, caches
+
+    def _keep_session(self, item: VerifyItem, kv: KV, verdict: tuple[int, int, torch.Tensor]) -> None:
+        """Keep the round's cache for the next round, unless the session ended: the caller said
+        so, or the tokens the round kept (accepted drafts and the next token) reached an
+        end-of-sequence token."""
+        n, next_token, _ = verdict
+        kept = [*item.draft[:n].tolist(), next_token]
+        if not item.end_session and not set(kept) & set(self.info.eos_ids):
+            self.sessions.put(item.tenant, item.session_key, item.token_ids, kv)
 
     def _verdicts(self, items, first_row: list[int], hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:
         """Accept/reject every Verify item's draft: {item index: (num_accepted, next_token,

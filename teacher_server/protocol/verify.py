@@ -13,6 +13,7 @@ from teacher_server.errors import InvalidRequest, NotSupported
 from teacher_server.protocol.arrays import FLOAT32, INT32, Dim, check_vocab, token_ids, unpack_checked
 from teacher_server.protocol.request import (Limits, Parsed, check_sequences, check_tokens, logprob_dtype,
                                              require, temperature, top_k)
+from teacher_server.sessions import MAX_KEY_BYTES
 from teacher_server.verify import VerifyItem
 
 PROB_SUM_TOLERANCE = 1e-3
@@ -60,9 +61,13 @@ def parse_verify_request(request: pb.VerifyRequest, limits: Limits) -> Parsed:
                 f"teacher's context of {limits.max_context} tokens (the +1 is the token after the "
                 f"draft); shorten the prefix or the draft")
         q = _draft_probs(seq, G, where, limits) if mode == "speculative" else None
+        if len(seq.session_key.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(f"{where}: session_key is {len(seq.session_key.encode())} bytes; keys are at "
+                                 f"most {MAX_KEY_BYTES}")
         # A stream per sequence: its answer depends on (seed, index), not on its batch-mates.
         seed = int(np.random.SeedSequence([base_seed, i]).generate_state(1, np.uint64)[0])
-        items.append(VerifyItem(prefix, draft, q, mode, temp, request.accept_top_k, k, seed))
+        items.append(VerifyItem(prefix, draft, q, mode, temp, request.accept_top_k, k, seed, limits.tenant,
+                                seq.session_key if limits.features.verify_sessions else "", seq.end_session))
     tokens = sum(item.num_tokens for item in items)
     check_tokens(tokens, limits)
 

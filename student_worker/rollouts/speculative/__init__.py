@@ -11,6 +11,7 @@ Used three ways:
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ class SpeculativeResult:
 @dataclass
 class _State:
     prompt: list[int]
+    session_key: str
     tokens: list[int] = field(default_factory=list)
     rows: list[TeacherScores] = field(default_factory=list)
     drafted: int = 0
@@ -54,11 +56,15 @@ def _rows(scores: TeacherScores, n: int) -> TeacherScores:
 def speculative_generate(model, teacher: Teacher, prompts: list[list[int]], *, gamma: int, max_new_tokens: int,
                          mode: str = "speculative", accept_top_k: int | None = None,
                          temperature: float = 1.0, eos_ids: list[int], pad_id: int, score_top_k: int = 20,
-                         seed: int | None = None) -> list[SpeculativeResult]:
+                         seed: int | None = None, sessions: bool = True) -> list[SpeculativeResult]:
     """Draft gamma tokens with the student, let the teacher keep a prefix and add one token, repeat
-    until EOS or max_new_tokens. All sequences advance together, one batched Verify per round."""
+    until EOS or max_new_tokens. All sequences advance together, one batched Verify per round.
+    Each sequence is a Verify session (a key of its own; `sessions=False`: none), so a teacher
+    that keeps sessions runs only each round's new tokens; the round that surely ends a sequence
+    says so."""
     with full_weights(model):   # FSDP: gathered once, so ranks may run different numbers of rounds
-        states = [_State(list(p)) for p in prompts]
+        call = secrets.token_hex(8)
+        states = [_State(list(p), f"{call}-{i}") for i, p in enumerate(prompts)]
         round_ = 0
         while True:
             active = [s for s in states if not s.done]
@@ -72,7 +78,8 @@ def speculative_generate(model, teacher: Teacher, prompts: list[list[int]], *, g
                 [s.prompt + s.tokens for s in active], [d.token_ids for d in drafts],
                 [d.probs for d in drafts] if mode == "speculative" else None, mode=mode, top_k=accept_top_k,
                 temperature=temperature, seed=None if seed is None else derive_seed(seed, "verify", round_),
-                score_top_k=score_top_k)
+                score_top_k=score_top_k, session_keys=[s.session_key for s in active] if sessions else None,
+                end_sessions=[left <= 1 for left in budget] if sessions else None)
             round_ += 1
             for s, d, out in zip(active, drafts, outcomes):
                 n = out.num_accepted

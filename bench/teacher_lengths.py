@@ -10,8 +10,11 @@ vocabulary 32,000, float32), one CPU thread. Printed:
    step's logits (`generate(output_logits=True)`, what it did: B x steps x V floats). Each side
    runs in its own process, so the peaks (ru_maxrss) do not mix.
 2. Verify, both backends: time of one Verify (8 draft tokens, greedy) after prefixes of 64 .. 960
-   tokens. Each round re-runs the whole prefix (no KV cache is kept between requests), so time
-   grows with the prefix and a completion of n tokens verified 8 at a time costs O(n^2) in total.
+   tokens, without a session: each round re-runs the whole prefix, so time grows with the prefix.
+2b. Verify sessions, transformers backend: a whole 1,024-token completion after a 64-token prompt
+   verified in rounds of 8 drafts (greedy; the drafts are the teacher's own greedy continuation,
+   one draft token in `--corrupt` replaced so that the teacher cuts it there), each round with a
+   session key / without: total seconds and tokens run through the decoder, against n.
 3. Score, vllm backend: 8 sequences x 512 tokens with only the last 16 positions scored
    (score_from = 496), with `prompt_logprobs=k` as the backend asks (vLLM 0.32 computes them at
    every prompt position: it has no start for top-k prompt log-probs) / the same prefill with no
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ENV = dict(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
 os.environ.update(ENV)          # before vLLM is imported
@@ -45,6 +49,7 @@ from teacher_server.verify import VerifyItem  # noqa: E402
 
 VOCAB, SAMPLES, NEW_TOKENS, DRAFT = 32000, 16, 128, 8
 PREFIXES = (64, 256, 960)
+PROMPT, COMPLETION = 64, 1024
 
 # Runs in a child process: argv = model dir, "recorder" | "all_logits"; prints the peak RSS (MiB)
 # one Generate call adds over a warmed-up backend.
@@ -92,6 +97,65 @@ def verify_times(backend, runs: int) -> list[float]:
     return [statistics.median(t[P]) for P in PREFIXES]
 
 
+def decode_with_verify(backend, reference: torch.Tensor, corrupt: float, session: bool) -> tuple[float, int, int]:
+    """Verify reference[PROMPT:] in rounds of DRAFT greedy drafts taken from the reference (the
+    teacher's own greedy continuation), each draft token replaced by a wrong one with probability
+    `corrupt`; returns (seconds, tokens the decoder ran, rounds). The next prefix is always the
+    reference's (the teacher's greedy correction is the reference token), so both sides run the
+    same rounds."""
+    ran = 0
+    forward = backend.decoder.forward
+
+    def counting(*args, **kwargs):
+        nonlocal ran
+        ran += int(kwargs["attention_mask"].sum()) if kwargs.get("attention_mask") is not None \
+            else kwargs["input_ids"].numel()
+        return forward(*args, **kwargs)
+
+    g = torch.Generator().manual_seed(3)
+    end, rounds = PROMPT, 0
+    backend.decoder.forward = counting
+    try:
+        start = time.perf_counter()
+        while end < reference.numel():
+            draft = reference[end:end + DRAFT].clone()
+            wrong = torch.rand(draft.numel(), generator=g) < corrupt
+            draft[wrong] = (draft[wrong] + 1) % VOCAB
+            [out] = backend.score([VerifyItem(reference[:end], draft, None, "greedy", 1.0, 1, 8, 0, "bench",
+                                              "s" if session else "")])
+            end += out.num_accepted + 1
+            rounds += 1
+        seconds = time.perf_counter() - start
+    finally:
+        backend.decoder.forward = forward
+    if backend.sessions is not None:
+        backend.sessions.entries.clear()
+        backend.sessions.nbytes = 0
+    return seconds, ran, rounds
+
+
+def session_rows(backend, runs: int) -> None:
+    prompt = torch.randint(4, VOCAB, (PROMPT,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = backend.model.generate(prompt[None], attention_mask=torch.ones(1, PROMPT, dtype=torch.long),
+                                           do_sample=False, max_new_tokens=COMPLETION, min_new_tokens=COMPLETION,
+                                           eos_token_id=None)[0]
+    print(f"\nVerify sessions (transformers): a {COMPLETION}-token completion after {PROMPT} prompt tokens in "
+          f"rounds of {DRAFT} greedy drafts; medians of {runs}")
+    print("| wrong drafts | rounds | tokens run, with sessions / n | without / n | seconds with | without | "
+          "speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for corrupt in (0.0, 0.1):
+        t, tokens = {True: [], False: []}, {}
+        for _ in range(runs):
+            for session in (False, True):
+                seconds, tokens[session], rounds = decode_with_verify(backend, reference, corrupt, session)
+                t[session].append(seconds)
+        t = {side: statistics.median(v) for side, v in t.items()}
+        print(f"| {corrupt:.0%} a token | {rounds} | {tokens[True] / COMPLETION:.2f} | "
+              f"{tokens[False] / COMPLETION:.1f} | {t[True]:.2f} | {t[False]:.2f} | {t[False] / t[True]:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -103,7 +167,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        model_dir = make_tiny_model(tmp / "bench-model", preset="bench")
+        model_dir = make_tiny_model(tmp / "bench-model", preset="bench", max_position_embeddings=2048)
         kept = SAMPLES * NEW_TOKENS * VOCAB * 4 / 2**20
         peaks = {way: generate_peak_mib(model_dir, way) for way in ("recorder", "all_logits")}
         print(f"Generate ({SAMPLES} samples x {NEW_TOKENS} tokens, vocabulary {VOCAB}): peak "
@@ -128,6 +192,7 @@ def main() -> None:
         for name, backend in backends.items():
             t = verify_times(backend, args.runs)
             print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in t) + f" | {t[-1] / t[0]:.1f}x |")
+        session_rows(backends["transformers"], args.runs)
 
         if use_vllm:
             from vllm import SamplingParams

@@ -21,13 +21,16 @@ Failover: only replicas whose connection is up (or not yet tried) are chosen whi
 such; a call that fails UNAVAILABLE (the replica is draining, down or unreachable) marks the
 replica down (1 s, doubling while it keeps failing, up to 30 s) and goes to the next best replica
 at once; when every replica is down the call waits with backoff, like gRPC's own retries, up to
-`max_attempts` attempts in all. A
+`max_attempts` attempts in all. A call with an affinity key (a Verify round of sessions: the
+first sequence's session_key) goes to the replica that served that key last, while it is up: that
+replica holds the sessions' caches, and anywhere else the round would run its whole prefix. A
 `dns:///name:port` target is resolved here (every address of the name) and again every
 RESOLVE_EVERY_S, and when every replica is down, so replicas that come and go are followed.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import random
@@ -45,6 +48,7 @@ RESOLVE_EVERY_S = 10.0
 DOWN_S, MAX_DOWN_S = 1.0, 30.0   # a replica that answered UNAVAILABLE is passed over this long
 _USABLE = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE)
 _RATE_WEIGHT = 0.3    # weight of the newest answer in the seconds-per-token average
+AFFINITY_KEYS = 4096  # affinity keys remembered (least recently used forgotten first)
 
 
 def names_replicas(target: str) -> bool:
@@ -104,6 +108,7 @@ class LeastWorkRouter:
         self._replicas: dict[str, Replica] = {}
         self._resolved_at = -math.inf
         self._pick_order = random.Random()   # breaks ties between equally idle replicas
+        self._affinity: collections.OrderedDict[str, str] = collections.OrderedDict()   # key -> address
         self._resolve()
 
     @property
@@ -130,14 +135,20 @@ class LeastWorkRouter:
                     replica = self._replicas[address] = Replica(address, channel, stub=self._stub_class(channel))
                     channel.subscribe(functools.partial(setattr, replica, "state"), try_to_connect=True)
 
-    def _pick(self, tokens: int, tried: set[str]) -> Replica | None:
-        """The replica to try next: the least expected wait among those up and not yet tried
-        for this call, else (every one down or tried) None."""
+    def _pick(self, tokens: int, tried: set[str], affinity: str | None = None) -> Replica | None:
+        """The replica to try next: the one that served `affinity` last if it is up and not yet
+        tried, else the least expected wait among those up and not yet tried for this call, else
+        (every one down or tried) None."""
         now = time.monotonic()
         with self._lock:
             candidates = [r for r in self._replicas.values() if r.address not in tried and r.down_until <= now]
             if not candidates:
                 return None
+            pinned = self._replicas.get(self._affinity.get(affinity, ""))
+            if pinned in candidates:
+                self._affinity.move_to_end(affinity)
+                pinned.in_flight_tokens += tokens
+                return pinned
             # connected (or idle) replicas first: one still connecting, or failing to, would hold
             # the call until its connection attempt times out
             candidates = [r for r in candidates if r.state in _USABLE] or candidates
@@ -169,15 +180,16 @@ class LeastWorkRouter:
             if replica.address not in self._replicas and not replica.in_flight_tokens:
                 replica.channel.close()
 
-    def call(self, method: str, request, tokens: int, timeout: float | None, metadata):
-        """The stub's `method` ("Score", ...) on the best replica; the response."""
+    def call(self, method: str, request, tokens: int, timeout: float | None, metadata, affinity: str | None = None):
+        """The stub's `method` ("Score", ...) on the best replica (the one holding `affinity`'s
+        caches, when given and up); the response."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if time.monotonic() - self._resolved_at > RESOLVE_EVERY_S:
             self._resolve()
         tried: set[str] = set()
         backoff, error = 0.2, None
         for _ in range(self._max_attempts):
-            replica = self._pick(tokens, tried)
+            replica = self._pick(tokens, tried, affinity)
             if replica is None:   # every replica down or tried: wait, look the name up again
                 time.sleep(min(backoff, max(0.0, deadline - time.monotonic())) if deadline else backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -201,6 +213,12 @@ class LeastWorkRouter:
                 error = err
                 continue
             self._answered(replica, tokens, time.monotonic() - started, call.trailing_metadata())
+            if affinity:
+                with self._lock:
+                    self._affinity[affinity] = replica.address
+                    self._affinity.move_to_end(affinity)
+                    while len(self._affinity) > AFFINITY_KEYS:
+                        self._affinity.popitem(last=False)
             return response
         if error is not None:
             raise error

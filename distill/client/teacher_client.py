@@ -282,11 +282,11 @@ class TeacherClient(_ClientBase):
         self.channel = self._channel(grpc) if self.router is None else None
         self.stub = pb_grpc.TeacherStub(self.channel) if self.router is None else None
 
-    def _call(self, method: str, request, tokens: int, timeout: float | None):
+    def _call(self, method: str, request, tokens: int, timeout: float | None, affinity: str | None = None):
         kwargs = self._call_kwargs(timeout)
         if self.router is None:
             return getattr(self.stub, method)(request, **kwargs)
-        return self.router.call(method, request, tokens, kwargs["timeout"], kwargs["metadata"])
+        return self.router.call(method, request, tokens, kwargs["timeout"], kwargs["metadata"], affinity)
 
     def info(self, timeout: float | None = None) -> pb.InfoResponse:
         return self._call("Info", pb.InfoRequest(), 1, timeout)
@@ -349,7 +349,8 @@ class TeacherClient(_ClientBase):
         """
         request = verify_request(prefixes, drafts, draft_probs, mode, top_k, temperature, seed,
                                  score_top_k, dtype, session_keys, end_sessions)
-        response = self._call("Verify", request, _num_tokens(prefixes) + _num_tokens(drafts), timeout)
+        response = self._call("Verify", request, _num_tokens(prefixes) + _num_tokens(drafts), timeout,
+                              affinity=session_keys[0] if session_keys else None)
         return [verify_from_proto(r) for r in response.results]
 
     def close(self) -> None:

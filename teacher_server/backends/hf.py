@@ -115,12 +115,12 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
-        """One decoder pass over every sequence of every item. Verify items first settle their
-        drafts (see `_verdicts`); then every sequence is a block of hidden rows with target tokens
-        (hidden at t-1 predicts token t): a Score sequence's positions score_from .. T-1, a Verify
-        item's P .. P+G, the last being the verdict's next token. Items asking for the same (k,
-        temperature, candidates?) share LM-head chunks; their blocks are gathered, and their
-        results cut, with one tensor operation per group, not per sequence."""
+        """One decoder pass over every sequence of every item. Verify items settle their drafts
+        and are scored from the logits of their G + 1 rows (see `_verdicts`), the last row's
+        target being the verdict's next token. Every Score sequence is a block of hidden rows with
+        target tokens (hidden at t-1 predicts token t) at its positions score_from .. T-1; items
+        asking for the same (k, temperature, candidates?) share LM-head chunks; their blocks are
+        gathered, and their results cut, with one tensor operation per group, not per sequence."""
         spans = [(item.lengths, item.score_from) if isinstance(item, ScoreItem)
                  else (torch.tensor([item.num_tokens]), torch.tensor([item.prefix.numel()]))
                  for item in items]
@@ -135,23 +135,16 @@ class TransformersBackend:
                 input_ids_BL, lengths_B, {first_row[i]: item for i, item in keyed.items()})
         else:
             hidden_BLH = self.hidden_states(input_ids_BL, lengths_B)
-        verdicts = self._verdicts(items, first_row, hidden_BLH)
+        outputs = self._verified(items, first_row, hidden_BLH)
         for i, item in keyed.items():
-            self._keep_session(item, caches[first_row[i]], verdicts[i])
-        # targets: the padded ids plus a column for the token after each sequence (a Verify
-        # item's next token: its last scored position is its length, not length - 1)
-        targets_BL1 = torch.nn.functional.pad(input_ids_BL, (0, 1), value=self.pad_id)
-        last_B = lengths_B - 1
-        for i, (_, next_token, _) in verdicts.items():
-            targets_BL1[first_row[i], int(lengths_B[first_row[i]])] = next_token
-            last_B[first_row[i]] += 1
+            self._keep_session(item, caches[first_row[i]], outputs[i])
         first_B = torch.cat([starts for _, starts in spans])
-        sizes_B = last_B - first_B + 1      # scored rows per sequence
+        sizes_B = lengths_B - first_B       # scored rows per sequence
         rows_before = [0, *sizes_B.cumsum(0).tolist()]   # of sequence b, in batch order
-        cands_of = lambda i: None if i in verdicts else items[i].candidate_ids
+        cands_of = lambda i: items[i].candidate_ids
         key = lambda i: (items[i].top_k, items[i].temperature, cands_of(i) is not None)
-        outputs: list = [None] * len(items)
-        for (top_k, temperature, _), group in itertools.groupby(sorted(range(len(items)), key=key), key):
+        scored = [i for i, item in enumerate(items) if isinstance(item, ScoreItem)]
+        for (top_k, temperature, _), group in itertools.groupby(sorted(scored, key=key), key):
             group = list(group)
             seq_S = (torch.arange(first_row[-1]) if len(group) == len(items) else  # all, in order
                      torch.cat([torch.arange(first_row[i], first_row[i + 1]) for i in group]))
@@ -161,7 +154,7 @@ class TransformersBackend:
             starts_S = first_B[seq_S] - (sizes_S.cumsum(0) - sizes_S)
             pos_N = torch.arange(row_N.numel()) + starts_S.repeat_interleave(sizes_S)
             rows_NH = hidden_BLH[row_N.to(hidden_BLH.device), (pos_N - 1).to(hidden_BLH.device)]
-            targets_N = targets_BL1[row_N, pos_N]
+            targets_N = input_ids_BL[row_N, pos_N]
             cands = [cands_of(i) for i in group]
             cand_NC = None if cands[0] is None else _cat_ragged(cands)
             parts = []
@@ -174,7 +167,7 @@ class TransformersBackend:
             for i, scores in zip(group, TeacherScores.concat(parts).split(item_rows)):
                 if cands_of(i) is not None and cands_of(i).shape[1] < cand_NC.shape[1]:
                     scores.candidate_logprobs = scores.candidate_logprobs[:, :cands_of(i).shape[1]]
-                outputs[i] = VerifyOutcome(*verdicts[i], scores) if i in verdicts else scores
+                outputs[i] = scores
         return outputs
 
     @torch.inference_mode()
@@ -212,39 +205,50 @@ class TransformersBackend:
                 caches[row] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         return hidden_BLH, caches
 
-    def _keep_session(self, item: VerifyItem, kv: KV, verdict: tuple[int, int, torch.Tensor]) -> None:
+    def _keep_session(self, item: VerifyItem, kv: KV, outcome: VerifyOutcome) -> None:
         """Keep the round's cache for the next round, unless the session ended: the caller said
         so, or the tokens the round kept (accepted drafts and the next token) reached an
         end-of-sequence token."""
-        n, next_token, _ = verdict
-        kept = [*item.draft[:n].tolist(), next_token]
+        kept = [*item.draft[:outcome.num_accepted].tolist(), outcome.next_token]
         if not item.end_session and not set(kept) & set(self.info.eos_ids):
             self.sessions.put(item.tenant, item.session_key, item.token_ids, kv)
 
-    def _verdicts(self, items, first_row: list[int], hidden_BLH) -> dict[int, tuple[int, int, torch.Tensor]]:
-        """Accept/reject every Verify item's draft: {item index: (num_accepted, next_token,
-        accept_probs)}. Item i's sequence is row first_row[i] of the batch.
+    def _verified(self, items, first_row: list[int], hidden_BLH) -> list[VerifyOutcome | None]:
+        """Every Verify item's outcome (None for the other items). Item i's sequence is row
+        first_row[i] of the batch.
 
         Hidden states at P-1 .. P+G-1 predict tokens P .. P+G: the G draft tokens and the one
         after the draft, which is why prefix + draft (P + G tokens) is all the decoder needs.
-        The LM head runs once over all drafts' rows; the decisions are per item, each with its
-        own seeded CPU generator (the same draws on any device, whatever the batch).
+        The LM head runs once over all drafts' rows, and those logits serve both the decisions
+        (per item, each with its own seeded CPU generator: the same draws on any device, whatever
+        the batch) and the returned scores, whose last row's target is the verdict's next token.
         """
+        outputs: list = [None] * len(items)
         index = [i for i, item in enumerate(items) if isinstance(item, VerifyItem)]
         if not index:
-            return {}
+            return outputs
         spans = [(items[i].prefix.numel(), items[i].draft.numel()) for i in index]
         logits_RV = mask_padded(self._logits(torch.cat([hidden_BLH[first_row[i], P - 1:P + G]
                                                         for i, (P, G) in zip(index, spans)])),
                                 self.info.real_vocab)
-        verdicts = {}
+        logits_of, targets_of, verdicts = {}, {}, {}
         for i, logits_GV1 in zip(index, logits_RV.split([G + 1 for _, G in spans])):
             item = items[i]
             p_GV1 = torch.softmax(logits_GV1.float() / item.temperature, dim=-1).cpu()
             generator = torch.Generator().manual_seed(item.seed)
             verdicts[i] = verify_draft(p_GV1, item.draft_probs, item.draft, item.mode,
                                        item.accept_top_k, generator)
-        return verdicts
+            logits_of[i] = logits_GV1
+            targets_of[i] = torch.cat([item.draft, torch.tensor([verdicts[i][1]])])
+        key = lambda i: (items[i].top_k, items[i].temperature)
+        for (top_k, temperature), group in itertools.groupby(sorted(index, key=key), key):
+            group = list(group)
+            scores = score_logits(torch.cat([logits_of[i] for i in group]),
+                                  torch.cat([targets_of[i] for i in group]).to(logits_RV.device),
+                                  top_k, temperature, None, self.info.real_vocab)
+            for i, part in zip(group, scores.split([targets_of[i].numel() for i in group])):
+                outputs[i] = VerifyOutcome(*verdicts[i], part)
+        return outputs
 
     @torch.inference_mode()
     def generate(self, items: list[GenerateItem]) -> list[list[list[TeacherSample]]]:

@@ -180,3 +180,34 @@ def test_least_work_follows_a_dns_name_and_skips_a_killed_replica(tiny_model_dir
     finally:
         a.proc.kill()
         assert b.terminate() == 0, b.log()
+
+
+def test_verify_sessions_stay_on_the_replica_that_holds_their_caches(tiny_model_dir, tmp_path):
+    """Speculative decoding over two idle replicas: every round after the first goes where the
+    sessions' caches are (each sequence misses once, then always hits), summed over both."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.tiny_model import make_tiny_model
+    from student_worker.rollouts.speculative import speculative_generate
+    from tests.helpers import random_sequences
+    from tests.helpers.servers import metric_families
+
+    def total(name: str) -> float:
+        return sum(s.value for server in (a, b) for s in metric_families(server)[name].samples
+                   if s.name == f"{name}_total")
+
+    draft = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "draft", seed=5)).eval()
+    a, b = TeacherProcess(tiny_model_dir), TeacherProcess(tiny_model_dir)
+    try:
+        a.wait_serving(), b.wait_serving()
+        with TeacherClient(f"{a.target},{b.target}", routing="least_work", timeout=30) as client:
+            results = speculative_generate(draft, client, random_sequences(3, [12], 512, seed=8), gamma=3,
+                                           max_new_tokens=30, mode="topk", accept_top_k=2, eos_ids=[2], pad_id=0,
+                                           seed=0)
+        rounds = sum(r.teacher_calls for r in results)
+        assert rounds > 3 * 3
+        assert total("teacher_session_misses") == 3
+        assert total("teacher_session_hits") == rounds - 3
+    finally:
+        for server in (a, b):
+            assert server.terminate() == 0, server.log()

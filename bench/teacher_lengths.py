@@ -15,6 +15,9 @@ vocabulary 32,000, float32), one CPU thread. Printed:
    verified in rounds of 8 drafts (greedy; the drafts are the teacher's own greedy continuation,
    one draft token in `--corrupt` replaced so that the teacher cuts it there), each round with a
    session key / without: total seconds and tokens run through the decoder, against n.
+2c. Score, transformers backend: 8 samples of one 1,024-token prompt with 64-token answers, the
+   answers scored, in one call: the prompt run once (--share-prefixes, the default) / by every
+   sample (--no-share-prefixes).
 3. Score, vllm backend: 8 sequences x 512 tokens with only the last 16 positions scored
    (score_from = 496), with `prompt_logprobs=k` as the backend asks (vLLM 0.32 computes them at
    every prompt position: it has no start for top-k prompt log-probs) / the same prefill with no
@@ -156,6 +159,23 @@ def session_rows(backend, runs: int) -> None:
               f"{tokens[False] / COMPLETION:.1f} | {t[True]:.2f} | {t[False]:.2f} | {t[False] / t[True]:.1f}x |")
 
 
+def shared_prompt_row(backend, runs: int) -> None:
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(4, VOCAB, (COMPLETION,), generator=g)
+    item = ScoreItem.pack([torch.cat([prompt, torch.randint(4, VOCAB, (64,), generator=g)]) for _ in range(8)],
+                          COMPLETION, 20)
+    t = {True: [], False: []}
+    for _ in range(runs):
+        for share in (False, True):
+            backend.share_prefixes = share
+            backend.score([item])                     # warm
+            t[share].append(median_time(lambda: backend.score([item]), 1))
+    backend.share_prefixes = True
+    t = {side: statistics.median(v) for side, v in t.items()}
+    print(f"\nScore (transformers): 8 samples of a {COMPLETION}-token prompt with 64-token answers; medians of "
+          f"{runs}: prompt run once {t[True]:.3f} s / by every sample {t[False]:.3f} s = {t[True] / t[False]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -193,6 +213,7 @@ def main() -> None:
             t = verify_times(backend, args.runs)
             print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in t) + f" | {t[-1] / t[0]:.1f}x |")
         session_rows(backends["transformers"], args.runs)
+        shared_prompt_row(backends["transformers"], args.runs)
 
         if use_vllm:
             from vllm import SamplingParams

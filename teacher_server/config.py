@@ -71,6 +71,9 @@ class ServerSettings(BaseSettings):
     prefix_cache_mb: int = Field(
         1024, ge=0, description="transformers: memory for Verify sessions' KV caches, MiB (least recently "
                                 "used evicted first; 0: no sessions, every round runs its whole sequence)")
+    share_prefixes: bool = Field(
+        True, description="transformers: sequences of one forward pass that share a start of 16+ tokens (samples "
+                          "of one prompt) run it once (--no-share-prefixes: each runs all its tokens)")
     session_idle_s: float = Field(
         60.0, gt=0, description="a Verify session's cache is dropped after this many seconds without a round")
     max_message_mb: int = Field(256, ge=1, description="largest gRPC message, both ways, in MiB")

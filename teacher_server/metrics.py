@@ -93,6 +93,10 @@ class Metrics:
                                          "Session caches dropped before their session ended, by tenant "
                                          "and reason (budget: --prefix-cache-mb; idle: --session-idle-s)",
                                          ["tenant", "reason"], registry=r)
+        self.shared_prefix_tokens = Counter("teacher_shared_prefix_tokens",
+                                            "Score tokens not run again because sequences of one tenant in "
+                                            "a forward pass shared their start (--share-prefixes), by tenant",
+                                            ["tenant"], registry=r)
         self.session_bytes = Gauge("teacher_session_bytes", "Bytes held by Verify session caches",
                                    registry=r)
         self.forward_latency = Histogram("teacher_forward_seconds",

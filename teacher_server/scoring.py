@@ -24,6 +24,7 @@ class ScoreItem:
     top_k: int
     temperature: float
     candidate_ids: torch.Tensor | None  # int64 [N, C]: a row per scored position, or None
+    tenant: str = ""                   # who sent it (a start is shared only within one tenant)
 
     def __post_init__(self):
         # read by the batcher and the servicer for every request: plain ints, computed once
@@ -64,7 +65,7 @@ class ScoreItem:
         cands = self.candidate_ids
         return ScoreItem(self.token_ids[offsets[first]:offsets[stop]], self.lengths[first:stop],
                          self.score_from[first:stop], self.top_k, self.temperature,
-                         None if cands is None else cands[row_offsets[first]:row_offsets[stop]])
+                         None if cands is None else cands[row_offsets[first]:row_offsets[stop]], self.tenant)
 
     def _reorder(self, order: torch.Tensor, row_index: torch.Tensor) -> "ScoreItem":
         """The same sequences in the order `order` (a permutation of 0 .. B - 1); row_index is
@@ -72,7 +73,7 @@ class ScoreItem:
         cands = self.candidate_ids
         return ScoreItem(self.token_ids[_gather_index(self.lengths, order)], self.lengths[order],
                          self.score_from[order], self.top_k, self.temperature,
-                         None if cands is None else cands[row_index])
+                         None if cands is None else cands[row_index], self.tenant)
 
     def chunks(self, budget: int) -> tuple[list["ScoreItem"], torch.Tensor | None]:
         """Cut into runs of sequences whose padded size (count x longest) fits `budget` tokens,

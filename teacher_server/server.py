@@ -100,6 +100,8 @@ class TeacherServer:
         self.metrics.info.info(dict(model=self.info.model_id, backend=self.info.backend,
                                     dtype=self.backend.info.model_dtype, version=__version__))
         self.metrics.max_batch_tokens.set(settings.max_batch_tokens)
+        if hasattr(self.backend, "metrics"):
+            self.backend.metrics = self.metrics
         if getattr(self.backend, "sessions", None) is not None:
             self.backend.sessions.metrics = self.metrics
         if self.info.backend == "vllm":

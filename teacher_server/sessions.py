@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from teacher_server.prefixes import shared_start
+
 KV = list[tuple[torch.Tensor, torch.Tensor]]   # per layer: keys, values [1, heads, T, head_dim]
 MAX_KEY_BYTES = 128
 
@@ -40,13 +42,6 @@ class Entry:
 
 def kv_bytes(kv: KV) -> int:
     return sum(t.numel() * t.element_size() for pair in kv for t in pair)
-
-
-def shared_start(a: torch.Tensor, b: torch.Tensor) -> int:
-    """How many leading tokens a and b (int64 [T]) have in common."""
-    n = min(a.numel(), b.numel())
-    differ = (a[:n] != b[:n]).nonzero()
-    return int(differ[0, 0]) if differ.numel() else n
 
 
 class SessionCache:

@@ -14,6 +14,7 @@ from distill.results import TeacherSample, TeacherScores, VerifyOutcome
 from teacher_server.backends import ModelInfo, tokenizer_fields
 from teacher_server.config import ServerSettings
 from teacher_server.generation import ChosenLogprobs, GenerateItem, MaskPadded, cut_at_stop
+from teacher_server.prefixes import shared_prefix_groups
 from teacher_server.scoring import ScoreItem, mask_padded, score_logits
 from teacher_server.sessions import KV, SessionCache
 from teacher_server.verify import VerifyItem, verify_draft
@@ -33,7 +34,8 @@ class TransformersBackend:
     """
 
     def __init__(self, model, tokenizer, model_id: str, chunk_tokens: int = 1024,
-                 max_context: int = 0, prefix_cache_mb: int = 0, session_idle_s: float = 60.0):
+                 max_context: int = 0, prefix_cache_mb: int = 0, session_idle_s: float = 60.0,
+                 share_prefixes: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         # inputs go where the embedding is (with a device_map, the first layers' device)
@@ -54,6 +56,8 @@ class TransformersBackend:
         self.pad_id = max(self.info.pad, 0)
         # Verify sessions need a cache of plain attention layers (one that can be cut back to a
         # shorter prefix: not sliding windows, not recurrent state)
+        self.share_prefixes = share_prefixes   # Score: a start several sequences share runs once
+        self.metrics = None                    # teacher_server.metrics.Metrics, set by the server
         self.sessions = None
         if prefix_cache_mb and all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers):
             self.sessions = SessionCache(prefix_cache_mb << 20, session_idle_s)
@@ -88,7 +92,8 @@ class TransformersBackend:
             model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=_DTYPES[dtype],
                                                          **hub).to(device)
         return cls(model, tokenizer, settings.model, settings.logits_chunk_tokens,
-                   settings.max_context, settings.prefix_cache_mb, settings.session_idle_s)
+                   settings.max_context, settings.prefix_cache_mb, settings.session_idle_s,
+                   settings.share_prefixes)
 
     def _logits(self, hidden_NH: torch.Tensor) -> torch.Tensor:
         """The LM head plus the output transforms some architectures apply after it."""
@@ -130,9 +135,11 @@ class TransformersBackend:
                                   self.pad_id)
         keyed = {i: item for i, item in enumerate(items)
                  if self.sessions is not None and isinstance(item, VerifyItem) and item.session_key}
-        if keyed:
-            hidden_BLH, caches = self._hidden_with_sessions(
-                input_ids_BL, lengths_B, {first_row[i]: item for i, item in keyed.items()})
+        groups = self._shared_starts(items, first_row, input_ids_BL, lengths_B) if self.share_prefixes else []
+        caches = {}
+        if keyed or groups:
+            hidden_BLH, caches = self._hidden_reusing(input_ids_BL, lengths_B,
+                                                      {first_row[i]: item for i, item in keyed.items()}, groups)
         else:
             hidden_BLH = self.hidden_states(input_ids_BL, lengths_B)
         outputs = self._verified(items, first_row, hidden_BLH)
@@ -170,17 +177,32 @@ class TransformersBackend:
                 outputs[i] = scores
         return outputs
 
+    @staticmethod
+    def _shared_starts(items, first_row: list[int], input_ids_BL, lengths_B) -> list[tuple[str, int, list[int]]]:
+        """shared_prefix_groups over the Score sequences of the batch (as batch rows), tenant by
+        tenant: a start is never shared between tenants, so no one can time another's prompts."""
+        rows_of: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, ScoreItem):
+                rows_of.setdefault(item.tenant, []).extend(range(first_row[i], first_row[i + 1]))
+        return [(tenant, shared, [rows[m] for m in members]) for tenant, rows in rows_of.items() if len(rows) > 1
+                for shared, members in shared_prefix_groups([input_ids_BL[r, :int(lengths_B[r])] for r in rows])]
+
     @torch.inference_mode()
-    def _hidden_with_sessions(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor,
-                              keyed: dict[int, VerifyItem]) -> tuple[torch.Tensor, dict[int, KV]]:
-        """hidden_states for a batch whose rows `keyed` are Verify rounds of sessions, and each such
-        row's keys and values after the pass. A row whose session has r reusable tokens runs only
-        the rest (its hidden rows before r stay zero: no scored position reads them); the other
-        rows run as one batch, keeping their caches when they have a key."""
+    def _hidden_reusing(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor, keyed: dict[int, VerifyItem],
+                        groups: list[tuple[str, int, list[int]]]) -> tuple[torch.Tensor, dict[int, KV]]:
+        """hidden_states for a batch where work can be reused, and the keys and values of every
+        row in `keyed` (Verify rounds of sessions, by row) after the pass:
+        - a session row with r reusable tokens runs only the rest on its cache;
+        - a group of one tenant's rows sharing their first `shared` tokens (shared_prefix_groups)
+          runs that start once, then every member's rest on top of it, in one batch;
+        - the other rows run as one batch, keeping their caches when they have a key.
+        Hidden rows a row did not run (before r) stay zero: no scored position reads them."""
         B, L = input_ids_BL.shape
         reused = {row: self.sessions.take(item.tenant, item.session_key, item.token_ids, item.prefix.numel() - 1)
                   for row, item in keyed.items()}
-        full = [row for row in range(B) if reused.get(row, (0, None))[0] == 0]
+        grouped = {row for _, _, members in groups for row in members}
+        full = [row for row in range(B) if reused.get(row, (0, None))[0] == 0 and row not in grouped]
         hidden_BLH = torch.zeros(B, L, self.model.config.hidden_size, device=self.device,
                                  dtype=next(self.model.parameters()).dtype)
         caches = {}
@@ -203,6 +225,23 @@ class TransformersBackend:
                                    past_key_values=DynamicCache(kv), use_cache=True)
                 hidden_BLH[row, start:n] = out.last_hidden_state[0]
                 caches[row] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        for tenant, shared, members in groups:
+            rows = torch.tensor(members)
+            start = self.decoder(input_ids=input_ids_BL[members[0]:members[0] + 1, :shared].to(self.device),
+                                 use_cache=True)
+            hidden_BLH[rows.to(self.device), :shared] = start.last_hidden_state
+            rest_R = lengths_B[rows] - shared
+            width = int(rest_R.max())
+            mask_RW = torch.cat([torch.ones(len(members), shared, dtype=torch.long),
+                                 (torch.arange(width) < rest_R[:, None]).long()], 1)
+            kv = [(layer.keys.expand(len(members), -1, -1, -1), layer.values.expand(len(members), -1, -1, -1))
+                  for layer in start.past_key_values.layers]
+            out = self.decoder(input_ids=input_ids_BL[rows, shared:shared + width].to(self.device),
+                               attention_mask=mask_RW.to(self.device), past_key_values=DynamicCache(kv),
+                               use_cache=True)
+            hidden_BLH[rows.to(self.device), shared:shared + width] = out.last_hidden_state
+            if self.metrics is not None:
+                self.metrics.shared_prefix_tokens.labels(tenant=tenant).inc(shared * (len(members) - 1))
         return hidden_BLH, caches
 
     def _keep_session(self, item: VerifyItem, kv: KV, outcome: VerifyOutcome) -> None:

@@ -134,7 +134,7 @@ def _packed_score_item(packed: pb.PackedScoreSequences, top_k: int, temperature:
         _check_vocab(cands, rows, " candidate_ids", limits)
         cands = torch.from_numpy(cands.astype(np.int64))
     return ScoreItem(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(lengths),
-                     torch.from_numpy(starts), top_k, temperature, cands)
+                     torch.from_numpy(starts), top_k, temperature, cands, limits.tenant)
 
 
 def _check_vocab(array: np.ndarray, rows: np.ndarray, field: str, limits: Limits) -> None:

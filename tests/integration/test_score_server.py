@@ -37,6 +37,32 @@ def test_temperature_and_candidates(client, reference_model):
                                atol=1e-5, rtol=0)
 
 
+def test_samples_of_one_prompt_share_its_start_and_answer_as_alone(teacher, client, reference_model):
+    """Six samples of a 150-token prompt and two unrelated sequences in one request: the prompt
+    runs once (the saving is counted on /metrics), and every answer is the in-process forward's,
+    scored from inside the shared start too, with a temperature and candidates."""
+    from tests.helpers.servers import metric_families
+
+    def saved() -> float:
+        return sum(s.value for s in metric_families(teacher)["teacher_shared_prefix_tokens"].samples
+                   if s.name == "teacher_shared_prefix_tokens_total")
+
+    prompt = random_sequences(1, [150], VOCAB, seed=4)[0]
+    answers = random_sequences(6, [1, 12, 30, 7, 50, 3], VOCAB, seed=5)
+    seqs = [prompt + a for a in answers] + random_sequences(2, [90, 20], VOCAB, seed=6)
+    starts = [150, 140, 100, 151, 5, 150, 1, 10]
+    g = torch.Generator().manual_seed(7)
+    cands = [torch.randint(0, VOCAB, (len(s) - f, 3), generator=g) for s, f in zip(seqs, starts)]
+    before = saved()
+    results = client.score(seqs, starts, top_k=6, temperature=0.7, candidates=cands)
+    # the six share the prompt minus its last token (one of them ends one token after it)
+    assert saved() - before == 150 * 5
+    for seq, start, c, scores in zip(seqs, starts, cands, results):
+        check_against_reference(reference_model, seq, start, scores, 6, temperature=0.7)
+        ref = reference_logprobs(reference_model, seq, 0.7)[start - 1:]
+        torch.testing.assert_close(scores.candidate_logprobs.double(), ref.gather(-1, c), atol=1e-5, rtol=0)
+
+
 def test_full_vocabulary_top_k_has_no_tail(client):
     scores = client.score(random_sequences(1, [6], VOCAB), 1, top_k=VOCAB)[0]
     assert scores.topk_ids.shape == (5, VOCAB)

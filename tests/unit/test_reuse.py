@@ -1,8 +1,12 @@
-"""SessionCache: what a round may reuse, LRU under the byte budget, idle expiry, tenants apart."""
+"""SessionCache: what a round may reuse, LRU under the byte budget, idle expiry, tenants apart; which
+Score sequences share a start."""
+
+import dataclasses
 
 import torch
 
-from teacher_server.sessions import SessionCache, kv_bytes, shared_start
+from teacher_server.prefixes import shared_start
+from teacher_server.sessions import SessionCache, kv_bytes
 
 
 def kv(tokens: int, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,3 +72,34 @@ def test_idle_sessions_expire():
     assert cache.take("t", "old", torch.arange(6), limit=5) == (0, None)
     assert cache.take("t", "new", torch.arange(6), limit=5)[0] == 5
     assert cache.nbytes == 0
+
+
+def test_sequences_sharing_a_long_start_are_grouped():
+    from teacher_server.prefixes import MIN_SAVED_TOKENS, shared_prefix_groups
+
+    g = torch.Generator().manual_seed(0)
+    prompt, other = torch.randint(0, 100, (200,), generator=g), torch.randint(0, 100, (200,), generator=g)
+    answer = lambda n: torch.randint(100, 200, (n,), generator=g)  # noqa: E731
+    seqs = [torch.cat([prompt, answer(5)]), torch.cat([other, answer(9)]), torch.cat([prompt, answer(7)]),
+            prompt.clone(), torch.cat([other[:10], answer(3)]), torch.cat([prompt, answer(1)])]
+    groups = shared_prefix_groups(seqs)
+    # the prompt's four (one is the prompt alone: each keeps a token of its own, so 199 shared);
+    # `other` has no partner, and other[:10] is too short a start
+    assert groups == [(199, [0, 2, 3, 5])]
+    assert shared_prefix_groups([prompt[:60].clone(), prompt[:61].clone()]) == []   # saves < MIN_SAVED_TOKENS
+    assert 59 < MIN_SAVED_TOKENS
+    assert shared_prefix_groups([]) == [] and shared_prefix_groups([prompt]) == []
+
+
+def test_a_start_is_shared_only_within_one_tenant():
+    from teacher_server.backends.hf import TransformersBackend, pad_packed
+    from teacher_server.scoring import ScoreItem
+
+    prompt = torch.arange(10, 110)
+    seqs = [torch.cat([prompt, torch.tensor([i])]) for i in range(4)]
+    items = [dataclasses.replace(ScoreItem.pack(part, 100, 1), tenant=tenant)
+             for part, tenant in ((seqs[:2], "alpha"), (seqs[2:3], "beta"), (seqs[3:], "alpha"))]
+    lengths = torch.cat([item.lengths for item in items])
+    ids = pad_packed(torch.cat([item.token_ids for item in items]), lengths, 0)
+    groups = TransformersBackend._shared_starts(items, [0, 2, 3, 4], ids, lengths)
+    assert groups == [("alpha", 100, [0, 1, 3])]    # beta's copy of the prompt runs on its own

@@ -76,7 +76,6 @@ class SessionCache:
         """(r, the entry's keys and values over its first r tokens) for a round over `tokens`:
         r, at most `limit`, of them need not run again; (0, None) when nothing is reusable. The
         entry leaves the cache (`put` brings the round's back)."""
-        self.expire()
         entry = self.entries.get((tenant, key))
         if entry is None:
             self._count("session_misses", tenant)

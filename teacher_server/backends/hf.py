@@ -133,6 +133,8 @@ class TransformersBackend:
         first_row = [0, *itertools.accumulate(lengths.numel() for lengths, _ in spans)]
         input_ids_BL = pad_packed(torch.cat([item.token_ids for item in items]), lengths_B,
                                   self.pad_id)
+        if self.sessions is not None:
+            self.sessions.expire()     # every pass, so idle caches go even when no Verify comes
         keyed = {i: item for i, item in enumerate(items)
                  if self.sessions is not None and isinstance(item, VerifyItem) and item.session_key}
         groups = self._shared_starts(items, first_row, input_ids_BL, lengths_B) if self.share_prefixes else []

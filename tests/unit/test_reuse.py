@@ -69,6 +69,7 @@ def test_idle_sessions_expire():
     clock.now = 50
     cache.put("t", "new", torch.arange(5), kv(5))
     clock.now = 70
+    cache.expire()
     assert cache.take("t", "old", torch.arange(6), limit=5) == (0, None)
     assert cache.take("t", "new", torch.arange(6), limit=5)[0] == 5
     assert cache.nbytes == 0

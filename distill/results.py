@@ -72,6 +72,7 @@ class TeacherSample:
     token_ids: torch.Tensor      # int64 [L]
     logprobs: torch.Tensor       # float32 [L]: under softmax(logits / temperature), before top-p
     finish_reason: str           # "stop" (the last token is a stop token) | "length"
+    text: str | None = None      # the new tokens as text, when asked for (GenerateRequest.return_text)
 
 
 def _float(tensor: pb.Tensor) -> torch.Tensor:
@@ -111,6 +112,24 @@ def scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> list[Teach
     [B + 1] row offsets that cut them) as one TeacherScores (views) per sequence."""
     whole, sizes = whole_scores_from_packed(result, offsets)
     return whole.split(sizes)
+
+
+@dataclass
+class TextScores:
+    """Score's text form for one sequence: the teacher's scores of its own tokens of the completion
+    (CPU tensors; row i is the teacher's token i), the tokens, and their character spans."""
+
+    scores: TeacherScores
+    token_ids: torch.Tensor      # int64 [N]: the teacher's tokenization (and its end of turn, if asked)
+    char_spans: torch.Tensor     # int64 [N, 2]: [start, end) of each token in the completion's characters
+
+
+def text_scores_from_response(response: pb.ScoreResponse) -> list[TextScores]:
+    """A text-form answer (packed, with token_ids and char_spans per row), one per sequence."""
+    whole, sizes = whole_scores_from_packed(response.packed, response.offsets)
+    ids = torch.from_numpy(unpack(response.token_ids, name="token_ids").astype(np.int64))
+    spans = torch.from_numpy(unpack(response.char_spans, name="char_spans").astype(np.int64)).reshape(-1, 2)
+    return [TextScores(scores, i, s) for scores, i, s in zip(whole.split(sizes), ids.split(sizes), spans.split(sizes))]
 
 
 def whole_scores_from_packed(result: pb.ScoreResult, offsets: pb.Tensor) -> tuple[TeacherScores, list[int]]:
@@ -158,5 +177,6 @@ def samples_from_proto(response: pb.GenerateResponse, num_prompts: int) -> list[
     for sample in response.samples:
         grouped[sample.prompt_index].append(TeacherSample(
             token_ids=_ids(sample.token_ids), logprobs=_float(sample.token_logprobs),
-            finish_reason=FINISH_REASON_NAMES.get(sample.finish_reason, "unspecified")))
+            finish_reason=FINISH_REASON_NAMES.get(sample.finish_reason, "unspecified"),
+            text=sample.text or None))
     return grouped

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import gc
 import logging
@@ -35,6 +36,7 @@ from teacher_server.batcher import Batcher
 from teacher_server.config import HTTP_OFF, ServerSettings
 from teacher_server.http import Readiness, create_app
 from teacher_server.metrics import Metrics
+from teacher_server.protocol.text import TextCodec
 from teacher_server.scoring import ScoreItem
 from teacher_server.service import TeacherServicer, add_to_server
 from teacher_server.tenants import Tenants
@@ -91,9 +93,12 @@ class TeacherServer:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tenants = Tenants(settings.tenants)
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        text = None if tokenizer is None else TextCodec(tokenizer, self.backend.info.eos_ids)
+        self.backend.info.features = dataclasses.replace(self.backend.info.features, score_text=text is not None)
         self.limits = protocol.limits_for(self.backend.info, settings.max_top_k, settings.max_context,
                                           settings.max_draft_tokens, settings.max_request_sequences,
-                                          settings.max_request_tokens, settings.max_batch_tokens)
+                                          settings.max_request_tokens, settings.max_batch_tokens, text)
         self.info = protocol.info_response(
             self.backend.info, self.limits, max_batch_tokens=settings.max_batch_tokens,
             max_message_bytes=settings.max_message_bytes, server_version=__version__)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from distill.client.routing import LeastWorkRouter, dns_name, names_replicas
-from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, VerifyOutcome,  # noqa: F401
-                             samples_from_proto, scores_from_packed, scores_from_proto, verify_from_proto,
-                             whole_scores_from_packed)
+from distill.results import (VERIFY_MODES, TeacherSample, TeacherScores, TextScores, VerifyOutcome,  # noqa: F401
+                             samples_from_proto, scores_from_packed, scores_from_proto, text_scores_from_response,
+                             verify_from_proto, whole_scores_from_packed)
 from distill.tensors import pack, wire_dtype
 from distill.tls import channel_credentials
 from distill.v1 import teacher_pb2 as pb
@@ -170,6 +170,21 @@ def _packed_ids(sequences: Sequence[TokenSeq]) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), lengths
 
 
+def text_score_request(sequences: Sequence[dict], top_k: int, temperature: float, dtype: str) -> pb.ScoreRequest:
+    """See TeacherClient.score_text."""
+    request = pb.ScoreRequest(top_k=top_k, temperature=temperature, logprob_dtype=wire_dtype(dtype))
+    for seq in sequences:
+        unknown = set(seq) - {"messages", "prompt", "completion", "end_of_turn"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in a text sequence; expected messages or prompt, "
+                             f"completion, end_of_turn")
+        request.text.add(messages=[pb.ChatMessage(role=m["role"], content=m["content"])
+                                   for m in seq.get("messages", ())],
+                         prompt=seq.get("prompt", ""), completion=seq.get("completion", ""),
+                         end_of_turn=bool(seq.get("end_of_turn", False)))
+    return request
+
+
 def scores_from_response(response: pb.ScoreResponse) -> list[TeacherScores]:
     """One TeacherScores per sequence, from either form of the answer."""
     if response.HasField("packed"):
@@ -215,12 +230,12 @@ def verify_request(prefixes: Sequence[TokenSeq], drafts: Sequence[TokenSeq], dra
 
 def generate_request(prompts: Sequence[TokenSeq], num_samples: int, temperature: float, top_p: float,
                      max_new_tokens: int, stop_token_ids: Sequence[int] | None, seed: int | None,
-                     dtype: str) -> pb.GenerateRequest:
+                     dtype: str, return_text: bool = False) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         prompt_ids=[pack(_ids(p)) for p in prompts], num_samples=num_samples,
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         stop_token_ids=[int(t) for t in (stop_token_ids if stop_token_ids is not None else [])],
-        seed=seed, logprob_dtype=wire_dtype(dtype))
+        seed=seed, logprob_dtype=wire_dtype(dtype), return_text=return_text)
 
 
 ROUTINGS = ("least_work", "round_robin")
@@ -304,6 +319,17 @@ class TeacherClient(_ClientBase):
         response = self._call("Score", request, _num_tokens(sequences), timeout)
         return scores_from_response(response)
 
+    def score_text(self, sequences: Sequence[dict], top_k: int = 20, temperature: float = 1.0,
+                   dtype: str = "float32", timeout: float | None = None) -> list[TextScores]:
+        """Score's text form, for a caller whose tokenizer is not the teacher's: each sequence a
+        dict with the prompt as "messages" (chat messages, rendered by the teacher's own chat
+        template) or "prompt" (plain text), the "completion" text, and optionally "end_of_turn"
+        (also score the teacher's end of turn after it). The teacher tokenizes; each answer holds
+        its scores per teacher token, the tokens and their character spans in the completion."""
+        request = text_score_request(sequences, top_k, temperature, dtype)
+        tokens = sum(len(s.get("completion", "")) + len(s.get("prompt", "")) for s in sequences)
+        return text_scores_from_response(self._call("Score", request, tokens, timeout))
+
     def score_packed(self, sequences: Sequence[TokenSeq], score_from: int | Sequence[int], top_k: int = 20,
                      temperature: float = 1.0, candidates=None, dtype: str = "float32",
                      timeout: float | None = None) -> TeacherScores:
@@ -317,15 +343,17 @@ class TeacherClient(_ClientBase):
     def generate(self, prompts: Sequence[TokenSeq], num_samples: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 64,
                  stop_token_ids: Sequence[int] | None = None, seed: int | None = None,
-                 dtype: str = "float32", timeout: float | None = None) -> list[list[TeacherSample]]:
+                 dtype: str = "float32", return_text: bool = False,
+                 timeout: float | None = None) -> list[list[TeacherSample]]:
         """`num_samples` teacher samples per prompt: result[i][j] is prompt i's sample j.
 
         temperature 0 is greedy; `stop_token_ids` None means the model's end-of-sequence ids; the
         same `seed` gives the same samples (None: random). `dtype` is the wire precision of the
-        log-probs, as in `score`.
+        log-probs, as in `score`. `return_text`: each sample's `text` too (decoded by the teacher,
+        for a caller with another tokenizer).
         """
         request = generate_request(prompts, num_samples, temperature, top_p, max_new_tokens,
-                                   stop_token_ids, seed, dtype)
+                                   stop_token_ids, seed, dtype, return_text)
         tokens = num_samples * (_num_tokens(prompts) + len(prompts) * max_new_tokens)
         response = self._call("Generate", request, tokens, timeout)
         return samples_from_proto(response, len(prompts))

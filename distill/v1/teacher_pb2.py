@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istill/v1/teacher.proto\x12\ndistill.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.distill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"u\n\rScoreSequence\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x12\n\nscore_from\x18\x02 \x01(\r\x12)\n\rcandidate_ids\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xb5\x01\n\x14PackedScoreSequences\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12#\n\x07lengths\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12&\n\nscore_from\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rcandidate_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xe0\x01\n\x0cScoreRequest\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.distill.v1.ScoreSequence\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x04 \x01(\x0e\x32\x11.distill.v1.DType\x12\x30\n\x06packed\x18\x05 \x01(\x0b\x32 .distill.v1.PackedScoreSequencesB\x08\n\x06_top_kB\x0e\n\x0c_temperature\"\xe5\x01\n\x0bScoreResult\x12$\n\x08topk_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtopk_logprobs\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtail_logprobs\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12.\n\x12\x63\x61ndidate_logprobs\x18\x05 \x01(\x0b\x32\x12.distill.v1.Tensor\"\x87\x01\n\rScoreResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distill.v1.ScoreResult\x12\'\n\x06packed\x18\x02 \x01(\x0b\x32\x17.distill.v1.ScoreResult\x12#\n\x07offsets\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xde\x01\n\x0eVerifySequence\x12&\n\nprefix_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12%\n\tdraft_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x0b\x64raft_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0e\x64raft_topk_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bsession_key\x18\x05 \x01(\t\x12\x13\n\x0b\x65nd_session\x18\x06 \x01(\x08\"\x88\x02\n\rVerifyRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.distill.v1.VerifySequence\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.distill.v1.VerifyMode\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x0c\x61\x63\x63\x65pt_top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x07 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x08\n\x06_top_k\"\x8b\x01\n\x0cVerifyResult\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\r\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12(\n\x0c\x61\x63\x63\x65pt_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x06scores\x18\x04 \x01(\x0b\x32\x17.distill.v1.ScoreResult\";\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.distill.v1.VerifyResult\"\x8c\x02\n\x0fGenerateRequest\x12&\n\nprompt_ids\x18\x01 \x03(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x08 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xaa\x01\n\x0eGenerateSample\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.distill.v1.FinishReason\"?\n\x10GenerateResponse\x12+\n\x07samples\x18\x01 \x03(\x0b\x32\x1a.distill.v1.GenerateSample\"\r\n\x0bInfoRequest\"T\n\rSpecialTokens\x12\x0b\n\x03\x62os\x18\x01 \x01(\x05\x12\x0b\n\x03\x65os\x18\x02 \x01(\x05\x12\x0b\n\x03pad\x18\x03 \x01(\x05\x12\x0b\n\x03unk\x18\x04 \x01(\x05\x12\x0f\n\x07\x65os_ids\x18\x05 \x03(\x05\"\xce\x01\n\x08\x46\x65\x61tures\x12\x18\n\x10score_candidates\x18\x01 \x01(\x08\x12\x0e\n\x06verify\x18\x02 \x01(\x08\x12\x10\n\x08generate\x18\x03 \x01(\x08\x12\x18\n\x10\x66loat16_logprobs\x18\x04 \x01(\x08\x12\x19\n\x11score_temperature\x18\x05 \x01(\x08\x12\x1a\n\x12verify_speculative\x18\x06 \x01(\x08\x12\x1c\n\x14generate_temperature\x18\x07 \x01(\x08\x12\x17\n\x0fverify_sessions\x18\x08 \x01(\x08\"\xfb\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x16\n\x0etokenizer_size\x18\x04 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x31\n\x0especial_tokens\x18\x06 \x01(\x0b\x32\x19.distill.v1.SpecialTokens\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x11\n\tmax_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\t \x01(\r\x12\x18\n\x10max_batch_tokens\x18\n \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x04\x12&\n\x08\x66\x65\x61tures\x18\x0c \x01(\x0b\x32\x14.distill.v1.Features\x12\x13\n\x0bmodel_dtype\x18\r \x01(\t\x12\x16\n\x0eserver_version\x18\x0e \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03*t\n\nVerifyMode\x12\x1b\n\x17VERIFY_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERIFY_MODE_SPECULATIVE\x10\x01\x12\x14\n\x10VERIFY_MODE_TOPK\x10\x02\x12\x16\n\x12VERIFY_MODE_GREEDY\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x8a\x02\n\x07Teacher\x12<\n\x05Score\x12\x18.distill.v1.ScoreRequest\x1a\x19.distill.v1.ScoreResponse\x12?\n\x06Verify\x12\x19.distill.v1.VerifyRequest\x1a\x1a.distill.v1.VerifyResponse\x12\x45\n\x08Generate\x12\x1b.distill.v1.GenerateRequest\x1a\x1c.distill.v1.GenerateResponse\x12\x39\n\x04Info\x12\x17.distill.v1.InfoRequest\x1a\x18.distill.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64istill/v1/teacher.proto\x12\ndistill.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.distill.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"u\n\rScoreSequence\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x12\n\nscore_from\x18\x02 \x01(\r\x12)\n\rcandidate_ids\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xb5\x01\n\x14PackedScoreSequences\x12%\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12#\n\x07lengths\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12&\n\nscore_from\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rcandidate_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\"\x88\x02\n\x0cScoreRequest\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.distill.v1.ScoreSequence\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x04 \x01(\x0e\x32\x11.distill.v1.DType\x12\x30\n\x06packed\x18\x05 \x01(\x0b\x32 .distill.v1.PackedScoreSequences\x12&\n\x04text\x18\x06 \x03(\x0b\x32\x18.distill.v1.TextSequenceB\x08\n\x06_top_kB\x0e\n\x0c_temperature\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"r\n\x0cTextSequence\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.distill.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x13\n\x0b\x65nd_of_turn\x18\x04 \x01(\x08\"\xe5\x01\n\x0bScoreResult\x12$\n\x08topk_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtopk_logprobs\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12)\n\rtail_logprobs\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12.\n\x12\x63\x61ndidate_logprobs\x18\x05 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xd6\x01\n\rScoreResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distill.v1.ScoreResult\x12\'\n\x06packed\x18\x02 \x01(\x0b\x32\x17.distill.v1.ScoreResult\x12#\n\x07offsets\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12%\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12&\n\nchar_spans\x18\x05 \x01(\x0b\x32\x12.distill.v1.Tensor\"\xde\x01\n\x0eVerifySequence\x12&\n\nprefix_ids\x18\x01 \x01(\x0b\x32\x12.distill.v1.Tensor\x12%\n\tdraft_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x0b\x64raft_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0e\x64raft_topk_ids\x18\x04 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bsession_key\x18\x05 \x01(\t\x12\x13\n\x0b\x65nd_session\x18\x06 \x01(\x08\"\x88\x02\n\rVerifyRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.distill.v1.VerifySequence\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.distill.v1.VerifyMode\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x0c\x61\x63\x63\x65pt_top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x07 \x01(\x0e\x32\x11.distill.v1.DTypeB\x0e\n\x0c_temperatureB\x07\n\x05_seedB\x08\n\x06_top_k\"\x8b\x01\n\x0cVerifyResult\x12\x14\n\x0cnum_accepted\x18\x01 \x01(\r\x12\x12\n\nnext_token\x18\x02 \x01(\x05\x12(\n\x0c\x61\x63\x63\x65pt_probs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12\'\n\x06scores\x18\x04 \x01(\x0b\x32\x17.distill.v1.ScoreResult\";\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.distill.v1.VerifyResult\"\xa1\x02\n\x0fGenerateRequest\x12&\n\nprompt_ids\x18\x01 \x03(\x0b\x32\x12.distill.v1.Tensor\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12(\n\rlogprob_dtype\x18\x08 \x01(\x0e\x32\x11.distill.v1.DType\x12\x13\n\x0breturn_text\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xb8\x01\n\x0eGenerateSample\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12%\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.distill.v1.Tensor\x12*\n\x0etoken_logprobs\x18\x03 \x01(\x0b\x32\x12.distill.v1.Tensor\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.distill.v1.FinishReason\x12\x0c\n\x04text\x18\x05 \x01(\t\"?\n\x10GenerateResponse\x12+\n\x07samples\x18\x01 \x03(\x0b\x32\x1a.distill.v1.GenerateSample\"\r\n\x0bInfoRequest\"T\n\rSpecialTokens\x12\x0b\n\x03\x62os\x18\x01 \x01(\x05\x12\x0b\n\x03\x65os\x18\x02 \x01(\x05\x12\x0b\n\x03pad\x18\x03 \x01(\x05\x12\x0b\n\x03unk\x18\x04 \x01(\x05\x12\x0f\n\x07\x65os_ids\x18\x05 \x03(\x05\"\xe2\x01\n\x08\x46\x65\x61tures\x12\x18\n\x10score_candidates\x18\x01 \x01(\x08\x12\x0e\n\x06verify\x18\x02 \x01(\x08\x12\x10\n\x08generate\x18\x03 \x01(\x08\x12\x18\n\x10\x66loat16_logprobs\x18\x04 \x01(\x08\x12\x19\n\x11score_temperature\x18\x05 \x01(\x08\x12\x1a\n\x12verify_speculative\x18\x06 \x01(\x08\x12\x1c\n\x14generate_temperature\x18\x07 \x01(\x08\x12\x17\n\x0fverify_sessions\x18\x08 \x01(\x08\x12\x12\n\nscore_text\x18\t \x01(\x08\"\xfb\x02\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x16\n\x0etokenizer_size\x18\x04 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\x12\x31\n\x0especial_tokens\x18\x06 \x01(\x0b\x32\x19.distill.v1.SpecialTokens\x12\x13\n\x0bmax_context\x18\x07 \x01(\r\x12\x11\n\tmax_top_k\x18\x08 \x01(\r\x12\x18\n\x10max_draft_tokens\x18\t \x01(\r\x12\x18\n\x10max_batch_tokens\x18\n \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x04\x12&\n\x08\x66\x65\x61tures\x18\x0c \x01(\x0b\x32\x14.distill.v1.Features\x12\x13\n\x0bmodel_dtype\x18\r \x01(\t\x12\x16\n\x0eserver_version\x18\x0e \x01(\t*U\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03*t\n\nVerifyMode\x12\x1b\n\x17VERIFY_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERIFY_MODE_SPECULATIVE\x10\x01\x12\x14\n\x10VERIFY_MODE_TOPK\x10\x02\x12\x16\n\x12VERIFY_MODE_GREEDY\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x8a\x02\n\x07Teacher\x12<\n\x05Score\x12\x18.distill.v1.ScoreRequest\x1a\x19.distill.v1.ScoreResponse\x12?\n\x06Verify\x12\x19.distill.v1.VerifyRequest\x1a\x1a.distill.v1.VerifyResponse\x12\x45\n\x08Generate\x12\x1b.distill.v1.GenerateRequest\x1a\x1c.distill.v1.GenerateResponse\x12\x39\n\x04Info\x12\x17.distill.v1.InfoRequest\x1a\x18.distill.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distill.v1.teacher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2909
-  _globals['_DTYPE']._serialized_end=2994
-  _globals['_VERIFYMODE']._serialized_start=2996
-  _globals['_VERIFYMODE']._serialized_end=3112
-  _globals['_FINISHREASON']._serialized_start=3114
-  _globals['_FINISHREASON']._serialized_end=3209
+  _globals['_DTYPE']._serialized_start=3245
+  _globals['_DTYPE']._serialized_end=3330
+  _globals['_VERIFYMODE']._serialized_start=3332
+  _globals['_VERIFYMODE']._serialized_end=3448
+  _globals['_FINISHREASON']._serialized_start=3450
+  _globals['_FINISHREASON']._serialized_end=3545
   _globals['_TENSOR']._serialized_start=40
   _globals['_TENSOR']._serialized_end=111
   _globals['_SCORESEQUENCE']._serialized_start=113
@@ -44,33 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PACKEDSCORESEQUENCES']._serialized_start=233
   _globals['_PACKEDSCORESEQUENCES']._serialized_end=414
   _globals['_SCOREREQUEST']._serialized_start=417
-  _globals['_SCOREREQUEST']._serialized_end=641
-  _globals['_SCORERESULT']._serialized_start=644
-  _globals['_SCORERESULT']._serialized_end=873
-  _globals['_SCORERESPONSE']._serialized_start=876
-  _globals['_SCORERESPONSE']._serialized_end=1011
-  _globals['_VERIFYSEQUENCE']._serialized_start=1014
-  _globals['_VERIFYSEQUENCE']._serialized_end=1236
-  _globals['_VERIFYREQUEST']._serialized_start=1239
-  _globals['_VERIFYREQUEST']._serialized_end=1503
-  _globals['_VERIFYRESULT']._serialized_start=1506
-  _globals['_VERIFYRESULT']._serialized_end=1645
-  _globals['_VERIFYRESPONSE']._serialized_start=1647
-  _globals['_VERIFYRESPONSE']._serialized_end=1706
-  _globals['_GENERATEREQUEST']._serialized_start=1709
-  _globals['_GENERATEREQUEST']._serialized_end=1977
-  _globals['_GENERATESAMPLE']._serialized_start=1980
-  _globals['_GENERATESAMPLE']._serialized_end=2150
-  _globals['_GENERATERESPONSE']._serialized_start=2152
-  _globals['_GENERATERESPONSE']._serialized_end=2215
-  _globals['_INFOREQUEST']._serialized_start=2217
-  _globals['_INFOREQUEST']._serialized_end=2230
-  _globals['_SPECIALTOKENS']._serialized_start=2232
-  _globals['_SPECIALTOKENS']._serialized_end=2316
-  _globals['_FEATURES']._serialized_start=2319
-  _globals['_FEATURES']._serialized_end=2525
-  _globals['_INFORESPONSE']._serialized_start=2528
-  _globals['_INFORESPONSE']._serialized_end=2907
-  _globals['_TEACHER']._serialized_start=3212
-  _globals['_TEACHER']._serialized_end=3478
+  _globals['_SCOREREQUEST']._serialized_end=681
+  _globals['_CHATMESSAGE']._serialized_start=683
+  _globals['_CHATMESSAGE']._serialized_end=727
+  _globals['_TEXTSEQUENCE']._serialized_start=729
+  _globals['_TEXTSEQUENCE']._serialized_end=843
+  _globals['_SCORERESULT']._serialized_start=846
+  _globals['_SCORERESULT']._serialized_end=1075
+  _globals['_SCORERESPONSE']._serialized_start=1078
+  _globals['_SCORERESPONSE']._serialized_end=1292
+  _globals['_VERIFYSEQUENCE']._serialized_start=1295
+  _globals['_VERIFYSEQUENCE']._serialized_end=1517
+  _globals['_VERIFYREQUEST']._serialized_start=1520
+  _globals['_VERIFYREQUEST']._serialized_end=1784
+  _globals['_VERIFYRESULT']._serialized_start=1787
+  _globals['_VERIFYRESULT']._serialized_end=1926
+  _globals['_VERIFYRESPONSE']._serialized_start=1928
+  _globals['_VERIFYRESPONSE']._serialized_end=1987
+  _globals['_GENERATEREQUEST']._serialized_start=1990
+  _globals['_GENERATEREQUEST']._serialized_end=2279
+  _globals['_GENERATESAMPLE']._serialized_start=2282
+  _globals['_GENERATESAMPLE']._serialized_end=2466
+  _globals['_GENERATERESPONSE']._serialized_start=2468
+  _globals['_GENERATERESPONSE']._serialized_end=2531
+  _globals['_INFOREQUEST']._serialized_start=2533
+  _globals['_INFOREQUEST']._serialized_end=2546
+  _globals['_SPECIALTOKENS']._serialized_start=2548
+  _globals['_SPECIALTOKENS']._serialized_end=2632
+  _globals['_FEATURES']._serialized_start=2635
+  _globals['_FEATURES']._serialized_end=2861
+  _globals['_INFORESPONSE']._serialized_start=2864
+  _globals['_INFORESPONSE']._serialized_end=3243
+  _globals['_TEACHER']._serialized_start=3548
+  _globals['_TEACHER']._serialized_end=3814
 # @@protoc_insertion_point(module_scope)

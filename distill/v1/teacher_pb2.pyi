@@ -71,18 +71,40 @@ class PackedScoreSequences(_message.Message):
     def __init__(self, token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., lengths: _Optional[_Union[Tensor, _Mapping]] = ..., score_from: _Optional[_Union[Tensor, _Mapping]] = ..., candidate_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("sequences", "top_k", "temperature", "logprob_dtype", "packed")
+    __slots__ = ("sequences", "top_k", "temperature", "logprob_dtype", "packed", "text")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_DTYPE_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[ScoreSequence]
     top_k: int
     temperature: float
     logprob_dtype: DType
     packed: PackedScoreSequences
-    def __init__(self, sequences: _Optional[_Iterable[_Union[ScoreSequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., temperature: _Optional[float] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ..., packed: _Optional[_Union[PackedScoreSequences, _Mapping]] = ...) -> None: ...
+    text: _containers.RepeatedCompositeFieldContainer[TextSequence]
+    def __init__(self, sequences: _Optional[_Iterable[_Union[ScoreSequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., temperature: _Optional[float] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ..., packed: _Optional[_Union[PackedScoreSequences, _Mapping]] = ..., text: _Optional[_Iterable[_Union[TextSequence, _Mapping]]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class TextSequence(_message.Message):
+    __slots__ = ("messages", "prompt", "completion", "end_of_turn")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    END_OF_TURN_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    prompt: str
+    completion: str
+    end_of_turn: bool
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., end_of_turn: _Optional[bool] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
     __slots__ = ("topk_ids", "topk_logprobs", "token_logprobs", "tail_logprobs", "candidate_logprobs")
@@ -99,14 +121,18 @@ class ScoreResult(_message.Message):
     def __init__(self, topk_ids: _Optional[_Union[Tensor, _Mapping]] = ..., topk_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., token_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., tail_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., candidate_logprobs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("results", "packed", "offsets")
+    __slots__ = ("results", "packed", "offsets", "token_ids", "char_spans")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHAR_SPANS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
     packed: ScoreResult
     offsets: Tensor
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., packed: _Optional[_Union[ScoreResult, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    token_ids: Tensor
+    char_spans: Tensor
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., packed: _Optional[_Union[ScoreResult, _Mapping]] = ..., offsets: _Optional[_Union[Tensor, _Mapping]] = ..., token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., char_spans: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class VerifySequence(_message.Message):
     __slots__ = ("prefix_ids", "draft_ids", "draft_probs", "draft_topk_ids", "session_key", "end_session")
@@ -161,7 +187,7 @@ class VerifyResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[VerifyResult, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt_ids", "num_samples", "temperature", "top_p", "max_new_tokens", "stop_token_ids", "seed", "logprob_dtype")
+    __slots__ = ("prompt_ids", "num_samples", "temperature", "top_p", "max_new_tokens", "stop_token_ids", "seed", "logprob_dtype", "return_text")
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +196,7 @@ class GenerateRequest(_message.Message):
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     prompt_ids: _containers.RepeatedCompositeFieldContainer[Tensor]
     num_samples: int
     temperature: float
@@ -178,19 +205,22 @@ class GenerateRequest(_message.Message):
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     seed: int
     logprob_dtype: DType
-    def __init__(self, prompt_ids: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., num_samples: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    return_text: bool
+    def __init__(self, prompt_ids: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., num_samples: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., logprob_dtype: _Optional[_Union[DType, str]] = ..., return_text: _Optional[bool] = ...) -> None: ...
 
 class GenerateSample(_message.Message):
-    __slots__ = ("prompt_index", "token_ids", "token_logprobs", "finish_reason")
+    __slots__ = ("prompt_index", "token_ids", "token_logprobs", "finish_reason", "text")
     PROMPT_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     prompt_index: int
     token_ids: Tensor
     token_logprobs: Tensor
     finish_reason: FinishReason
-    def __init__(self, prompt_index: _Optional[int] = ..., token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., token_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+    text: str
+    def __init__(self, prompt_index: _Optional[int] = ..., token_ids: _Optional[_Union[Tensor, _Mapping]] = ..., token_logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("samples",)
@@ -217,7 +247,7 @@ class SpecialTokens(_message.Message):
     def __init__(self, bos: _Optional[int] = ..., eos: _Optional[int] = ..., pad: _Optional[int] = ..., unk: _Optional[int] = ..., eos_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Features(_message.Message):
-    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs", "score_temperature", "verify_speculative", "generate_temperature", "verify_sessions")
+    __slots__ = ("score_candidates", "verify", "generate", "float16_logprobs", "score_temperature", "verify_speculative", "generate_temperature", "verify_sessions", "score_text")
     SCORE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +256,7 @@ class Features(_message.Message):
     VERIFY_SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     GENERATE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     VERIFY_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TEXT_FIELD_NUMBER: _ClassVar[int]
     score_candidates: bool
     verify: bool
     generate: bool
@@ -234,7 +265,8 @@ class Features(_message.Message):
     verify_speculative: bool
     generate_temperature: bool
     verify_sessions: bool
-    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ..., score_temperature: _Optional[bool] = ..., verify_speculative: _Optional[bool] = ..., generate_temperature: _Optional[bool] = ..., verify_sessions: _Optional[bool] = ...) -> None: ...
+    score_text: bool
+    def __init__(self, score_candidates: _Optional[bool] = ..., verify: _Optional[bool] = ..., generate: _Optional[bool] = ..., float16_logprobs: _Optional[bool] = ..., score_temperature: _Optional[bool] = ..., verify_speculative: _Optional[bool] = ..., generate_temperature: _Optional[bool] = ..., verify_sessions: _Optional[bool] = ..., score_text: _Optional[bool] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("model_id", "backend", "vocab_size", "tokenizer_size", "tokenizer_fingerprint", "special_tokens", "max_context", "max_top_k", "max_draft_tokens", "max_batch_tokens", "max_message_bytes", "features", "model_dtype", "server_version")

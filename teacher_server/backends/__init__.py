@@ -27,6 +27,7 @@ class Features:
     verify_speculative: bool = True
     generate_temperature: bool = True
     verify_sessions: bool = False
+    score_text: bool = False
 
 
 @dataclass

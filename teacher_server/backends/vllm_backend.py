@@ -134,6 +134,7 @@ class VllmBackend:
     def __init__(self, llm: LLM, tokenizer, model_id: str, max_top_k: int,
                  revision: str | None = None):
         self.llm = llm
+        self.tokenizer = tokenizer   # for the text forms (protocol/text.py)
         self.engine = EngineLoop(llm.llm_engine)
         self.batches_in_flight = BATCHES_IN_FLIGHT
         config = llm.llm_engine.model_config   # resolved by the engine: its dtype is what runs

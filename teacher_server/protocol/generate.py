@@ -7,6 +7,7 @@ import math
 import torch
 
 from distill.results import samples_to_proto
+from distill.tensors import unpack
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.errors import InvalidRequest, NotSupported
 from teacher_server.generation import GenerateItem
@@ -55,7 +56,16 @@ def parse_generate_request(request: pb.GenerateRequest, limits: Limits) -> Parse
                 f"{ids.numel() + max_new} exceed the teacher's context of {limits.max_context} "
                 f"tokens; shorten the prompt or lower max_new_tokens")
         prompts.append(ids)
+    if request.return_text:
+        require(limits.text is not None, limits, "return_text")
     item = GenerateItem(prompts, num_samples, float(temperature), float(top_p), max_new, stop_ids, seed)
     check_tokens(item.num_tokens, limits)
-    return Parsed([item], lambda outputs: samples_to_proto(outputs[0], dtype),
-                  len(prompts) * num_samples, item.num_tokens)
+
+    def respond(outputs) -> pb.GenerateResponse:
+        response = samples_to_proto(outputs[0], dtype)
+        if request.return_text:
+            for sample in response.samples:
+                sample.text = limits.text.text(unpack(sample.token_ids).tolist())
+        return response
+
+    return Parsed([item], respond, len(prompts) * num_samples, item.num_tokens)

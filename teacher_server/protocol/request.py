@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from distill.v1 import teacher_pb2 as pb
 from teacher_server.backends import Features, ModelInfo
 from teacher_server.errors import InvalidRequest, NotSupported
+
+if TYPE_CHECKING:
+    from teacher_server.protocol.text import TextCodec
 
 DEFAULT_TOP_K = 20
 _LOGPROB_DTYPES = {pb.DTYPE_UNSPECIFIED: pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT32: pb.DTYPE_FLOAT32,
@@ -37,6 +40,7 @@ class Limits:
     tenant_tokens_per_minute: int = 0
     real_vocab: int = 0           # the tokenizer's size when the embedding is padded past it (0: none)
     max_batch_tokens: int = 0     # a packed Score request is cut into forward passes of this (0: never)
+    text: "TextCodec | None" = None   # the teacher's tokenizer for the text forms (None: not served)
 
     def for_tenant(self, tenant) -> "Limits":
         """These limits plus `tenant`'s: a request larger than its queue or its whole per-minute
@@ -48,13 +52,14 @@ class Limits:
 
 def limits_for(info: ModelInfo, max_top_k: int = 0, max_context: int = 0,
                max_draft_tokens: int = 16, max_request_sequences: int = 4096,
-               max_request_tokens: int = 1 << 20, max_batch_tokens: int = 0) -> Limits:
+               max_request_tokens: int = 1 << 20, max_batch_tokens: int = 0,
+               text: TextCodec | None = None) -> Limits:
     backend_top_k = min(info.max_top_k or info.vocab_size, info.vocab_size)
     top_k = min(max_top_k or backend_top_k, backend_top_k)
     context = min(max_context or info.max_context, info.max_context)
     return Limits(info.vocab_size, context, top_k, max_draft_tokens, max_request_sequences,
                   max_request_tokens, backend_top_k, info.backend, info.features,
-                  real_vocab=info.real_vocab or 0, max_batch_tokens=max_batch_tokens)
+                  real_vocab=info.real_vocab or 0, max_batch_tokens=max_batch_tokens, text=text)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 There is one parser, for the packed form; its checks are whole-array operations, so a request
 costs its tokens, not a Python step per sequence. The per-sequence form (deprecated, goes before
 1.0) is converted to the packed form at the edge, takes the same path, and is answered per
-sequence.
+sequence. So is the text form (protocol/text.py: the teacher tokenizes), answered packed with each
+row's token and character span.
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ from teacher_server.scoring import ScoreItem, unsort_rows
 def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
     """Validate a ScoreRequest (either form) into ScoreItems; raise InvalidRequest naming what
     is wrong. A packed request is answered packed, a per-sequence one per sequence."""
-    if request.HasField("packed") and request.sequences:
-        raise InvalidRequest("the request has both `sequences` and `packed`; send one form")
-    if not request.HasField("packed") and not request.sequences:
+    forms = [name for name, used in (("sequences", bool(request.sequences)), ("packed", request.HasField("packed")),
+                                     ("text", bool(request.text))) if used]
+    if len(forms) > 1:
+        raise InvalidRequest(f"the request has both `{forms[0]}` and `{forms[1]}`; send one form")
+    if not forms:
         raise InvalidRequest("the request has no sequences")
     dtype = logprob_dtype(request.logprob_dtype)
     k, temp = top_k(request, limits), temperature(request, limits)
-    packed, widths = request.packed, None
+    packed, widths, text_rows = request.packed, None, None
     if request.sequences:
         packed, widths = _packed_from_sequences(request.sequences, limits)
+    if request.text:
+        require(limits.text is not None, limits, "the text form of Score")
+        check_sequences(len(request.text), limits)
+        packed, *text_rows = limits.text.packed(request.text, limits)
     item = _packed_score_item(packed, k, temp, limits)
     scored = item.rows.numpy()
     # one item for the whole request, cut into forward passes only when over the batch budget
@@ -44,6 +51,9 @@ def parse_score_request(request: pb.ScoreRequest, limits: Limits) -> Parsed:
         if widths is None:
             scores_to_proto(scores, dtype, into=response.packed)
             pack(np.concatenate([[0], np.cumsum(scored)]), "int32", into=response.offsets)
+            if text_rows is not None:
+                pack(text_rows[0], into=response.token_ids)
+                pack(text_rows[1], into=response.char_spans)
             return response
         for result, width in zip(scores.split(scored.tolist()), widths):
             # each sequence its own candidates, if any

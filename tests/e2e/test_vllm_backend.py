@@ -92,6 +92,16 @@ def test_score_equals_the_transformers_backend(vclient, hf):
             check_against_reference(hf.model, seq, start, g, top_k, atol=1e-4)
 
 
+def test_the_text_form_is_served_as_the_same_scores(vclient, hf):
+    """Score's text form (the servicer tokenizes) on vLLM: the scores of the teacher's own tokens."""
+    assert vclient.info().features.score_text
+    [text] = vclient.score_text([{"prompt": "reverse: abc", "completion": " cba", "end_of_turn": True}], top_k=4)
+    prompt = hf.tokenizer("reverse: abc")["input_ids"]
+    [ids] = vclient.score([prompt + text.token_ids.tolist()], len(prompt), top_k=4)
+    assert text.token_ids.tolist()[-1] == hf.info.eos_ids[0] and text.char_spans.tolist()[-1] == [4, 4]
+    torch.testing.assert_close(text.scores.token_logprobs, ids.token_logprobs)
+
+
 def test_concurrent_clients_share_the_engine_and_get_the_models_answers(vllm_teacher, hf):
     """Several clients at once: their batches are in the engine together (batches_in_flight),
     each answer still the model's (Score against the transformers backend, greedy Generate

@@ -130,8 +130,9 @@ def test_a_flood_of_sessions_stays_within_the_budget(server, alpha):
 
 
 def test_a_key_too_long_is_refused_and_the_server_keeps_serving(server, alpha):
+    ids = lambda *values: pack(torch.tensor(values, dtype=torch.int32))  # noqa: E731
     request = pb.VerifyRequest(mode=pb.VERIFY_MODE_GREEDY, sequences=[pb.VerifySequence(
-        prefix_ids=pack(torch.tensor([1, 2, 3], dtype=torch.int32)), draft_ids=pack(torch.tensor([4], dtype=torch.int32)), session_key="k" * 129)])
+        prefix_ids=ids(1, 2, 3), draft_ids=ids(4), session_key="k" * 129)])
     with pytest.raises(grpc.RpcError) as err:
         alpha.stub.Verify(request, metadata=(("authorization", f"Bearer {KEYS['alpha']}"),), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -13,8 +13,9 @@ vocabulary 32,000, float32), one CPU thread. Printed:
    tokens, without a session: each round re-runs the whole prefix, so time grows with the prefix.
 2b. Verify sessions, transformers backend: a whole 1,024-token completion after a 64-token prompt
    verified in rounds of 8 drafts (greedy; the drafts are the teacher's own greedy continuation,
-   one draft token in `--corrupt` replaced so that the teacher cuts it there), each round with a
-   session key / without: total seconds and tokens run through the decoder, against n.
+   none or 10% of draft tokens replaced so that the teacher cuts there), each round with a
+   session key / without: total seconds and tokens run through the decoder, against n. On the
+   bench model and a 16-layer copy (a real teacher's layers outweigh its LM head far more).
 2c. Score, transformers backend: 8 samples of one 1,024-token prompt with 64-token answers, the
    answers scored, in one call: the prompt run once (--share-prefixes, the default) / by every
    sample (--no-share-prefixes).
@@ -137,17 +138,23 @@ def decode_with_verify(backend, reference: torch.Tensor, corrupt: float, session
     return seconds, ran, rounds
 
 
-def session_rows(backend, runs: int) -> None:
+def session_rows(backends: dict, runs: int) -> None:
+    """The Verify-session table, one block of rows per model (backends: {label: backend})."""
+    print(f"\nVerify sessions (transformers): a {COMPLETION}-token completion after {PROMPT} prompt tokens in "
+          f"rounds of {DRAFT} greedy drafts; medians of {runs}")
+    print("| model | wrong drafts | rounds | tokens run, with sessions / n | without / n | seconds with | without | "
+          "speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, backend in backends.items():
+        session_row(label, backend, runs)
+
+
+def session_row(label: str, backend, runs: int) -> None:
     prompt = torch.randint(4, VOCAB, (PROMPT,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         reference = backend.model.generate(prompt[None], attention_mask=torch.ones(1, PROMPT, dtype=torch.long),
                                            do_sample=False, max_new_tokens=COMPLETION, min_new_tokens=COMPLETION,
                                            eos_token_id=None)[0]
-    print(f"\nVerify sessions (transformers): a {COMPLETION}-token completion after {PROMPT} prompt tokens in "
-          f"rounds of {DRAFT} greedy drafts; medians of {runs}")
-    print("| wrong drafts | rounds | tokens run, with sessions / n | without / n | seconds with | without | "
-          "speed-up |")
-    print("|---|---|---|---|---|---|---|")
     for corrupt in (0.0, 0.1):
         t, tokens = {True: [], False: []}, {}
         for _ in range(runs):
@@ -155,7 +162,7 @@ def session_rows(backend, runs: int) -> None:
                 seconds, tokens[session], rounds = decode_with_verify(backend, reference, corrupt, session)
                 t[session].append(seconds)
         t = {side: statistics.median(v) for side, v in t.items()}
-        print(f"| {corrupt:.0%} a token | {rounds} | {tokens[True] / COMPLETION:.2f} | "
+        print(f"| {label} | {corrupt:.0%} a token | {rounds} | {tokens[True] / COMPLETION:.2f} | "
               f"{tokens[False] / COMPLETION:.1f} | {t[True]:.2f} | {t[False]:.2f} | {t[False] / t[True]:.1f}x |")
 
 
@@ -212,7 +219,13 @@ def main() -> None:
         for name, backend in backends.items():
             t = verify_times(backend, args.runs)
             print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in t) + f" | {t[-1] / t[0]:.1f}x |")
-        session_rows(backends["transformers"], args.runs)
+        # the bench model's LM head (32,000 x 256) outweighs its 4 layers, which a real teacher's
+        # layers do not (Llama-3-8B: 7B in layers, 0.5B in the head): the deeper copy shows the trend
+        deep_dir = make_tiny_model(tmp / "bench-deep", preset="bench", max_position_embeddings=2048,
+                                   num_hidden_layers=16)
+        session_rows({"bench, 4 layers": backends["transformers"],
+                      "bench, 16 layers": TransformersBackend.from_settings(
+                          ServerSettings(model=str(deep_dir), device="cpu"))}, args.runs)
         shared_prompt_row(backends["transformers"], args.runs)
 
         if use_vllm:

@@ -58,6 +58,7 @@ from teacher_server.verify import VerifyItem, verify_draft
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOP_K = 64
+WARM_MIN_TOKENS = 32      # a shorter start is not worth its own request into the prefix cache
 # Batcher batches the server lets into the engine at once: while one batch's requests are in
 # the engine, the next one's join them at the next step (continuous batching), instead of
 # waiting for the whole batch to finish.
@@ -171,13 +172,25 @@ class VllmBackend:
                   tensor_parallel_size=settings.vllm_tensor_parallel_size,
                   # progress bars only on a terminal: in a log they are noise (or break JSON lines)
                   **{"disable_log_stats": False, "use_tqdm_on_load": sys.stderr.isatty(),
+                     # Score reads its sequences' starts back from the prefix cache (`score`); on
+                     # a CPU, blocks of 32 (its smallest) waste fewer rows than its default 128
+                     "enable_prefix_caching": True, **({"block_size": 32} if current_platform.is_cpu() else {}),
                      **hub, **extra})
         tokenizer = AutoTokenizer.from_pretrained(settings.model, **hub)
         return cls(llm, tokenizer, settings.model, max_top_k, settings.revision)
 
-    def _run(self, prompts: list[torch.Tensor], params: list) -> list:
-        """Requests into the shared engine loop; outputs in the prompts' order."""
-        return self.engine.run([{"prompt_token_ids": p.tolist()} for p in prompts], params)
+    def _run(self, prompts: list[torch.Tensor], params: list, salts: list[str] | None = None) -> list:
+        """Requests into the shared engine loop; outputs in the prompts' order. `salts`: each
+        prompt's prefix-cache salt (its tenant): cached blocks are shared only under one salt."""
+        return self.engine.run([{"prompt_token_ids": p.tolist(), **({"cache_salt": salt} if salts else {})}
+                                for p, salt in zip(prompts, salts or [None] * len(prompts))], params)
+
+    def _warm(self, starts: list[torch.Tensor], salts: list[str]) -> None:
+        """Run each start into vLLM's prefix cache (one new token each, discarded); finished
+        before the scoring requests are added, so those read it (vLLM's V2 runner would otherwise
+        compute log-probs for every token of a step that has any)."""
+        if starts:
+            self._run(starts, [self._params(max_tokens=1, temperature=0.0) for _ in starts], salts)
 
     def _params(self, **options):
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts.
@@ -191,18 +204,42 @@ class VllmBackend:
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """Verify items are decided first (`_verdicts`); then every sequence is scored in one
         call, a Verify item as prefix + draft + [next token] from the first draft position. vLLM
-        takes prompts one by one, so here a packed Score item is cut into its sequences."""
+        takes prompts one by one, so here a packed Score item is cut into its sequences.
+
+        vLLM computes prompt log-probs for every position it runs, with no start row for top-k
+        ones. So a Score sequence's start (its tokens before score_from - 1) is run first, alone,
+        into vLLM's prefix cache (`_warm`); the scoring request then reads it back and runs, with
+        log-probs, only the rest: the cost grows with the scored positions, not the sequence. Both
+        carry the tenant as vLLM's cache salt, so no tenant reads another's cache. A sequence whose
+        cache hit reaches past its first scored position (the same text cached before) is scored
+        again without reading the cache: those rows were not computed."""
         verdicts = self._verdicts({i: item for i, item in enumerate(items)
                                    if isinstance(item, VerifyItem)})
         sequences = [item.sequences() if i not in verdicts else
                      [(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]), item.prefix.numel())]
                      for i, item in enumerate(items)]
-        outs = iter(self._run([ids for per_item in sequences for ids, _ in per_item],
-                              [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=item.top_k)
-                               for item, per_item in zip(items, sequences) for _ in per_item]))
+        cached = [isinstance(item, ScoreItem) and start - 1 >= WARM_MIN_TOKENS
+                  for item, per_item in zip(items, sequences) for _, start in per_item]
+        salts = [item.tenant for item, per_item in zip(items, sequences) for _ in per_item]
+        flat = [(ids, start, item.top_k) for item, per_item in zip(items, sequences) for ids, start in per_item]
+        self._warm([ids[:start - 1] for (ids, start, _), use in zip(flat, cached) if use],
+                   [salt for salt, use in zip(salts, cached) if use])
+        outs = self._run([ids for ids, _, _ in flat],
+                         [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=k,
+                                       **({"skip_reading_prefix_cache": False} if use else {}))
+                          for (_, _, k), use in zip(flat, cached)], salts)
+        misread = [j for j, ((_, start, _), out, use) in enumerate(zip(flat, outs, cached))
+                   if use and (out.num_cached_tokens or 0) > start - 1]
+        if misread:   # rows before the cache hit's end were never computed: run those plainly
+            again = self._run([flat[j][0] for j in misread], [self._params(
+                max_tokens=1, temperature=0.0, prompt_logprobs=flat[j][2]) for j in misread],
+                [salts[j] for j in misread])
+            for j, out in zip(misread, again):
+                outs[j] = out
+        outs = iter(outs)
         outputs = []
         for i, (item, per_item) in enumerate(zip(items, sequences)):
-            rows = [prompt_rows(next(outs).prompt_logprobs, item.top_k, start) for _, start in per_item]
+            rows = [prompt_rows(next(outs).prompt_logprobs, item.top_k, len(ids) - start) for ids, start in per_item]
             ids_NK1 = np.concatenate([ids for ids, _ in rows])
             logprobs_NK1 = np.concatenate([logprobs for _, logprobs in rows])
             logprobs_NK = torch.from_numpy(logprobs_NK1[:, 1:])
@@ -233,7 +270,7 @@ class VllmBackend:
         for i, item, out in zip(index, batch, outs):
             P, G = item.prefix.numel(), item.draft.numel()
             k = _accept_k(item)
-            ids_GK1, logprobs_GK1 = prompt_rows(out.prompt_logprobs, k, P)
+            ids_GK1, logprobs_GK1 = prompt_rows(out.prompt_logprobs, k, G)
             p_GV1 = torch.zeros(G + 1, V, dtype=torch.float64)
             p_GV1[:G].scatter_(-1, torch.from_numpy(ids_GK1).long(),
                                torch.from_numpy(logprobs_GK1).double().exp())
@@ -280,15 +317,16 @@ def check_cpu_head_size(config) -> None:
                          "transformers on a CPU, or with vLLM on a GPU")
 
 
-def prompt_rows(flat, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """vLLM's flat prompt log-probs from position `start` on, as arrays [N, k + 1]: column 0 the
-    actual token, then the top-k descending. ids int32, log-probs float32.
+def prompt_rows(flat, k: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last `rows` positions of vLLM's flat prompt log-probs, as arrays [rows, k + 1]: column
+    0 the actual token, then the top-k descending. ids int32, log-probs float32.
 
-    Position 0 has no entries and every other position exactly k + 1 (vLLM lists the actual
-    token first even when it is also in the top-k), so slicing the flat lists and one reshape
-    replace a Python loop per position."""
+    Every position vLLM computed holds exactly k + 1 entries (it lists the actual token first even
+    when it is also in the top-k), so slicing the flat lists and one reshape replace a Python loop
+    per position. Taken from the end: positions read from the prefix cache were not computed (the
+    V1 runner leaves them unfilled, the V2 runner leaves them out)."""
     width = k + 1
-    first = (start - 1) * width            # position 0 holds no entries
+    first = len(flat.token_ids) - rows * width
     ids = np.array(flat.token_ids[first:], dtype=np.int32)
     logprobs = np.array(flat.logprobs[first:], dtype=np.float32)
     if ids.size % width:

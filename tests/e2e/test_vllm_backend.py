@@ -102,6 +102,31 @@ def test_the_text_form_is_served_as_the_same_scores(vclient, hf):
     torch.testing.assert_close(text.scores.token_logprobs, ids.token_logprobs)
 
 
+def test_a_scored_suffix_reads_its_start_from_the_prefix_cache(vllm_teacher, vclient, hf):
+    """The last 16 of 200 positions: the start is run into vLLM's prefix cache first and read back
+    (the engine's own prefix_cache_hits count it), and the answer is the model's. Scored again, the
+    whole sequence is cached, past the first scored position: it is scored without the cache, and
+    the answer is still the model's."""
+    from teacher_server.scoring import ScoreItem
+    from tests.helpers.servers import metric_families
+
+    def hits() -> float:
+        return sum(s.value for s in metric_families(vllm_teacher)["vllm:prefix_cache_hits"].samples
+                   if s.name.endswith("_total"))
+
+    seqs = random_sequences(3, [200, 150, 64], VOCAB, seed=21)
+    starts = [184, 100, 40]
+    ref = hf.score([ScoreItem.one(torch.tensor(s), f, 8) for s, f in zip(seqs, starts)])
+    for attempt in range(2):
+        before = hits()
+        got = vclient.score(seqs, starts, top_k=8)
+        assert hits() - before >= sum(f - 1 for f in starts) - 3 * 32   # block-aligned reads of the starts
+        for seq, start, g, r in zip(seqs, starts, got, ref):
+            for name in ("topk_logprobs", "token_logprobs", "tail_logprobs"):
+                torch.testing.assert_close(getattr(g, name), getattr(r, name), atol=1e-4, rtol=0)
+            check_against_reference(hf.model, seq, start, g, 8, atol=1e-4)   # the same top-k, but for ties
+
+
 def test_concurrent_clients_share_the_engine_and_get_the_models_answers(vllm_teacher, hf):
     """Several clients at once: their batches are in the engine together (batches_in_flight),
     each answer still the model's (Score against the transformers backend, greedy Generate

@@ -1,7 +1,7 @@
 """The real-LLM demo: distill SmolLM2-135M-Instruct into a copy pruned to a quarter of its layers.
 
-    make demo-llm                 # full run (under 30 minutes on 2 cores)
-    make demo-llm QUICK=1         # short run (about 8 minutes)
+    make demo-llm                 # full run: seeds 1, 2, 3 (about 45 minutes on 2 cores)
+    make demo-llm QUICK=1         # short run: seed 1 (about 5 minutes)
     python -m examples.demo_llm --eval-split dev --steps 12 ...   # choosing settings
     make demo-llm SEEDS=1,2 OUT=elsewhere
 
@@ -10,13 +10,11 @@
 3. The prompts: examples/demo_llm/prompts.py's chat records, train/dev/test; test is never trained on.
 4. Per seed, the pruned student is healed by a short seqkd run (the warm start); then per method
    (same steps, batch and learning rate) the student worker trains a copy of the warm start,
-   saving checkpoints; each checkpoint is measured on the test prompts:
-   - reverse KL: the student samples at temperature 1, the teacher scores, mean over completion
-     tokens of log q - log p (per prompt; 0 when the samples are as likely under the teacher);
-   - agreement: the student's greedy answer equals the teacher's after trimming whitespace;
-   - prefix match: the share of the teacher's greedy answer the student's repeats before they differ.
+   saving checkpoints; the last (and, for the first seed, every) checkpoint is measured on the
+   test prompts and the checked prompts (Judge: both directions of KL, the teacher's log-lik of
+   the greedy answers, capped and repetitive answers, agreement, prefix match, checked answers).
 Writes OUT/results.json, OUT/results.md (also printed, with paired 95% bootstrap intervals over
-the test prompts and side-by-side answers; examples/demo_llm/report.py renders it from
+seeds and prompts and side-by-side answers; examples/demo_llm/report.py renders it from
 results.json alone) and OUT/reverse_kl.png. `--publish` (make demo-llm PUBLISH=1) also keeps
 results.json as docs/results/smollm2.json, from which `make docs` writes the tables of
 docs/results/smollm2.md and README.md.
@@ -67,7 +65,7 @@ KEEP_LAYERS = 8
 # reverse KL 8.8 and onpolicy-rkl at 7.5 where seqkd reached 3.9 and kd 3.7). So every method
 # starts from one warm start: the pruned student after `warm_steps` of seqkd (reverse KL ~10 -> 3.4
 # in 24 steps), the usual recipe (prune, heal off-policy, then distill on-policy). One step takes
-# 6-8 s here; the full run ~25 minutes, QUICK ~7.
+# 4-6 s here; a seed ~15 minutes, QUICK ~5.
 FULL = dict(warm_steps=24, steps=24, save_every=12, test_prompts=50, check_prompts=67, batch=4, max_new_tokens=32,
             lr=1e-4)
 QUICK = dict(warm_steps=12, steps=8, save_every=8, test_prompts=16, check_prompts=24, batch=4, max_new_tokens=24,

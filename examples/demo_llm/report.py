@@ -62,7 +62,7 @@ def _cell(measure: str, values: list[float]) -> str:
     """The mean over seeds, with the lowest and highest seed when there are several."""
     text = _value(measure, float(np.mean(values)))
     if len(values) > 1:
-        text += f" ({_value(measure, min(values))}–{_value(measure, max(values))})"
+        text += f" ({_value(measure, min(values))} to {_value(measure, max(values))})"
     return text
 
 
@@ -75,8 +75,8 @@ HEADLINE = ("reverse_kl", "forward_kl", "teacher_loglik", "check_accuracy", "cap
 
 
 def headline_table(r: dict) -> str:
-    """Each student's mean over seeds on HEADLINE, the best student in bold (README.md), the teacher
-    as a reference row."""
+    """Each student's mean over seeds on HEADLINE, the best student in bold where students differ
+    (README.md), the teacher as a reference row."""
     rows = _rows(r)
     lines = ["| student | " + " | ".join(HEADINGS[m] for m in HEADLINE) + " |",
              "| --- |" + " --- |" * len(HEADLINE)]
@@ -84,7 +84,9 @@ def headline_table(r: dict) -> str:
         cells = []
         for measure in HEADLINE:
             mean = float(np.mean(entry[measure]))
-            cells.append(f"**{_value(measure, mean)}**" if mean == _best(rows, measure) else _value(measure, mean))
+            differ = len({float(np.mean(e[measure])) for _, e in rows}) > 1
+            cells.append(f"**{_value(measure, mean)}**" if differ and mean == _best(rows, measure)
+                         else _value(measure, mean))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     t = r["teacher"]
     lines.append("| teacher | 0 | 0 | " + " | ".join(_value(m, t[m]) for m in HEADLINE[2:]) + " |")
@@ -116,7 +118,7 @@ def results_table(r: dict, heading: bool = True) -> str:
                if heading else []),
              f"Seeds {seeds}, {r['split']} split: {s['test_prompts']} prompts, and {s['check_prompts']} checked "
              f"prompts. The teacher's greedy answers are {t['answer_length']:.1f} tokens long on average. Means over "
-             f"seeds{' (lowest and highest seed in brackets)' if several else ''}; KL and log-lik in nats/token.", "",
+             f"seeds{' (the lowest and highest seed in brackets)' if several else ''}; KL and log-lik in nats/token.", "",
              "| student | " + " | ".join(HEADINGS[m] for m in columns) + " | greedy answer length | teacher tokens "
              "| wall s |", "| --- |" + " --- |" * (len(columns) + 3)]
     for label, e in _rows(r):

@@ -90,7 +90,7 @@ def test_the_report_is_rendered_from_results_json_alone():
                "samples": report.samples(per_prompt, 1, ["gkd", "seqkd"], ["What is 2+2?", "p2", "p3", "p4"],
                                          [" 4 ", "t2", "t3", "t4"])}
     text = report.results_table(json.loads(json.dumps(results)), heading=False)
-    assert "| `gkd` | 1.10 (1.05–1.15) | 0.10 (0.10–0.10) |" in text and "warm start" not in text
+    assert "| `gkd` | 1.10 (1.05 to 1.15) | 0.10 (0.10 to 0.10) |" in text and "warm start" not in text
     assert "| `gkd` − `seqkd` | **-1.08 [-1.14, -1.02]** |" in text   # excludes 0: bold
     assert "- Reverse KL: better: `gkd` vs `seqkd`." in text
     assert "- Checked right: tie: `gkd` vs `seqkd`." in text and "| +0 [+0, +0] |" in text   # a tie, not bold

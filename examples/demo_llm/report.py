@@ -118,7 +118,8 @@ def results_table(r: dict, heading: bool = True) -> str:
                if heading else []),
              f"Seeds {seeds}, {r['split']} split: {s['test_prompts']} prompts, and {s['check_prompts']} checked "
              f"prompts. The teacher's greedy answers are {t['answer_length']:.1f} tokens long on average. Means over "
-             f"seeds{' (the lowest and highest seed in brackets)' if several else ''}; KL and log-lik in nats/token.", "",
+             f"seeds{' (the lowest and highest seed in brackets)' if several else ''}; KL and log-lik in "
+             "nats/token.", "",
              "| student | " + " | ".join(HEADINGS[m] for m in columns) + " | greedy answer length | teacher tokens "
              "| wall s |", "| --- |" + " --- |" * (len(columns) + 3)]
     for label, e in _rows(r):

@@ -205,7 +205,9 @@ class TransformersBackend:
                   for row, item in keyed.items()}
         grouped = {row for _, _, members in groups for row in members}
         full = [row for row in range(B) if reused.get(row, (0, None))[0] == 0 and row not in grouped]
-        hidden_BLH = torch.zeros(B, L, self.model.config.hidden_size, device=self.device,
+        # where the decoder's output and the LM head are (with a device_map, the last layers' device)
+        out_device = self.lm_head.weight.device
+        hidden_BLH = torch.zeros(B, L, self.model.config.hidden_size, device=out_device,
                                  dtype=next(self.model.parameters()).dtype)
         caches = {}
         if full:
@@ -214,7 +216,7 @@ class TransformersBackend:
             mask_RW = (torch.arange(width) < lengths_B[rows, None]).long()
             out = self.decoder(input_ids=input_ids_BL[rows, :width].to(self.device),
                                attention_mask=mask_RW.to(self.device), use_cache=any(r in keyed for r in full))
-            hidden_BLH[rows.to(self.device), :width] = out.last_hidden_state
+            hidden_BLH[rows.to(out_device), :width] = out.last_hidden_state.to(out_device)
             for j, row in enumerate(full):
                 if row in keyed:      # right padding: row j's first lengths[row] positions are its own
                     n = int(lengths_B[row])
@@ -225,13 +227,13 @@ class TransformersBackend:
                 n = int(lengths_B[row])
                 out = self.decoder(input_ids=input_ids_BL[row:row + 1, start:n].to(self.device),
                                    past_key_values=DynamicCache(kv), use_cache=True)
-                hidden_BLH[row, start:n] = out.last_hidden_state[0]
+                hidden_BLH[row, start:n] = out.last_hidden_state[0].to(out_device)
                 caches[row] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         for tenant, shared, members in groups:
             rows = torch.tensor(members)
             start = self.decoder(input_ids=input_ids_BL[members[0]:members[0] + 1, :shared].to(self.device),
                                  use_cache=True)
-            hidden_BLH[rows.to(self.device), :shared] = start.last_hidden_state
+            hidden_BLH[rows.to(out_device), :shared] = start.last_hidden_state.to(out_device)
             rest_R = lengths_B[rows] - shared
             width = int(rest_R.max())
             mask_RW = torch.cat([torch.ones(len(members), shared, dtype=torch.long),
@@ -241,7 +243,7 @@ class TransformersBackend:
             out = self.decoder(input_ids=input_ids_BL[rows, shared:shared + width].to(self.device),
                                attention_mask=mask_RW.to(self.device), past_key_values=DynamicCache(kv),
                                use_cache=True)
-            hidden_BLH[rows.to(self.device), shared:shared + width] = out.last_hidden_state
+            hidden_BLH[rows.to(out_device), shared:shared + width] = out.last_hidden_state.to(out_device)
             if self.metrics is not None:
                 self.metrics.shared_prefix_tokens.labels(tenant=tenant).inc(shared * (len(members) - 1))
         return hidden_BLH, caches

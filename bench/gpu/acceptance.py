@@ -20,7 +20,10 @@ The run, in order:
    bench.score_overhead (the README's 19.5M model, 8 x 512, k = 64; goal <= 1.10, judged on a
    GPU only: a toy model's forward on a CPU is too short to mean anything).
 2. The teacher in its own process on the same device (teacher_server.process; transformers
-   backend, bfloat16 on a GPU).
+   backend, bfloat16 on a GPU), first checked for reuse (REUSE_ROW): Verify rounds with a session
+   key against without (its /metrics must count the hits), samples of one prompt scored together
+   (their start run once) against alone, Score's text form against the same ids; log-probs apart
+   by at most 1e-4 on a CPU, 0.25 in bfloat16 (a cached forward adds its rounding).
 3. student_worker.train.trainer.train, the gkd preset, one phase per entry of `phases`, each from the
    same initial student, with the user's default dtypes (nothing here sets student.dtype or
    student.autocast). "ddp" is train.parallel=ddp on one rank: the model itself, as
@@ -118,6 +121,8 @@ def phases(micro: int) -> list[Phase]:
 
 PHASE_NAMES = [p.name for p in phases(1)]
 RATIO_ROW = "Score over gRPC / in process"
+REUSE_ROW = "teacher reuse: Verify sessions, shared starts, text form"
+REUSE_TOLERANCE = {"cpu": 1e-4, "cuda": 0.25}   # |log p| apart, reuse vs none (bfloat16 on a GPU: loose)
 
 
 @dataclass
@@ -396,6 +401,50 @@ def score_ratio(work: pathlib.Path, device: str, runs: int) -> Row:
     return row
 
 
+def reuse_row(teacher, device: str, tokenizer) -> Row:
+    """The teacher on this device answers as without reuse: 6 greedy Verify rounds with a
+    session key and without (the server's own counters must show the cache read back), 6 samples
+    of one prompt scored together (their start run once) and each alone, and the text form against
+    the same ids; log-probs within REUSE_TOLERANCE."""
+    import httpx
+
+    from distill.client.teacher_client import TeacherClient
+
+    row = Row(REUSE_ROW)
+    start = time.perf_counter()
+    try:
+        g = torch.Generator().manual_seed(0)
+        ids = lambda n: torch.randint(100, len(tokenizer), (n,), generator=g).tolist()  # noqa: E731
+        prompt, apart = ids(300), {}
+        with TeacherClient(teacher.target, timeout=120) as client:
+            prefix = list(prompt)
+            for draft in [ids(4) for _ in range(6)]:
+                [plain] = client.verify([prefix], [draft], mode="greedy")
+                [kept] = client.verify([prefix], [draft], mode="greedy", session_keys=["acceptance"])
+                apart["sessions"] = max(apart.get("sessions", 0.0),
+                                        (plain.scores.topk_logprobs - kept.scores.topk_logprobs).abs().max().item())
+                prefix += draft[:plain.num_accepted] + [plain.next_token]
+            seqs = [prompt + ids(20) for _ in range(6)]
+            together = client.score(seqs, 300, top_k=8)
+            apart["shared starts"] = max((t.token_logprobs - client.score([s], 300, top_k=8)[0].token_logprobs)
+                                         .abs().max().item() for t, s in zip(together, seqs))
+            [text] = client.score_text([{"prompt": "abc", "completion": "hello", "end_of_turn": True}], top_k=8)
+            abc = tokenizer("abc")["input_ids"]     # the teacher's tokenizer: as the server reads the prompt
+            [same] = client.score([abc + text.token_ids.tolist()], len(abc), top_k=8)
+            apart["text form"] = (text.scores.token_logprobs - same.token_logprobs).abs().max().item()
+        metrics = httpx.get(f"{teacher.http}/metrics", timeout=10).text.splitlines()
+        counted = lambda name: sum(float(line.split()[-1]) for line in metrics if line.startswith(name))  # noqa: E731
+        hits, saved = counted("teacher_session_hits_total"), counted("teacher_shared_prefix_tokens_total")
+        tolerance = REUSE_TOLERANCE[device]
+        row.result = "PASS" if hits >= 5 and saved >= 5 * 300 and max(apart.values()) <= tolerance else "FAIL"
+        row.reason = (f"{hits:.0f} session hits, {saved:.0f} shared tokens; |log p| apart: "
+                      + ", ".join(f"{k} {v:.2g}" for k, v in apart.items()) + f" (tolerance {tolerance:g})")
+    except Exception as exc:
+        row.reason, row.error = crash(exc), traceback.format_exc()
+    row.wall_s = time.perf_counter() - start
+    return row
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 
@@ -492,6 +541,8 @@ def main() -> int:
             teacher = TeacherProcess(work / "teacher", "--device", args.device, "--dtype", s["teacher_dtype"],
                                      start_timeout=300)
             teacher.wait_serving(timeout=300)
+            rows.append(reuse_row(teacher, args.device, tokenizer))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
             common = [f"student.path={work / 'student'}", f"teacher.target={teacher.target}",
                       "teacher.patience_s=30", "data.source=reverse", "data.num_examples=256",
                       f"data.batch_size={s['batch']}", f"sampling.max_new_tokens={s['new_tokens']}"]

@@ -31,14 +31,14 @@ def test_student_scale_check_runs_on_two_cpu_ranks():
 
 def test_acceptance_runs_on_the_cpu(tmp_path):
     """The GPU acceptance script's phases, small: every row present, every phase trains."""
-    from bench.gpu.acceptance import PHASE_NAMES, RATIO_ROW
+    from bench.gpu.acceptance import PHASE_NAMES, RATIO_ROW, REUSE_ROW
 
     out = subprocess.run([sys.executable, "bench/gpu/acceptance.py", "--device", "cpu", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.rstrip().endswith("ALL PASS"), out.stdout
     rows = json.loads((tmp_path / "acceptance.json").read_text())["rows"]
-    assert [r["phase"] for r in rows[1:]] == PHASE_NAMES and rows[0]["phase"].startswith(RATIO_ROW)
+    assert [r["phase"] for r in rows[1:]] == [REUSE_ROW, *PHASE_NAMES] and rows[0]["phase"].startswith(RATIO_ROW)
     assert all(r["result"] == "PASS" for r in rows[1:]), rows
     assert rows[0]["result"] == "n/a" and "goal <= 1.10" in rows[0]["reason"]   # judged on a GPU only
     for name in PHASE_NAMES:

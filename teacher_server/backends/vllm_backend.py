@@ -218,6 +218,8 @@ class VllmBackend:
         sequences = [item.sequences() if i not in verdicts else
                      [(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]), item.prefix.numel())]
                      for i, item in enumerate(items)]
+        # (a Verify item's scores are computed in full: its verdict pass cached blocks past its
+        # first draft position, which would make this read miss rows)
         cached = [isinstance(item, ScoreItem) and start - 1 >= WARM_MIN_TOKENS
                   for item, per_item in zip(items, sequences) for _, start in per_item]
         salts = [item.tenant for item, per_item in zip(items, sequences) for _ in per_item]
@@ -263,8 +265,24 @@ class VllmBackend:
         if not items:
             return {}
         index, batch = list(items), list(items.values())
-        outs = self._run([item.token_ids for item in batch], [self._params(
-            max_tokens=1, prompt_logprobs=_accept_k(item), **_draw(item)) for item in batch])
+        # a round's prefix is the last round's plus a few tokens: read back from the prefix cache,
+        # only the draft positions get log-probs (as a session does on the transformers backend)
+        cached = [item.prefix.numel() - 1 >= WARM_MIN_TOKENS for item in batch]
+        salts = [item.tenant for item in batch]
+        self._warm([item.prefix[:-1] for item, use in zip(batch, cached) if use],
+                   [item.tenant for item, use in zip(batch, cached) if use])
+        params = [self._params(max_tokens=1, prompt_logprobs=_accept_k(item), **_draw(item),
+                               **({"skip_reading_prefix_cache": False} if use else {}))
+                  for item, use in zip(batch, cached)]
+        outs = self._run([item.token_ids for item in batch], params, salts)
+        misread = [j for j, (item, out, use) in enumerate(zip(batch, outs, cached))
+                   if use and (out.num_cached_tokens or 0) > item.prefix.numel() - 1]
+        if misread:   # cached past the first draft position (the same round sent again): run plainly
+            again = self._run([batch[j].token_ids for j in misread], [self._params(
+                max_tokens=1, prompt_logprobs=_accept_k(batch[j]), **_draw(batch[j])) for j in misread],
+                [salts[j] for j in misread])
+            for j, out in zip(misread, again):
+                outs[j] = out
         verdicts, redraw = {}, []
         V = self.info.vocab_size
         for i, item, out in zip(index, batch, outs):

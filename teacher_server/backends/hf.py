@@ -54,10 +54,10 @@ class TransformersBackend:
             **tokenizer_fields(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
         )
         self.pad_id = max(self.info.pad, 0)
-        # Verify sessions need a cache of plain attention layers (one that can be cut back to a
-        # shorter prefix: not sliding windows, not recurrent state)
         self.share_prefixes = share_prefixes   # Score: a start several sequences share runs once
         self.metrics = None                    # teacher_server.metrics.Metrics, set by the server
+        # Verify sessions need a cache of plain attention layers (one that can be cut back to a
+        # shorter prefix: not sliding windows, not recurrent state)
         self.sessions = None
         if prefix_cache_mb and all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers):
             self.sessions = SessionCache(prefix_cache_mb << 20, session_idle_s)
@@ -110,18 +110,21 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def hidden_states(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor) -> torch.Tensor:
-        """Decoder outputs [B, L, H] for right-padded sequences of lengths_B tokens.
-        Right padding keeps every real position's output independent of its batch-mates
-        (attention is causal)."""
+        """Decoder outputs [B, L, H] for right-padded sequences of lengths_B tokens."""
+        return self._decode(input_ids_BL, lengths_B).last_hidden_state
+
+    def _decode(self, input_ids_BL: torch.Tensor, lengths_B: torch.Tensor, use_cache: bool = False):
+        """The decoder over right-padded sequences of lengths_B tokens. Right padding keeps every
+        real position's output (and keys and values) independent of its batch-mates (attention is
+        causal)."""
         mask_BL = (torch.arange(input_ids_BL.shape[1]) < lengths_B[:, None]).long()
-        out = self.decoder(input_ids=input_ids_BL.to(self.device),
-                           attention_mask=mask_BL.to(self.device), use_cache=False)
-        return out.last_hidden_state
+        return self.decoder(input_ids=input_ids_BL.to(self.device), attention_mask=mask_BL.to(self.device),
+                            use_cache=use_cache)
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem | VerifyItem]) -> list[TeacherScores | VerifyOutcome]:
         """One decoder pass over every sequence of every item. Verify items settle their drafts
-        and are scored from the logits of their G + 1 rows (see `_verdicts`), the last row's
+        and are scored from the logits of their G + 1 rows (see `_verified`), the last row's
         target being the verdict's next token. Every Score sequence is a block of hidden rows with
         target tokens (hidden at t-1 predicts token t) at its positions score_from .. T-1; items
         asking for the same (k, temperature, candidates?) share LM-head chunks; their blocks are
@@ -213,9 +216,7 @@ class TransformersBackend:
         if full:
             rows = torch.tensor(full)
             width = int(lengths_B[rows].max())
-            mask_RW = (torch.arange(width) < lengths_B[rows, None]).long()
-            out = self.decoder(input_ids=input_ids_BL[rows, :width].to(self.device),
-                               attention_mask=mask_RW.to(self.device), use_cache=any(r in keyed for r in full))
+            out = self._decode(input_ids_BL[rows, :width], lengths_B[rows], use_cache=any(r in keyed for r in full))
             hidden_BLH[rows.to(out_device), :width] = out.last_hidden_state.to(out_device)
             for j, row in enumerate(full):
                 if row in keyed:      # right padding: row j's first lengths[row] positions are its own
@@ -285,10 +286,10 @@ class TransformersBackend:
             targets_of[i] = torch.cat([item.draft, torch.tensor([verdicts[i][1]])])
         key = lambda i: (items[i].top_k, items[i].temperature)
         for (top_k, temperature), group in itertools.groupby(sorted(index, key=key), key):
-            group = list(group)
-            scores = score_logits(torch.cat([logits_of[i] for i in group]),
-                                  torch.cat([targets_of[i] for i in group]).to(logits_RV.device),
-                                  top_k, temperature, None, self.info.real_vocab)
+            group = list(group)   # all of them, in order, in the usual case: their logits as they are
+            logits_NV = logits_RV if len(group) == len(index) else torch.cat([logits_of[i] for i in group])
+            scores = score_logits(logits_NV, torch.cat([targets_of[i] for i in group]).to(logits_RV.device),
+                                  top_k, temperature)   # already masked: real_vocab applied above
             for i, part in zip(group, scores.split([targets_of[i].numel() for i in group])):
                 outputs[i] = VerifyOutcome(*verdicts[i], part)
         return outputs

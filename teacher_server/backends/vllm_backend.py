@@ -185,12 +185,29 @@ class VllmBackend:
         return self.engine.run([{"prompt_token_ids": p.tolist(), **({"cache_salt": salt} if salts else {})}
                                 for p, salt in zip(prompts, salts or [None] * len(prompts))], params)
 
-    def _warm(self, starts: list[torch.Tensor], salts: list[str]) -> None:
-        """Run each start into vLLM's prefix cache (one new token each, discarded); finished
-        before the scoring requests are added, so those read it (vLLM's V2 runner would otherwise
-        compute log-probs for every token of a step that has any)."""
-        if starts:
-            self._run(starts, [self._params(max_tokens=1, temperature=0.0) for _ in starts], salts)
+    def _run_from(self, prompts: list[torch.Tensor], firsts: list[int | None], options: list[dict],
+                  salts: list[str]) -> list:
+        """`_run` for requests with prompt log-probs that are needed only from position firsts[j]
+        on (None: from the start). vLLM computes them for every position it runs, so each such
+        prompt's tokens before firsts[j] - 1 are first run into the prefix cache (one new token
+        each, discarded; finished before the real requests are added: vLLM's V2 runner computes
+        log-probs for every token of a step that has any), and the real request reads them back.
+        A request whose cache hit reaches past firsts[j] - 1 (the same text cached before: those
+        rows were never computed) runs again without reading the cache."""
+        reads = [first is not None and first - 1 >= WARM_MIN_TOKENS for first in firsts]
+        warm = [j for j, read in enumerate(reads) if read]
+        if warm:
+            self._run([prompts[j][:firsts[j] - 1] for j in warm],
+                      [self._params(max_tokens=1, temperature=0.0) for _ in warm], [salts[j] for j in warm])
+        outs = self._run(prompts, [self._params(**o, **({"skip_reading_prefix_cache": False} if read else {}))
+                                   for o, read in zip(options, reads)], salts)
+        misread = [j for j in warm if (outs[j].num_cached_tokens or 0) > firsts[j] - 1]
+        if misread:
+            again = self._run([prompts[j] for j in misread], [self._params(**options[j]) for j in misread],
+                              [salts[j] for j in misread])
+            for j, out in zip(misread, again):
+                outs[j] = out
+        return outs
 
     def _params(self, **options):
         # detokenize=False: ids only, no strings built; flat_logprobs: flat lists, not dicts.
@@ -207,38 +224,21 @@ class VllmBackend:
         takes prompts one by one, so here a packed Score item is cut into its sequences.
 
         vLLM computes prompt log-probs for every position it runs, with no start row for top-k
-        ones. So a Score sequence's start (its tokens before score_from - 1) is run first, alone,
-        into vLLM's prefix cache (`_warm`); the scoring request then reads it back and runs, with
-        log-probs, only the rest: the cost grows with the scored positions, not the sequence. Both
-        carry the tenant as vLLM's cache salt, so no tenant reads another's cache. A sequence whose
-        cache hit reaches past its first scored position (the same text cached before) is scored
-        again without reading the cache: those rows were not computed."""
+        ones, so a Score sequence's start is read back from vLLM's prefix cache (`_run_from`):
+        the cost grows with the scored positions, not the sequence. Requests carry the tenant as
+        vLLM's cache salt, so no tenant reads another's cache."""
         verdicts = self._verdicts({i: item for i, item in enumerate(items)
                                    if isinstance(item, VerifyItem)})
         sequences = [item.sequences() if i not in verdicts else
                      [(torch.cat([item.token_ids, torch.tensor([verdicts[i][1]])]), item.prefix.numel())]
                      for i, item in enumerate(items)]
-        # (a Verify item's scores are computed in full: its verdict pass cached blocks past its
-        # first draft position, which would make this read miss rows)
-        cached = [isinstance(item, ScoreItem) and start - 1 >= WARM_MIN_TOKENS
-                  for item, per_item in zip(items, sequences) for _, start in per_item]
-        salts = [item.tenant for item, per_item in zip(items, sequences) for _ in per_item]
-        flat = [(ids, start, item.top_k) for item, per_item in zip(items, sequences) for ids, start in per_item]
-        self._warm([ids[:start - 1] for (ids, start, _), use in zip(flat, cached) if use],
-                   [salt for salt, use in zip(salts, cached) if use])
-        outs = self._run([ids for ids, _, _ in flat],
-                         [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=k,
-                                       **({"skip_reading_prefix_cache": False} if use else {}))
-                          for (_, _, k), use in zip(flat, cached)], salts)
-        misread = [j for j, ((_, start, _), out, use) in enumerate(zip(flat, outs, cached))
-                   if use and (out.num_cached_tokens or 0) > start - 1]
-        if misread:   # rows before the cache hit's end were never computed: run those plainly
-            again = self._run([flat[j][0] for j in misread], [self._params(
-                max_tokens=1, temperature=0.0, prompt_logprobs=flat[j][2]) for j in misread],
-                [salts[j] for j in misread])
-            for j, out in zip(misread, again):
-                outs[j] = out
-        outs = iter(outs)
+        # a Verify item's scores are computed in full: its verdict pass cached blocks past its first
+        # draft position, which reading them back would skip
+        per_sequence = [(ids, start if isinstance(item, ScoreItem) else None, item)
+                        for item, per_item in zip(items, sequences) for ids, start in per_item]
+        outs = iter(self._run_from([ids for ids, _, _ in per_sequence], [first for _, first, _ in per_sequence],
+                                   [dict(max_tokens=1, temperature=0.0, prompt_logprobs=item.top_k)
+                                    for _, _, item in per_sequence], [item.tenant for _, _, item in per_sequence]))
         outputs = []
         for i, (item, per_item) in enumerate(zip(items, sequences)):
             rows = [prompt_rows(next(outs).prompt_logprobs, item.top_k, len(ids) - start) for ids, start in per_item]
@@ -265,24 +265,11 @@ class VllmBackend:
         if not items:
             return {}
         index, batch = list(items), list(items.values())
-        # a round's prefix is the last round's plus a few tokens: read back from the prefix cache,
+        # a round's prefix is the last round's plus a few tokens, read back from the prefix cache:
         # only the draft positions get log-probs (as a session does on the transformers backend)
-        cached = [item.prefix.numel() - 1 >= WARM_MIN_TOKENS for item in batch]
-        salts = [item.tenant for item in batch]
-        self._warm([item.prefix[:-1] for item, use in zip(batch, cached) if use],
-                   [item.tenant for item, use in zip(batch, cached) if use])
-        params = [self._params(max_tokens=1, prompt_logprobs=_accept_k(item), **_draw(item),
-                               **({"skip_reading_prefix_cache": False} if use else {}))
-                  for item, use in zip(batch, cached)]
-        outs = self._run([item.token_ids for item in batch], params, salts)
-        misread = [j for j, (item, out, use) in enumerate(zip(batch, outs, cached))
-                   if use and (out.num_cached_tokens or 0) > item.prefix.numel() - 1]
-        if misread:   # cached past the first draft position (the same round sent again): run plainly
-            again = self._run([batch[j].token_ids for j in misread], [self._params(
-                max_tokens=1, prompt_logprobs=_accept_k(batch[j]), **_draw(batch[j])) for j in misread],
-                [salts[j] for j in misread])
-            for j, out in zip(misread, again):
-                outs[j] = out
+        outs = self._run_from([item.token_ids for item in batch], [item.prefix.numel() for item in batch],
+                              [dict(max_tokens=1, prompt_logprobs=_accept_k(item), **_draw(item)) for item in batch],
+                              [item.tenant for item in batch])
         verdicts, redraw = {}, []
         V = self.info.vocab_size
         for i, item, out in zip(index, batch, outs):
